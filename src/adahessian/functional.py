@@ -1,9 +1,9 @@
 """The AdaHessian update as one pure function over lists of tensors.
 
 :class:`adahessian.AdaHessian` only gathers tensors and counters and calls :func:`adahessian`; the
-function mutates ``params``, ``exp_avgs`` and ``exp_hessian_diag_sqs`` in place and touches nothing
-else. It has a plain per-tensor path and a multi-tensor (``torch._foreach_*``) path that run the same
-operations in the same order.
+function mutates ``params``, ``exp_avgs`` and ``exp_hessian_diag_sqs`` in place and touches
+nothing else. It has a plain per-tensor path and a multi-tensor (``torch._foreach_*``) path that
+run the same operations in the same order.
 """
 
 from __future__ import annotations

@@ -254,7 +254,7 @@ class AdaHessian(Optimizer):
 
     # ------------------------------------------------------------------ the step
 
-    def step(  # type: ignore[override]
+    def step(
         self,
         closure: Callable[[], Any] | None = None,
         *,
@@ -281,7 +281,7 @@ class AdaHessian(Optimizer):
         for group in self.param_groups:
             with_grad = [p for p in group["params"] if p.grad is not None]
             for p in with_grad:
-                if p.grad.is_sparse:  # type: ignore[union-attr]
+                if p.grad.is_sparse:
                     raise RuntimeError(
                         "AdaHessian does not support sparse gradients; "
                         "use nn.Embedding(sparse=False)"

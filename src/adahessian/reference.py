@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
@@ -54,7 +54,7 @@ class ReferenceAdaHessian:
     steps: int = 0
     states: dict[int, _ParamState] = field(default_factory=dict)
 
-    defaults = dict(
+    defaults: ClassVar[dict[str, Any]] = dict(
         lr=0.15,
         betas=(0.9, 0.999),
         eps=1e-4,
