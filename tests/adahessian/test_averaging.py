@@ -15,7 +15,7 @@ HAND = [
     pytest.param(t(3.0), 4, t(3.0), id="rank0-unchanged"),
     pytest.param(t([1.0, 5.0, 9.0]), 2, t([1.0, 5.0, 9.0]), id="rank1-unchanged"),
     pytest.param(t([[1, 2, 3, 4]]), 2, t([[1.5, 1.5, 3.5, 3.5]]), id="rank2-block-divides"),
-    pytest.param(t([[1, 2, 3, 4, 5]]), 2, t([[1.5, 1.5, 3.5, 3.5, 5]]), id="rank2-short-last-block"),
+    pytest.param(t([[1, 2, 3, 4, 5]]), 2, t([[1.5, 1.5, 3.5, 3.5, 5]]), id="rank2-short-last"),
     pytest.param(t([[1, 2, 3, 4, 5]]), 3, t([[2, 2, 2, 4.5, 4.5]]), id="rank2-block3-of-5"),
     pytest.param(t([[1, 2, 3, 4, 5]]), 8, t([[3, 3, 3, 3, 3]]), id="rank2-block-longer-than-row"),
     pytest.param(
