@@ -1,4 +1,4 @@
-"""AdaHessian against the plain reference on exact-Hessian problems, and the torch.optim contract."""
+"""AdaHessian against the plain reference on exact-Hessian problems; the torch.optim contract."""
 
 from __future__ import annotations
 
