@@ -70,7 +70,7 @@ def main() -> None:
 
     adam_time = statistics.mean(t for _, t in results["adam"])
     threads = torch.get_num_threads()
-    print(f"\nDigits, {len(train)} train / {len(test)} test images, {args.epochs} epochs, ")
+    print(f"\nDigits: {len(train)} train / {len(test)} test images, {args.epochs} epochs,", end=" ")
     print(f"{args.seeds} seeds, torch {torch.__version__}, {threads} threads\n")
     print("| optimizer  | test accuracy (%) | ms / step | time / step vs Adam |")
     print("|------------|-------------------|-----------|---------------------|")
