@@ -32,10 +32,11 @@ def make_net(dtype=F64) -> Net:
 
 def batches(n: int, size: int = 16, dtype=F64, seed: int = 0) -> list[tuple[Tensor, Tensor]]:
     g = torch.Generator().manual_seed(seed)
-    return [
-        (torch.randn(size, 1, 4, 4, generator=g, dtype=dtype), torch.randint(0, 3, (size,), generator=g))
-        for _ in range(n)
-    ]  # fmt: skip
+    out = []
+    for _ in range(n):
+        x = torch.randn(size, 1, 4, 4, generator=g, dtype=dtype)
+        out.append((x, torch.randint(0, 3, (size,), generator=g)))
+    return out
 
 
 def loss_of(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
@@ -90,7 +91,7 @@ def test_unscale_first_needs_the_loss_scale():
     scaler.scale(loss_of(scaled, x, y)).backward(create_graph=True)
     scaler.unscale_(scaled_opt)  # e.g. to clip gradients
     before = flat_params(scaled)
-    with pytest.raises(RuntimeError, match="loss_scale=scaler.get_scale"):
+    with pytest.raises(RuntimeError, match=r"loss_scale=scaler\.get_scale"):
         scaler.step(scaled_opt)
     assert torch.equal(flat_params(scaled), before)
     scaler.step(scaled_opt, loss_scale=scaler.get_scale())
