@@ -83,6 +83,21 @@ def _check_not_sharded(param_groups: list[dict[str, Any]]) -> None:
                 )
 
 
+def _warn_if_unsynchronised(process_group: Any) -> None:
+    import torch.distributed as dist
+
+    if process_group is not None or not (dist.is_available() and dist.is_initialized()):
+        return
+    if dist.get_world_size() > 1:
+        warnings.warn(
+            "torch.distributed is initialised but AdaHessian has no process_group, so the "
+            "ranks' Hessian estimates are not averaged (DDP does not synchronise double "
+            "backward): train the unwrapped model with "
+            "AdaHessian(..., process_group=dist.group.WORLD)",
+            stacklevel=3,
+        )
+
+
 class AdaHessian(Optimizer):
     r"""AdaHessian (Yao et al., AAAI 2021): Adam with the squared gradient replaced by a
     root-mean-square moving average of the Hessian diagonal, estimated by Hutchinson's method.
@@ -223,6 +238,7 @@ class AdaHessian(Optimizer):
         self.skipped_steps = 0  # steps skipped for inf/NaN under a GradScaler
         super().__init__(params, defaults)
         _check_not_sharded(self.param_groups)
+        _warn_if_unsynchronised(process_group)
 
     # ------------------------------------------------------------------ groups and state
 
