@@ -50,7 +50,7 @@ def run_ranks(scenario: str, tmp_path: Path) -> list[dict | None]:
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
-        )  # fmt: skip
+        )
         for r in range(2)
     ]
     logs = []
@@ -120,5 +120,6 @@ def test_example_runs_under_torchrun():
         env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert out.returncode == 0, out.stderr[-2000:]
-    sums = sorted(line.split("checksum")[1] for line in out.stdout.splitlines() if "checksum" in line)
+    lines = [line for line in out.stdout.splitlines() if "checksum" in line]
+    sums = sorted(line.split("checksum")[1] for line in lines)
     assert len(sums) == 2 and sums[0] == sums[1], out.stdout
