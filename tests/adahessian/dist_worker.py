@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import warnings
 
 import torch
 import torch.distributed as dist
@@ -58,6 +59,10 @@ def main() -> None:
     broadcast_module(model)
     result: dict = {}
     if args.scenario == "sync":
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            AdaHessian(model.parameters())  # no process_group under an initialised group
+        result["warning"] = " ".join(str(w.message) for w in caught)
         opt = AdaHessian(
             model.parameters(), lr=0.05, update_interval=2, process_group=dist.group.WORLD
         )

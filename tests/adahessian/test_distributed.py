@@ -75,6 +75,7 @@ def test_ranks_stay_identical_across_hessian_and_plain_steps(tmp_path):
     assert r0 is not None and r1 is not None
     assert r0["params"] == r1["params"], "every rank must apply the same update"
     assert r0["buffers"] == r1["buffers"], "average_buffers makes BatchNorm statistics agree"
+    assert "process_group=dist.group.WORLD" in r0["warning"]
 
 
 def test_shared_probes_two_ranks_equal_one_process_with_double_batch(tmp_path):
@@ -102,6 +103,14 @@ def test_a_failed_rank_does_not_leave_the_other_hanging(tmp_path):
     r0, r1 = run_ranks("error", tmp_path)
     assert r1 is None
     assert r0 is not None and "error" in r0, r0
+
+
+def test_unwrap_returns_the_module_inside_a_wrapper():
+    from adahessian.distributed import unwrap
+
+    inner = nn.Linear(2, 2)
+    assert unwrap(nn.DataParallel(inner)) is inner
+    assert unwrap(inner) is inner
 
 
 def test_sharded_parameters_are_rejected_with_advice():
