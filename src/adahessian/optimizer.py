@@ -341,6 +341,12 @@ class AdaHessian(Optimizer):
 
     # ------------------------------------------------------------------ backward
 
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """Like ``torch.optim.Optimizer.zero_grad``; also drops a Hessian estimate accumulated by
+        :meth:`backward` since the last step."""
+        self._pending = None
+        super().zero_grad(set_to_none=set_to_none)
+
     def backward(self, loss: Tensor) -> None:
         """Back-propagate ``loss`` and, on a Hessian step, take its Hessian-vector products now.
 

@@ -230,3 +230,18 @@ def test_autocast_bfloat16_forward_keeps_float32_state_and_tracks_float32_run():
     diff = (flat_params(amp) - flat_params(ref)).abs()
     assert torch.isfinite(flat_params(amp)).all()
     assert diff.median() < 0.05 * moved.median()
+
+
+def test_zero_grad_drops_a_pending_estimate():
+    model, twin = make_net(), make_net()
+    opt = AdaHessian(model.parameters(), lr=0.05, seed=0)
+    twin_opt = AdaHessian(twin.parameters(), lr=0.05, seed=0)
+    (x, y), (x2, y2) = batches(2)
+    opt.backward(loss_of(model, x2, y2))  # abandoned: zero_grad must forget it
+    opt.zero_grad()
+    opt._generator = None  # redraw the same probes as the twin
+    opt.backward(loss_of(model, x, y))
+    opt.step()
+    twin_opt.backward(loss_of(twin, x, y))
+    twin_opt.step()
+    assert torch.equal(flat_params(model), flat_params(twin))
