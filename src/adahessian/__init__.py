@@ -1,6 +1,7 @@
 """AdaHessian: an adaptive second-order optimizer for PyTorch (Yao et al., AAAI 2021)."""
 
 from .averaging import spatial_average
+from .batchnorm import use_fast_batchnorm
 from .functional import adahessian
 from .hutchinson import hutchinson_diagonal, rademacher
 from .hvp import (
@@ -21,5 +22,6 @@ __all__ = [
     "hutchinson_diagonal",
     "rademacher",
     "spatial_average",
+    "use_fast_batchnorm",
 ]
 __version__ = "0.1.0"
