@@ -49,8 +49,10 @@ def main() -> None:
     parser.add_argument("--widths", default="16,16,32,32,64,64")
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
 
     torch.manual_seed(0)
     widths = [int(w) for w in args.widths.split(",")]
