@@ -58,7 +58,11 @@ def _grad_and_hvp(
 
 
 @pytest.mark.parametrize("settings", SETTINGS, ids=lambda s: ",".join(s) or "default")
-@pytest.mark.parametrize("stock_cls, fast_cls, shape", LAYOUTS, ids=lambda v: str(v))
+@pytest.mark.parametrize(
+    "stock_cls, fast_cls, shape",
+    LAYOUTS,
+    ids=[f"{s.__name__}-{'x'.join(map(str, shape))}" for s, _, shape in LAYOUTS],
+)
 def test_matches_stock_batchnorm(
     stock_cls: type[nn.Module], fast_cls: type[nn.Module], shape: tuple[int, ...], settings: dict
 ) -> None:
