@@ -33,6 +33,7 @@ import statistics
 import subprocess
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +45,10 @@ from torch.nn import functional as F
 
 from adahessian import AdaHessian, batched_hutchinson_diagonal, forward_hutchinson
 from adahessian.batchnorm import use_fast_batchnorm
+
+# backward(create_graph=True) warns about a parameter <-> gradient reference cycle; the
+# AdaHessian contenders break it in step() and the external ones by zero_grad(set_to_none=True).
+warnings.filterwarnings("ignore", message="Using backward\\(\\) with create_graph=True")
 
 # ----------------------------------------------------------------------------------- models
 
