@@ -1,5 +1,6 @@
-"""Time of one gradient plus one Hessian-vector product through conv-BN-ReLU blocks, with
-PyTorch's BatchNorm2d against the closed-form double backward of ``adahessian.batchnorm``.
+"""Time of one gradient plus one Hessian-vector product through conv-BN-ReLU blocks (and
+through one BatchNorm2d layer alone), with PyTorch's BatchNorm2d against the closed-form double
+backward of ``adahessian.batchnorm``.
 
 Both variants run interleaved in one process after a warm-up, and the medians are compared.
 Usage: ``python benchmarks/batchnorm_hvp.py [--repeats 15] [--batch 128] [--json out.json]``.
@@ -8,11 +9,13 @@ Usage: ``python benchmarks/batchnorm_hvp.py [--repeats 15] [--batch 128] [--json
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
 import platform
 import statistics
 import time
+from pathlib import Path
 
 import torch
 from torch import Tensor, nn
@@ -36,10 +39,23 @@ def blocks(widths: list[int]) -> nn.Module:
 def grad_and_hvp(model: nn.Module, x: Tensor, y: Tensor, gen: torch.Generator) -> float:
     params = list(model.parameters())
     start = time.perf_counter()
-    loss = nn.functional.cross_entropy(model(x), y)
+    out = model(x)
+    if out.dim() == 2:
+        loss = nn.functional.cross_entropy(out, y)
+    else:  # a lone BatchNorm layer: a loss with a non-zero Hessian in its output
+        params = [x, *params]
+        loss = out.square().mean()
     grads = torch.autograd.grad(loss, params, create_graph=True)
     hutchinson_diagonal(grads, params, generator=gen)
     return time.perf_counter() - start
+
+
+def _cpu_model() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
 
 
 def main() -> None:
@@ -56,36 +72,42 @@ def main() -> None:
 
     torch.manual_seed(0)
     widths = [int(w) for w in args.widths.split(",")]
-    stock = blocks(widths).train()
-    fast = use_fast_batchnorm(copy.deepcopy(stock)).train()
+    net = blocks(widths).train()
+    bn = nn.BatchNorm2d(widths[0]).train()
     x = torch.randn(args.batch, 3, args.size, args.size)
+    x_bn = torch.randn(args.batch, widths[0], args.size, args.size, requires_grad=True)
     y = torch.randint(0, 10, (args.batch,))
     gen = torch.Generator().manual_seed(0)
-    times: dict[str, list[float]] = {"stock": [], "fast": []}
+    cases = {  # name: (stock model, fast model, input)
+        "blocks": (net, use_fast_batchnorm(copy.deepcopy(net)), x),
+        "batchnorm_only": (bn, use_fast_batchnorm(copy.deepcopy(bn)), x_bn),
+    }
+    times = {(case, kind): [] for case in cases for kind in ("stock", "fast")}
     for i in range(args.warmup + args.repeats):
-        order = [("stock", stock), ("fast", fast)]
-        if i % 2:
-            order.reverse()
-        for name, model in order:
-            t = grad_and_hvp(model, x, y, gen)
-            if i >= args.warmup:
-                times[name].append(t)
-    med = {k: statistics.median(v) for k, v in times.items()}
-    result = {
+        for case, (stock, fast, inp) in cases.items():
+            order = [("stock", stock), ("fast", fast)]
+            if i % 2:
+                order.reverse()
+            for kind, model in order:
+                t = grad_and_hvp(model, inp, y, gen)
+                if i >= args.warmup:
+                    times[case, kind].append(t)
+    result: dict = {
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
-        "cpu": platform.processor() or platform.machine(),
+        "cpu": _cpu_model(),
         "batch": args.batch,
         "size": args.size,
         "widths": widths,
         "repeats": args.repeats,
-        "median_s": med,
-        "fast_over_stock": med["fast"] / med["stock"],
     }
-    print(
-        f"grad + HVP, median of {args.repeats}: stock {med['stock'] * 1e3:.1f} ms, "
-        f"fast {med['fast'] * 1e3:.1f} ms, fast/stock = {result['fast_over_stock']:.3f}"
-    )
+    for case in cases:
+        med = {kind: statistics.median(times[case, kind]) for kind in ("stock", "fast")}
+        result[case] = {"median_s": med, "fast_over_stock": med["fast"] / med["stock"]}
+        print(
+            f"{case}: grad + HVP, median of {args.repeats}: stock {med['stock'] * 1e3:.1f} ms, "
+            f"fast {med['fast'] * 1e3:.1f} ms, fast/stock = {med['fast'] / med['stock']:.3f}"
+        )
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=2)
