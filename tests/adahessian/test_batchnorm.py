@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterator
 
 import pytest
 import torch
@@ -13,6 +14,17 @@ from adahessian.batchnorm import BatchNorm1d, BatchNorm2d, BatchNorm3d, use_fast
 from adahessian.batchnorm import batch_norm_train as bn_train
 
 F64 = torch.float64
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> Iterator[None]:
+    """These tensors are tiny: one intra-op thread is faster, and on a busy machine two threads
+    spend most of their time waiting for each other."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
 
 # (stock class, fast class, input shape)
 LAYOUTS = [
