@@ -135,6 +135,8 @@ def forward_hutchinson(
     Returns:
         A :class:`HutchinsonResult` ``(loss, grads, diagonal)``.
 
+    On an error the module's buffers and ``generator`` are left as they were.
+
     Raises:
         ForwardOverReverseError: the model or loss cannot go through ``torch.func``'s
             forward-over-reverse (for example ``F.mse_loss`` with mean reduction, or
@@ -168,6 +170,7 @@ def forward_hutchinson(
         return (grads, loss, state), hvp
 
     params = list(primals.values())
+    generator_state = None if generator is None else generator.get_state()
     probes = [rademacher(params, generator=generator) for _ in range(n_samples)]
     try:
         if n_samples == 1 or vectorize:
@@ -195,6 +198,8 @@ def forward_hutchinson(
                 hvps.append([hvp[n] for n in names])
             torch.set_rng_state(after)
     except (RuntimeError, NotImplementedError) as exc:
+        if generator is not None and generator_state is not None:
+            generator.set_state(generator_state)  # a failed call draws nothing
         message = str(exc)
         if not any(sig in message for sig in _TRANSFORM_FAILURES):
             raise

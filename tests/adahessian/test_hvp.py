@@ -185,15 +185,19 @@ def test_unsupported_losses_raise_a_clear_error(
 ) -> None:
     model = nn.Sequential(nn.Linear(3, 4), nn.LayerNorm(4), nn.Linear(4, 2)).double()
     x, y = torch.randn(5, 3, dtype=torch.float64), torch.randn(5, 2, dtype=torch.float64)
+    model.append(nn.BatchNorm1d(2).double())
     before = [b.clone() for b in model.buffers()]
+    gen = torch.Generator().manual_seed(0)
+    gen_state = gen.get_state()
     with pytest.raises(ForwardOverReverseError, match="reverse-over-reverse") as info:
-        forward_hutchinson(model, lambda out: loss_fn(out, y), x)
+        forward_hutchinson(model, lambda out: loss_fn(out, y), x, generator=gen)
+    assert torch.equal(gen.get_state(), gen_state)
     assert "loss.backward(create_graph" in str(info.value)
     assert isinstance(info.value, RuntimeError)
     assert all(torch.equal(a, b) for a, b in zip(before, model.buffers(), strict=True))
     # the same loss written out by hand goes through
     res = forward_hutchinson(model, lambda out: ((out - y) ** 2).mean(), x)
-    assert len(res.diagonal) == 6
+    assert len(res.diagonal) == 8
 
 
 def test_user_errors_are_not_relabelled() -> None:
