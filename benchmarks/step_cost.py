@@ -347,6 +347,14 @@ def contenders() -> list[Contender]:
             meta={"hvp": fbn, "n": 4},
         ),
         Contender(
+            "adahessian-fastbn-int10",
+            "AdaHessian, fast BatchNorm, update_interval 10",
+            _adahessian(interval=10, fast_bn=True),
+            cycle=10,
+            needs=_needs_bn,
+            meta={"hvp": fbn, "n": 1, "interval": 10},
+        ),
+        Contender(
             "torch-optimizer",
             "torch-optimizer Adahessian (k = 0.5)",
             _external("torch_optimizer", "Adahessian"),
