@@ -1,0 +1,170 @@
+"""The AdaHessian update as one pure function over lists of tensors.
+
+:class:`adahessian.AdaHessian` only gathers tensors and counters and calls :func:`adahessian`; the
+function mutates ``params``, ``exp_avgs`` and ``exp_hessian_diag_sqs`` in place and touches
+nothing else. It has a plain per-tensor path and a multi-tensor (``torch._foreach_*``) path that
+run the same operations in the same order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from .averaging import spatial_average as _spatial_average
+
+__all__ = ["adahessian"]
+
+
+def adahessian(
+    params: Sequence[Tensor],
+    grads: Sequence[Tensor],
+    hessians: Sequence[Tensor] | None,
+    exp_avgs: Sequence[Tensor],
+    exp_hessian_diag_sqs: Sequence[Tensor],
+    steps: Sequence[int],
+    hessian_steps: Sequence[int],
+    *,
+    foreach: bool = False,
+    lr: float,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    weight_decay: float,
+    hessian_power: float,
+    block_size: int,
+    spatial_average: bool,
+) -> None:
+    r"""Apply one AdaHessian step to ``params`` in place.
+
+    With :math:`g` the gradient, :math:`\hat D` the Hessian-diagonal estimate (``hessians``; None on
+    a step without a new estimate), :math:`t` = ``steps`` and :math:`h` = ``hessian_steps`` (both
+    already counting this step):
+
+    .. math::
+
+        D &= \operatorname{avg}(|\hat D|) \quad\text{(spatial averaging, see averaging.py)} \\
+        s &\leftarrow \beta_2 s + (1-\beta_2) D^2 \quad\text{(only when an estimate is given)} \\
+        m &\leftarrow \beta_1 m + (1-\beta_1) g \\
+        p &\leftarrow p - \mathrm{lr}\left(
+            \frac{m / (1-\beta_1^t)}{(s / (1-\beta_2^h))^{k/2} + \epsilon}
+            + \mathrm{wd}\, p \right)
+
+    Every parameter passed must have :math:`h \ge 1`.
+    """
+    n = len(params)
+    for name, seq in (
+        ("grads", grads),
+        ("exp_avgs", exp_avgs),
+        ("exp_hessian_diag_sqs", exp_hessian_diag_sqs),
+        ("steps", steps),
+        ("hessian_steps", hessian_steps),
+    ):
+        if len(seq) != n:
+            raise ValueError(f"{name} has {len(seq)} entries for {n} parameters")
+    if hessians is not None and len(hessians) != n:
+        raise ValueError(f"hessians has {len(hessians)} entries for {n} parameters")
+    if any(h < 1 for h in hessian_steps):
+        raise ValueError("every parameter needs at least one Hessian estimate (hessian_steps >= 1)")
+    if n == 0:
+        return
+    fn = _multi_tensor if foreach else _single_tensor
+    fn(
+        params,
+        grads,
+        hessians,
+        exp_avgs,
+        exp_hessian_diag_sqs,
+        steps,
+        hessian_steps,
+        lr=lr,
+        beta1=beta1,
+        beta2=beta2,
+        eps=eps,
+        weight_decay=weight_decay,
+        hessian_power=hessian_power,
+        block_size=block_size,
+        spatial_average=spatial_average,
+    )
+
+
+def _curvature(hessian: Tensor, block_size: int, spatial_average: bool) -> Tensor:
+    d = hessian.abs()
+    return _spatial_average(d, block_size) if spatial_average else d
+
+
+def _single_tensor(
+    params: Sequence[Tensor],
+    grads: Sequence[Tensor],
+    hessians: Sequence[Tensor] | None,
+    exp_avgs: Sequence[Tensor],
+    exp_hessian_diag_sqs: Sequence[Tensor],
+    steps: Sequence[int],
+    hessian_steps: Sequence[int],
+    *,
+    lr: float,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    weight_decay: float,
+    hessian_power: float,
+    block_size: int,
+    spatial_average: bool,
+) -> None:
+    for i, param in enumerate(params):
+        exp_avg, exp_hess = exp_avgs[i], exp_hessian_diag_sqs[i]
+        if hessians is not None:
+            d = _curvature(hessians[i], block_size, spatial_average)
+            exp_hess.mul_(beta2).addcmul_(d, d, value=1 - beta2)
+        exp_avg.lerp_(grads[i], 1 - beta1)
+        bias_correction1 = 1 - beta1 ** steps[i]
+        bias_correction2 = 1 - beta2 ** hessian_steps[i]
+        denom = exp_hess.div(bias_correction2)
+        if hessian_power == 1:
+            denom.sqrt_()
+        else:
+            denom.pow_(hessian_power / 2)
+        denom.add_(eps)
+        if weight_decay != 0:
+            param.mul_(1 - lr * weight_decay)
+        param.addcdiv_(exp_avg, denom, value=-lr / bias_correction1)
+
+
+def _multi_tensor(
+    params: Sequence[Tensor],
+    grads: Sequence[Tensor],
+    hessians: Sequence[Tensor] | None,
+    exp_avgs: Sequence[Tensor],
+    exp_hessian_diag_sqs: Sequence[Tensor],
+    steps: Sequence[int],
+    hessian_steps: Sequence[int],
+    *,
+    lr: float,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    weight_decay: float,
+    hessian_power: float,
+    block_size: int,
+    spatial_average: bool,
+) -> None:
+    params, grads = list(params), list(grads)
+    exp_avgs, exp_hess = list(exp_avgs), list(exp_hessian_diag_sqs)
+    if hessians is not None:
+        ds = [_curvature(h, block_size, spatial_average) for h in hessians]
+        torch._foreach_mul_(exp_hess, beta2)
+        torch._foreach_addcmul_(exp_hess, ds, ds, value=1 - beta2)
+    torch._foreach_lerp_(exp_avgs, grads, 1 - beta1)
+    bias_correction2 = [1 - beta2**h for h in hessian_steps]
+    denom = torch._foreach_div(exp_hess, bias_correction2)
+    if hessian_power == 1:
+        torch._foreach_sqrt_(denom)
+    else:
+        torch._foreach_pow_(denom, hessian_power / 2)
+    torch._foreach_add_(denom, eps)
+    if weight_decay != 0:
+        torch._foreach_mul_(params, 1 - lr * weight_decay)
+    step_sizes = [-lr / (1 - beta1**t) for t in steps]
+    torch._foreach_addcdiv_(params, exp_avgs, denom, step_sizes)

@@ -1,0 +1,113 @@
+"""Hutchinson's estimator of the Hessian diagonal.
+
+For a twice-differentiable loss :math:`L(\\theta)` with Hessian :math:`H` and a Rademacher probe
+:math:`v` (entries :math:`\\pm 1` with probability 1/2 each),
+
+.. math::
+
+    \\mathbb{E}_v[\\, v \\odot H v \\,] = \\operatorname{diag}(H),
+    \\qquad
+    \\operatorname{Var}[(v \\odot H v)_i] = \\sum_{j \\ne i} H_{ij}^2 .
+
+One Hessian-vector product :math:`Hv` costs about one extra backward pass: it is the gradient of
+:math:`g(\\theta)^\\top v` where :math:`g` is the gradient computed with ``create_graph=True``.
+
+This module knows nothing about optimizers; :class:`adahessian.AdaHessian` uses it, and it can be
+used on its own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+__all__ = ["hutchinson_diagonal", "rademacher"]
+
+
+def rademacher(
+    tensors: Sequence[Tensor], *, generator: torch.Generator | None = None
+) -> list[Tensor]:
+    """Draw one Rademacher probe (entries exactly ``+1`` or ``-1``, each with probability 1/2)
+    shaped like each tensor in ``tensors``, with its dtype and device.
+
+    All entries come from a single draw of ``generator`` (on the generator's device, or the first
+    tensor's device when ``generator`` is None), so the probes depend only on the generator's state
+    and the tensors' sizes, not on how the tensors are later grouped.
+    """
+    if not tensors:
+        return []
+    device = generator.device if generator is not None else tensors[0].device
+    sizes = [t.numel() for t in tensors]
+    bits = torch.randint(0, 2, (sum(sizes),), generator=generator, device=device, dtype=torch.int8)
+    flat = bits.mul_(2).sub_(1)
+    return [
+        chunk.view(t.shape).to(device=t.device, dtype=t.dtype)
+        for chunk, t in zip(flat.split(sizes), tensors, strict=True)
+    ]
+
+
+def hutchinson_diagonal(
+    grads: Sequence[Tensor | None],
+    params: Sequence[Tensor],
+    *,
+    n_samples: int = 1,
+    generator: torch.Generator | None = None,
+    retain_graph: bool = False,
+) -> list[Tensor]:
+    """Unbiased estimate of the Hessian diagonal, :math:`\\frac1n \\sum_i v_i \\odot H v_i`.
+
+    Args:
+        grads: gradients of the loss with respect to ``params``, computed with
+            ``create_graph=True`` (for example ``[p.grad for p in params]`` after
+            ``loss.backward(create_graph=True)``, or the output of
+            ``torch.autograd.grad(loss, params, create_graph=True)``). An entry that is None or has
+            no graph is treated as constant: its rows and columns of :math:`H` count as zero and
+            its estimate is zero.
+        params: the tensors the Hessian is taken with respect to; the whole Hessian (including
+            cross terms between different tensors) enters every product :math:`Hv`.
+        n_samples: number of independent probes to average.
+        generator: source of the probes; None uses PyTorch's default generator.
+        retain_graph: keep the graph after the last product (by default it is freed as soon as
+            the last Hessian-vector product is done).
+
+    Returns:
+        One tensor per parameter, shaped like it: the signed estimate (no absolute value, no
+        averaging over blocks). A parameter that the gradients' graph does not reach gets zeros.
+        Probes are drawn for every parameter (live or not), so the random stream does not depend
+        on which gradients carry a graph.
+
+    Raises:
+        ValueError: if the lengths differ, ``n_samples < 1``, or no gradient carries a graph.
+    """
+    if len(grads) != len(params):
+        raise ValueError(f"got {len(grads)} gradients for {len(params)} parameters")
+    if n_samples < 1:
+        raise ValueError(f"n_samples must be >= 1, got {n_samples}")
+    live = [i for i, g in enumerate(grads) if g is not None and g.requires_grad]
+    if not live:
+        raise ValueError(
+            "none of the gradients carries a graph, so no Hessian-vector product can be taken: "
+            "compute them with loss.backward(create_graph=True) or "
+            "torch.autograd.grad(loss, params, create_graph=True)"
+        )
+    outputs = [grads[i] for i in live]
+    inputs = [params[i] for i in live]
+    estimate = [torch.zeros_like(p) for p in params]
+    for sample in range(n_samples):
+        probes = rademacher(params, generator=generator)
+        keep = retain_graph or sample < n_samples - 1
+        hvps = torch.autograd.grad(
+            outputs,  # type: ignore[arg-type]
+            inputs,
+            grad_outputs=[probes[i] for i in live],
+            retain_graph=keep,
+            allow_unused=True,
+        )
+        for i, hv in zip(live, hvps, strict=True):
+            if hv is not None:
+                estimate[i].addcmul_(probes[i], hv.detach())
+    if n_samples > 1:
+        torch._foreach_div_(estimate, float(n_samples))
+    return estimate

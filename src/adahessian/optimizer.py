@@ -1,0 +1,396 @@
+"""The :class:`AdaHessian` optimizer: a thin ``torch.optim.Optimizer`` over :mod:`.functional`."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, cast
+
+import torch
+from torch import Tensor
+from torch.optim import Optimizer
+
+from .functional import adahessian
+from .hutchinson import hutchinson_diagonal
+
+__all__ = ["AdaHessian"]
+
+_GRAPH_HINT = (
+    "AdaHessian needs the gradient's graph on Hessian steps: call "
+    "loss.backward(create_graph=opt.hessian_due) (or create_graph=True) before opt.step(). "
+    "Frameworks that call backward() themselves need manual optimisation for this."
+)
+
+
+def _check_group(group: dict[str, Any]) -> None:
+    """Raise ValueError for a hyperparameter a group cannot use."""
+    lr, eps, wd = group["lr"], group["eps"], group["weight_decay"]
+    if isinstance(lr, Tensor):
+        raise ValueError("lr must be a Python float, not a tensor")
+    if not 0.0 <= lr < math.inf:
+        raise ValueError(f"Invalid learning rate: {lr} (must be >= 0)")
+    if not 0.0 <= eps < math.inf:
+        raise ValueError(f"Invalid eps: {eps} (must be >= 0)")
+    if not 0.0 <= wd < math.inf:
+        raise ValueError(f"Invalid weight_decay: {wd} (must be >= 0)")
+    betas = group["betas"]
+    if not (isinstance(betas, (tuple, list)) and len(betas) == 2):
+        raise ValueError(f"betas must be a pair (beta1, beta2), got {betas!r}")
+    for i, beta in enumerate(betas):
+        if not 0.0 <= beta < 1.0:
+            raise ValueError(f"Invalid beta parameter at index {i}: {beta} (must be in [0, 1))")
+    k = group["hessian_power"]
+    if not 0.0 <= k <= 1.0:
+        raise ValueError(f"Invalid hessian_power: {k} (must be in [0, 1])")
+    block = group["block_size"]
+    if isinstance(block, bool) or not isinstance(block, int) or block < 1:
+        raise ValueError(f"Invalid block_size: {block!r} (must be an integer >= 1; 1 = no blocks)")
+    if not isinstance(group["spatial_average"], bool):
+        raise ValueError(f"spatial_average must be True or False, got {group['spatial_average']!r}")
+    if group["foreach"] not in (None, True, False):
+        raise ValueError(f"foreach must be None, True or False, got {group['foreach']!r}")
+
+
+def _check_count(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"Invalid {name}: {value!r} (must be an integer >= 1)")
+    return value
+
+
+class AdaHessian(Optimizer):
+    r"""AdaHessian (Yao et al., AAAI 2021): Adam with the squared gradient replaced by a
+    root-mean-square moving average of the Hessian diagonal, estimated by Hutchinson's method.
+
+    On a *Hessian step* (steps :math:`1, 1+N, 1+2N, \dots` for ``update_interval`` :math:`N`),
+    for each parameter :math:`p` with gradient :math:`g` and Hessian :math:`H`, with Rademacher
+    probes :math:`v_1, \dots, v_n` (``n_samples``) drawn from the optimizer's own generator:
+
+    .. math::
+
+        \hat D &= \Bigl|\tfrac1n \textstyle\sum_i v_i \odot H v_i\Bigr|
+            \qquad (\mathbb E[v \odot Hv] = \operatorname{diag} H) \\
+        D &= \operatorname{avg}(\hat D) \\
+        s &\leftarrow \beta_2 s + (1-\beta_2)\, D^2, \qquad h \leftarrow h + 1
+
+    where :math:`\operatorname{avg}` is the spatial averaging (off with ``spatial_average=False``):
+    none for rank 0 and 1; for rank 2 (``[out, in]``), the mean over contiguous blocks of
+    ``block_size`` entries along the last dimension (``block_size=1``: none; the reference
+    transformer setting is 32); for rank :math:`\ge 3` (``[out, in, *kernel]``), the mean over all
+    dimensions after the first two. Then, on every step :math:`t`:
+
+    .. math::
+
+        m &\leftarrow \beta_1 m + (1-\beta_1)\, g \\
+        p &\leftarrow p - \mathrm{lr}\Bigl(
+            \frac{m / (1-\beta_1^t)}{\bigl(s / (1-\beta_2^h)\bigr)^{k/2} + \epsilon}
+            + \lambda\, p \Bigr)
+
+    with :math:`k` = ``hessian_power`` and :math:`\lambda` = ``weight_decay``. The β2 bias
+    correction counts Hessian updates :math:`h`, not steps, so delayed updates
+    (``update_interval > 1``) never divide by a nearly empty average.
+
+    **Weight decay is decoupled** (AdamW style, scaled by ``lr``), as in the reference code, whose
+    docstring calls it L2. The reference CIFAR script passes ``weight_decay = 5e-4 / lr`` so that
+    the effective decay at the initial learning rate is ``5e-4``.
+
+    Args:
+        params: iterable of parameters or dicts defining parameter groups.
+        lr: learning rate (default 0.15, the reference CIFAR value).
+        betas: coefficients of the gradient and Hessian moving averages.
+        eps: added to the denominator (default 1e-4, as in the reference code).
+        weight_decay: decoupled weight decay :math:`\lambda`.
+        hessian_power: :math:`k \in [0, 1]`; 1 is the paper's default, 0 turns the curvature off.
+        update_interval: estimate the Hessian every this many steps (1 = every step).
+        n_samples: Rademacher probes averaged per Hessian estimate.
+        block_size: block length for rank-2 weights (1 = no block averaging).
+        spatial_average: average the estimate over blocks/kernels as above.
+        seed: seed of the probe generator; None draws one from the operating system. The
+            generator is the optimizer's own: the global RNG is never touched.
+        foreach: use the multi-tensor ``torch._foreach_*`` path (None: yes).
+
+    ``lr``, ``betas``, ``eps``, ``weight_decay``, ``hessian_power``, ``block_size``,
+    ``spatial_average`` and ``foreach`` can be set per parameter group.
+
+    Usage::
+
+        opt = AdaHessian(model.parameters())
+        loss = criterion(model(x), y)
+        loss.backward(create_graph=opt.hessian_due)  # a graph is only needed on Hessian steps
+        opt.step()                                   # the graph is freed here
+        opt.zero_grad()
+
+    ``step(closure)`` runs the closure with gradients enabled (it calls
+    ``backward(create_graph=...)`` itself). ``step(hessian=[...])`` takes a Hessian-diagonal
+    estimate from elsewhere (one tensor per parameter that has a gradient, in parameter-group
+    order) in place of Hutchinson's, and makes that step a Hessian step.
+
+    A parameter is updated only once it has a curvature estimate: on a non-Hessian step before
+    its first Hessian step (for example a parameter added with ``add_param_group`` between Hessian
+    steps) it is left untouched, as if it had no gradient.
+    """
+
+    def __init__(
+        self,
+        params: Iterable[Tensor] | Iterable[dict[str, Any]],
+        lr: float = 0.15,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-4,
+        weight_decay: float = 0.0,
+        hessian_power: float = 1.0,
+        update_interval: int = 1,
+        n_samples: int = 1,
+        block_size: int = 1,
+        spatial_average: bool = True,
+        seed: int | None = None,
+        foreach: bool | None = None,
+    ) -> None:
+        defaults = dict(
+            lr=lr,
+            betas=tuple(betas) if isinstance(betas, list) else betas,
+            eps=eps,
+            weight_decay=weight_decay,
+            hessian_power=hessian_power,
+            block_size=block_size,
+            spatial_average=spatial_average,
+            foreach=foreach,
+        )
+        _check_group(defaults)
+        self.update_interval = _check_count("update_interval", update_interval)
+        self.n_samples = _check_count("n_samples", n_samples)
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
+            raise ValueError(f"Invalid seed: {seed!r} (must be a non-negative integer or None)")
+        self.seed: int = int(torch.Generator().seed()) if seed is None else seed
+        self._steps = 0  # optimizer steps taken
+        self._hessian_updates = 0  # Hessian steps taken
+        self._generator: torch.Generator | None = None
+        super().__init__(params, defaults)
+
+    # ------------------------------------------------------------------ groups and state
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        merged = {**self.defaults, **{k: v for k, v in param_group.items() if k != "params"}}
+        if isinstance(merged.get("betas"), list):
+            merged["betas"] = tuple(merged["betas"])
+        _check_group(merged)
+        params = param_group["params"]
+        params = [params] if isinstance(params, Tensor) else list(params)
+        for p in params:
+            t = p[1] if isinstance(p, tuple) else p
+            if isinstance(t, Tensor) and t.is_complex():
+                raise ValueError(
+                    "AdaHessian does not support complex parameters; "
+                    "optimise torch.view_as_real(p) instead"
+                )
+        param_group["params"] = params
+        super().add_param_group(param_group)
+
+    @property
+    def hessian_due(self) -> bool:
+        """True when the next :meth:`step` estimates the Hessian diagonal, so the backward pass
+        before it must keep the graph: ``loss.backward(create_graph=opt.hessian_due)``."""
+        return self._steps % self.update_interval == 0
+
+    def state_dict(self) -> dict[str, Any]:
+        """Like ``torch.optim.Optimizer.state_dict``, plus the step counters and the probe
+        generator's state under the key ``"adahessian"``."""
+        state = super().state_dict()
+        generator = None
+        if self._generator is not None:
+            generator = {
+                "device": str(self._generator.device),
+                "state": self._generator.get_state(),
+            }
+        state["adahessian"] = {
+            "steps": self._steps,
+            "hessian_updates": self._hessian_updates,
+            "update_interval": self.update_interval,
+            "n_samples": self.n_samples,
+            "seed": self.seed,
+            "generator": generator,
+        }
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        extra = state_dict.get("adahessian")
+        if not isinstance(extra, dict):
+            raise ValueError(
+                "this state_dict has no 'adahessian' entry: it was not saved by "
+                "AdaHessian.state_dict() and cannot restore the step counters and probe generator"
+            )
+        missing = {"steps", "hessian_updates", "update_interval", "n_samples", "seed"} - set(extra)
+        if missing:
+            raise ValueError(f"the 'adahessian' entry of this state_dict lacks {sorted(missing)}")
+        update_interval = _check_count("update_interval", extra["update_interval"])
+        n_samples = _check_count("n_samples", extra["n_samples"])
+        for group in state_dict["param_groups"]:
+            _check_group({**self.defaults, **{k: v for k, v in group.items() if k != "params"}})
+        super().load_state_dict(state_dict)
+        self.update_interval = update_interval
+        self.n_samples = n_samples
+        self.seed = int(extra["seed"])
+        self._steps = int(extra["steps"])
+        self._hessian_updates = int(extra["hessian_updates"])
+        self._generator = None
+        saved = extra.get("generator")
+        if saved is not None:
+            generator = self._probe_generator()
+            if torch.device(saved["device"]).type == generator.device.type:
+                generator.set_state(saved["state"].cpu())
+            else:
+                warnings.warn(
+                    f"the probe generator was saved on {saved['device']} and cannot be restored "
+                    f"on {generator.device}; it is re-seeded deterministically instead",
+                    stacklevel=2,
+                )
+                generator.manual_seed(self.seed + self._hessian_updates)
+
+    def _probe_generator(self) -> torch.Generator:
+        if self._generator is None:
+            device = self.param_groups[0]["params"][0].device if self.param_groups else "cpu"
+            self._generator = torch.Generator(device=device)
+            self._generator.manual_seed(self.seed)
+        return self._generator
+
+    # ------------------------------------------------------------------ the step
+
+    def step(
+        self,
+        closure: Callable[[], Any] | None = None,
+        *,
+        hessian: Sequence[Tensor] | None = None,
+    ) -> Any:
+        """Take one optimisation step.
+
+        Args:
+            closure: re-evaluates the model and returns the loss; it runs with gradients enabled
+                and must call ``loss.backward(create_graph=opt.hessian_due)`` itself.
+            hessian: optional Hessian-diagonal estimates (signed, like ``v * Hv``), one per
+                parameter that has a gradient, in parameter-group order; used in place of the
+                Hutchinson estimate, and the step becomes a Hessian step.
+
+        Returns:
+            The closure's loss, or None.
+        """
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+
+        groups: list[list[Tensor]] = []
+        for group in self.param_groups:
+            with_grad = [p for p in group["params"] if p.grad is not None]
+            for p in with_grad:
+                if p.grad.is_sparse:
+                    raise RuntimeError(
+                        "AdaHessian does not support sparse gradients; "
+                        "use nn.Embedding(sparse=False)"
+                    )
+            groups.append(with_grad)
+        flat = [p for ps in groups for p in ps]
+        grads = [cast(Tensor, p.grad) for p in flat]
+
+        estimates: list[Tensor] | None = None
+        if hessian is not None:
+            estimates = self._check_hessian(hessian, flat)
+        elif self.hessian_due and flat:
+            if not any(g.requires_grad for g in grads):
+                raise RuntimeError(
+                    f"step {self._steps + 1} is a Hessian step (opt.hessian_due is True) but no "
+                    f"gradient carries a graph. {_GRAPH_HINT}"
+                )
+            generator = self._probe_generator()
+            rng_state = generator.get_state()
+            try:
+                estimates = hutchinson_diagonal(
+                    grads, flat, n_samples=self.n_samples, generator=generator
+                )
+            except BaseException:
+                generator.set_state(rng_state)  # a failed step changes nothing
+                raise
+
+        # From here on nothing can fail on user input.
+        for p in flat:  # release the graph held by p.grad
+            if p.grad is not None and p.grad.grad_fn is not None:
+                p.grad = p.grad.detach()
+        grads = [cast(Tensor, p.grad) for p in flat]
+
+        with torch.no_grad():
+            offset = 0
+            for group, ps in zip(self.param_groups, groups, strict=True):
+                n = len(ps)
+                group_estimates = None if estimates is None else estimates[offset : offset + n]
+                self._update_group(group, ps, grads[offset : offset + n], group_estimates)
+                offset += n
+
+        self._steps += 1
+        if estimates is not None:
+            self._hessian_updates += 1
+        return loss
+
+    def _check_hessian(self, hessian: Sequence[Tensor], params: list[Tensor]) -> list[Tensor]:
+        if isinstance(hessian, Tensor) or not isinstance(hessian, Sequence):
+            raise ValueError("hessian must be a list of tensors, one per parameter with a gradient")
+        if len(hessian) != len(params):
+            raise ValueError(
+                f"hessian has {len(hessian)} tensors but {len(params)} parameters have a "
+                "gradient; pass one per parameter with a gradient, in param-group order"
+            )
+        out = []
+        for i, (h, p) in enumerate(zip(hessian, params, strict=True)):
+            if not isinstance(h, Tensor):
+                raise ValueError(f"hessian[{i}] is {type(h).__name__}, not a tensor")
+            if h.shape != p.shape:
+                raise ValueError(
+                    f"hessian[{i}] has shape {tuple(h.shape)} but its parameter has shape "
+                    f"{tuple(p.shape)}"
+                )
+            out.append(h.detach().to(device=p.device, dtype=p.dtype))
+        return out
+
+    def _update_group(
+        self,
+        group: dict[str, Any],
+        params: list[Tensor],
+        grads: list[Tensor],
+        estimates: list[Tensor] | None,
+    ) -> None:
+        active: list[int] = []
+        for i, p in enumerate(params):
+            state = self.state[p]
+            if not state:
+                state["step"] = 0
+                state["hessian_step"] = 0
+                state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                state["exp_hessian_diag_sq"] = torch.zeros_like(
+                    p, memory_format=torch.preserve_format
+                )
+            if estimates is None and state["hessian_step"] == 0:
+                continue  # no curvature yet: wait for the first Hessian step
+            state["step"] += 1
+            if estimates is not None:
+                state["hessian_step"] += 1
+            active.append(i)
+        if not active:
+            return
+        states = [self.state[params[i]] for i in active]
+        beta1, beta2 = group["betas"]
+        foreach = group["foreach"]
+        adahessian(
+            [params[i] for i in active],
+            [grads[i] for i in active],
+            None if estimates is None else [estimates[i] for i in active],
+            [s["exp_avg"] for s in states],
+            [s["exp_hessian_diag_sq"] for s in states],
+            [s["step"] for s in states],
+            [s["hessian_step"] for s in states],
+            foreach=True if foreach is None else foreach,
+            lr=group["lr"],
+            beta1=beta1,
+            beta2=beta2,
+            eps=group["eps"],
+            weight_decay=group["weight_decay"],
+            hessian_power=group["hessian_power"],
+            block_size=group["block_size"],
+            spatial_average=group["spatial_average"],
+        )
