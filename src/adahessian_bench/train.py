@@ -25,6 +25,7 @@ import resource
 import shutil
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -406,10 +407,24 @@ def run(cfg: dict[str, Any], out: Path, resume: bool = False, progress: bool = T
             )
     atomic_write_text(config_path, json.dumps(cfg, indent=2) + "\n")
     atomic_write_text(out / "env.json", json.dumps(environment(device), indent=2) + "\n")
-    if device.type == "cpu":
-        # Bitwise repeatable runs on CPU (the default kernels already are; this guards the rest).
-        torch.use_deterministic_algorithms(True, warn_only=True)
     arrays = TASKS[cfg["task"]].load()
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    try:
+        with warnings.catch_warnings():
+            # torch warns on every backward(create_graph=True) that .grad and its graph form a
+            # cycle; the optimizer frees the graph after each Hessian step: noise here.
+            warnings.filterwarnings("ignore", message="Using backward\\(\\) with create_graph")
+            if device.type == "cpu":
+                # Bitwise repeatable runs (CPU kernels already are; this guards the rest).
+                torch.use_deterministic_algorithms(True, warn_only=True)
+            _run_all(cfg, arrays, out, resume, progress)
+    finally:
+        torch.use_deterministic_algorithms(deterministic)
+
+
+def _run_all(
+    cfg: dict[str, Any], arrays: data.Arrays, out: Path, resume: bool, progress: bool
+) -> None:
     for seed in cfg["seeds"]:
         for opt_name in cfg["optimizers"]:
             metrics = train_one(cfg, opt_name, seed, arrays, out / f"{opt_name}-seed{seed}",
