@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from pathlib import Path
 
@@ -47,9 +48,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    profile_cfg = config.load(args.task, args.profile, args.config)
     names = [o.strip() for o in args.optimizers.split(",") if o.strip()]
     try:
+        profile_cfg = config.load(args.task, args.profile, args.config)
         cfg = train.resolve(
             args.task,
             profile_cfg,
@@ -63,11 +64,11 @@ def cmd_run(args: argparse.Namespace) -> int:
             test_subset=args.test_subset,
             device=args.device,
         )
-        train.run(cfg, Path(args.out), resume=args.resume, progress=not args.no_progress)
+        train.run(cfg, Path(args.out), args.resume, not args.no_progress, args.command_line)
     except data.DataUnavailable as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    except ValueError as e:
+    except (ValueError, OSError) as e:  # bad options or config file, or a file problem
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0
@@ -132,7 +133,9 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     args = parser().parse_args(argv)
+    args.command_line = shlex.join(["adahessian-bench", *argv])
     return int(args.func(args))
 
 

@@ -53,7 +53,7 @@ def summary(df: pd.DataFrame, target: float, order: list[str], reference: str = 
                 "step_time": g["mean_step_time_s"].median(),
                 "to_target": reached["train_time_s"].iloc[0] if len(reached) else np.nan,
                 "peak_mem": g["peak_memory_mb"].max(),
-                "diverged": bool(g.get("diverged", pd.Series(dtype=bool)).fillna(False).any()),
+                "diverged": "diverged" in g and bool(g["diverged"].eq(True).any()),
             }
         )
     runs = pd.DataFrame(per_run)

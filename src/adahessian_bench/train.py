@@ -86,7 +86,7 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
-def environment(device: torch.device) -> dict[str, Any]:
+def environment(device: torch.device, command: str) -> dict[str, Any]:
     try:
         from importlib.metadata import version
 
@@ -105,7 +105,7 @@ def environment(device: torch.device) -> dict[str, Any]:
         "torch_threads": torch.get_num_threads(),
         "cuda_device": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
         "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "command": " ".join(["adahessian-bench", *sys.argv[1:]]),
+        "command": command,
     }
     if hasattr(os, "sched_getaffinity"):
         env["cpus_usable"] = len(os.sched_getaffinity(0))
@@ -393,8 +393,16 @@ def train_one(
     return metrics
 
 
-def run(cfg: dict[str, Any], out: Path, resume: bool = False, progress: bool = True) -> None:
-    """Train every (seed, optimizer) pair of ``cfg`` and write the results under ``out``."""
+def run(
+    cfg: dict[str, Any],
+    out: Path,
+    resume: bool = False,
+    progress: bool = True,
+    command: str = "",
+) -> None:
+    """Train every (seed, optimizer) pair of ``cfg`` and write the results under ``out``.
+
+    ``command`` is the command line, recorded in env.json for the report."""
     device = torch.device(cfg["device"])
     out.mkdir(parents=True, exist_ok=True)
     config_path = out / "config.json"
@@ -406,7 +414,7 @@ def run(cfg: dict[str, Any], out: Path, resume: bool = False, progress: bool = T
                 "resume with the same options, or use another --out"
             )
     atomic_write_text(config_path, json.dumps(cfg, indent=2) + "\n")
-    atomic_write_text(out / "env.json", json.dumps(environment(device), indent=2) + "\n")
+    atomic_write_text(out / "env.json", json.dumps(environment(device, command), indent=2) + "\n")
     arrays = TASKS[cfg["task"]].load()
     deterministic = torch.are_deterministic_algorithms_enabled()
     try:
