@@ -136,7 +136,7 @@ def make_report(out: Path, target: float | None = None) -> str:
     machine = (
         f"GPU {env['cuda_device']}"
         if env.get("cuda_device")
-        else f"{cores} CPU cores ({cpu}), {env.get('torch_threads', '?')} torch threads"
+        else f"{cores} CPU cores ({cpu}), torch threads: {env.get('torch_threads', '?')}"
     )
     train_n = tc.get("train_subset") or "all"
     test_n = tc.get("test_subset") or "all"
@@ -150,7 +150,12 @@ def make_report(out: Path, target: float | None = None) -> str:
         f"lr x{tc['gamma']} at epochs {tc['milestones']}, training images: {train_n}, "
         f"test images: {test_n}"
         + (f", at most {tc['max_steps']} steps per epoch" if tc.get("max_steps") else ""),
-        f"- Mean ± std over seeds {', '.join(map(str, seeds))}. Step time: forward + backward "
+        (
+            f"- Mean ± std over seeds {', '.join(map(str, seeds))}."
+            if len(seeds) > 1
+            else f"- One seed ({seeds[0]}): no spread over seeds."
+        )
+        + " Step time: forward + backward "
         "+ optimizer step, the median over epochs of the mean per step. Time to target: "
         "training time (evaluation excluded) until the first epoch whose test accuracy "
         f"reaches {100 * target:g}%.",
