@@ -55,6 +55,7 @@ def hutchinson_diagonal(
     n_samples: int = 1,
     generator: torch.Generator | None = None,
     retain_graph: bool = False,
+    probes: Sequence[Sequence[Tensor]] | None = None,
 ) -> list[Tensor]:
     """Unbiased estimate of the Hessian diagonal, :math:`\\frac1n \\sum_i v_i \\odot H v_i`.
 
@@ -71,6 +72,10 @@ def hutchinson_diagonal(
         generator: source of the probes; None uses PyTorch's default generator.
         retain_graph: keep the graph after the last product (by default it is freed as soon as
             the last Hessian-vector product is done).
+        probes: the probes to use instead of drawing them: one list (shaped like ``params``) per
+            sample; ``n_samples`` and ``generator`` are then ignored. Reusing the same probes for
+            several micro-batches makes the sum of their estimates the estimate for the sum of
+            their losses.
 
     Returns:
         One tensor per parameter, shaped like it: the signed estimate (no absolute value, no
@@ -83,6 +88,10 @@ def hutchinson_diagonal(
     """
     if len(grads) != len(params):
         raise ValueError(f"got {len(grads)} gradients for {len(params)} parameters")
+    if probes is not None:
+        n_samples = len(probes)
+        if any(len(v) != len(params) for v in probes):
+            raise ValueError("each entry of probes needs one tensor per parameter")
     if n_samples < 1:
         raise ValueError(f"n_samples must be >= 1, got {n_samples}")
     live = [i for i, g in enumerate(grads) if g is not None and g.requires_grad]
@@ -96,18 +105,18 @@ def hutchinson_diagonal(
     inputs = [params[i] for i in live]
     estimate = [torch.zeros_like(p) for p in params]
     for sample in range(n_samples):
-        probes = rademacher(params, generator=generator)
+        v = rademacher(params, generator=generator) if probes is None else probes[sample]
         keep = retain_graph or sample < n_samples - 1
         hvps = torch.autograd.grad(
             outputs,  # type: ignore[arg-type]
             inputs,
-            grad_outputs=[probes[i] for i in live],
+            grad_outputs=[v[i] for i in live],
             retain_graph=keep,
             allow_unused=True,
         )
         for i, hv in zip(live, hvps, strict=True):
             if hv is not None:
-                estimate[i].addcmul_(probes[i], hv.detach())
+                estimate[i].addcmul_(v[i], hv.detach())
     if n_samples > 1:
         torch._foreach_div_(estimate, float(n_samples))
     return estimate

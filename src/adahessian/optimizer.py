@@ -12,7 +12,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from .functional import adahessian
-from .hutchinson import hutchinson_diagonal
+from .hutchinson import hutchinson_diagonal, rademacher
 
 __all__ = ["AdaHessian"]
 
@@ -56,6 +56,46 @@ def _check_count(name: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"Invalid {name}: {value!r} (must be an integer >= 1)")
     return value
+
+
+def _resolve_seed(seed: int | None, process_group: Any) -> int:
+    """The probe seed; with a process group, rank 0's seed is broadcast when none is given."""
+    if seed is not None:
+        return seed
+    drawn = int(torch.Generator().seed()) % (2**62)
+    if process_group is None:
+        return drawn
+    import torch.distributed as dist
+
+    box = [drawn]
+    dist.broadcast_object_list(box, src=dist.get_global_rank(process_group, 0), group=process_group)
+    return int(box[0])
+
+
+def _check_not_sharded(param_groups: list[dict[str, Any]]) -> None:
+    for group in param_groups:
+        for p in group["params"]:
+            if getattr(p, "_is_flat_param", False) or type(p).__name__ == "DTensor":
+                raise ValueError(
+                    "AdaHessian needs double backward, which FSDP and DTensor-sharded parameters "
+                    "do not support: pass the unwrapped model's parameters and "
+                    "process_group=... (see adahessian.distributed)"
+                )
+
+
+def _warn_if_unsynchronised(process_group: Any) -> None:
+    import torch.distributed as dist
+
+    if process_group is not None or not (dist.is_available() and dist.is_initialized()):
+        return
+    if dist.get_world_size() > 1:
+        warnings.warn(
+            "torch.distributed is initialised but AdaHessian has no process_group, so the "
+            "ranks' Hessian estimates are not averaged (DDP does not synchronise double "
+            "backward): train the unwrapped model with "
+            "AdaHessian(..., process_group=dist.group.WORLD)",
+            stacklevel=3,
+        )
 
 
 class AdaHessian(Optimizer):
@@ -108,6 +148,13 @@ class AdaHessian(Optimizer):
         seed: seed of the probe generator; None draws one from the operating system. The
             generator is the optimizer's own: the global RNG is never touched.
         foreach: use the multi-tensor ``torch._foreach_*`` path (None: yes).
+        process_group: a ``torch.distributed`` process group (``torch.distributed.group.WORLD``
+            for all ranks). Each step then averages the gradients and, on Hessian steps, the
+            estimates across its ranks in one collective call, so every rank applies the same
+            update. Use the model unwrapped (DDP does not synchronise double backward).
+        shared_probes: with a process group, draw the same probes on every rank (then R ranks
+            with batch B are equivalent to one process with batch R*B); by default each rank
+            draws its own, and averaging R independent probes lowers the variance for free.
 
     ``lr``, ``betas``, ``eps``, ``weight_decay``, ``hessian_power``, ``block_size``,
     ``spatial_average`` and ``foreach`` can be set per parameter group.
@@ -125,10 +172,26 @@ class AdaHessian(Optimizer):
     estimate from elsewhere (one tensor per parameter that has a gradient, in parameter-group
     order) in place of Hutchinson's, and makes that step a Hessian step.
 
+    **Mixed precision.** With ``torch.amp.GradScaler``, ``scaler.step(opt)`` hands the scale to
+    the optimizer, which unscales the gradients *and* the Hessian estimate (the Hessian-vector
+    product comes from the scaled loss) and skips a step whose gradients or estimate hold inf/NaN
+    without touching its state. After ``scaler.unscale_(opt)`` (for clipping) the scale must be
+    passed on: ``scaler.step(opt, loss_scale=scaler.get_scale())``. Moments and the Hessian
+    average are kept in float32 for float16/bfloat16 parameters.
+
+    **Gradient accumulation.** ``opt.backward(loss)`` replaces ``loss.backward(create_graph=...)``:
+    on a Hessian step it takes the Hessian-vector product of this micro-batch at once, with probes
+    shared by all micro-batches of the step, adds it to the step's estimate and frees the graph.
+    K calls with ``loss_k / K`` then one ``step()`` equal one step on the concatenated batch.
+
     A parameter is updated only once it has a curvature estimate: on a non-Hessian step before
     its first Hessian step (for example a parameter added with ``add_param_group`` between Hessian
     steps) it is left untouched, as if it had no gradient.
     """
+
+    # torch.amp.GradScaler.step() then passes the scale (grad_scale) and found_inf to step()
+    # instead of unscaling the gradients itself: the Hessian estimate needs the scale too.
+    _step_supports_amp_scaling = True
 
     def __init__(
         self,
@@ -144,6 +207,9 @@ class AdaHessian(Optimizer):
         spatial_average: bool = True,
         seed: int | None = None,
         foreach: bool | None = None,
+        *,
+        process_group: Any = None,
+        shared_probes: bool = False,
     ) -> None:
         defaults = dict(
             lr=lr,
@@ -160,11 +226,19 @@ class AdaHessian(Optimizer):
         self.n_samples = _check_count("n_samples", n_samples)
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
             raise ValueError(f"Invalid seed: {seed!r} (must be a non-negative integer or None)")
-        self.seed: int = int(torch.Generator().seed()) if seed is None else seed
+        if not isinstance(shared_probes, bool):
+            raise ValueError(f"shared_probes must be True or False, got {shared_probes!r}")
+        self.process_group = process_group
+        self.shared_probes = shared_probes
+        self.seed: int = _resolve_seed(seed, process_group)
         self._steps = 0  # optimizer steps taken
         self._hessian_updates = 0  # Hessian steps taken
         self._generator: torch.Generator | None = None
+        self._pending: dict[str, Any] | None = None  # estimate accumulated by backward()
+        self.skipped_steps = 0  # steps skipped for inf/NaN under a GradScaler
         super().__init__(params, defaults)
+        _check_not_sharded(self.param_groups)
+        _warn_if_unsynchronised(process_group)
 
     # ------------------------------------------------------------------ groups and state
 
@@ -207,6 +281,7 @@ class AdaHessian(Optimizer):
             "update_interval": self.update_interval,
             "n_samples": self.n_samples,
             "seed": self.seed,
+            "skipped_steps": self.skipped_steps,
             "generator": generator,
         }
         return state
@@ -231,6 +306,8 @@ class AdaHessian(Optimizer):
         self.seed = int(extra["seed"])
         self._steps = int(extra["steps"])
         self._hessian_updates = int(extra["hessian_updates"])
+        self.skipped_steps = int(extra.get("skipped_steps", 0))
+        self._pending = None
         self._generator = None
         saved = extra.get("generator")
         if saved is not None:
@@ -248,9 +325,62 @@ class AdaHessian(Optimizer):
     def _probe_generator(self) -> torch.Generator:
         if self._generator is None:
             device = self.param_groups[0]["params"][0].device if self.param_groups else "cpu"
+            seed = self.seed
+            if self.process_group is not None and not self.shared_probes:
+                import torch.distributed as dist
+
+                seed += dist.get_rank(self.process_group)  # independent probes on each rank
             self._generator = torch.Generator(device=device)
-            self._generator.manual_seed(self.seed)
+            self._generator.manual_seed(seed)
         return self._generator
+
+    def _probe_params(self) -> list[Tensor]:
+        """Every parameter that can have a gradient, in param-group order: probes are drawn for
+        all of them, so the random stream does not depend on which ones got gradients."""
+        return [p for group in self.param_groups for p in group["params"] if p.requires_grad]
+
+    # ------------------------------------------------------------------ backward
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """Like ``torch.optim.Optimizer.zero_grad``; also drops a Hessian estimate accumulated by
+        :meth:`backward` since the last step."""
+        self._pending = None
+        super().zero_grad(set_to_none=set_to_none)
+
+    def backward(self, loss: Tensor) -> None:
+        """Back-propagate ``loss`` and, on a Hessian step, take its Hessian-vector products now.
+
+        Use it in place of ``loss.backward(create_graph=opt.hessian_due)``, once per micro-batch
+        when accumulating gradients: gradients add up in ``p.grad`` as usual, and the estimates
+        of all micro-batches of a step use the same probes, so the step's estimate is that of
+        the Hessian of the summed loss (pass ``loss / K`` for the mean over K micro-batches).
+        Each micro-batch's graph is freed before the call returns.
+        """
+        if not self.hessian_due:
+            loss.backward()
+            return
+        params = self._probe_params()
+        grads = torch.autograd.grad(loss, params, create_graph=True, allow_unused=True)
+        if self._pending is None:
+            generator = self._probe_generator()
+            probes = [rademacher(params, generator=generator) for _ in range(self.n_samples)]
+            self._pending = {"params": params, "probes": probes, "estimate": None}
+        if self._pending["params"] != params:
+            raise RuntimeError("the parameters changed between backward() calls of one step")
+        if any(g is not None and g.requires_grad for g in grads):
+            estimate = hutchinson_diagonal(grads, params, probes=self._pending["probes"])
+            if self._pending["estimate"] is None:
+                self._pending["estimate"] = estimate
+            else:
+                torch._foreach_add_(self._pending["estimate"], estimate)
+        with torch.no_grad():
+            for p, g in zip(params, grads, strict=True):
+                if g is None:
+                    continue
+                if p.grad is None:
+                    p.grad = g.detach()
+                else:
+                    p.grad = p.grad.detach() + g.detach()
 
     # ------------------------------------------------------------------ the step
 
@@ -259,6 +389,7 @@ class AdaHessian(Optimizer):
         closure: Callable[[], Any] | None = None,
         *,
         hessian: Sequence[Tensor] | None = None,
+        loss_scale: float | Tensor | None = None,
     ) -> Any:
         """Take one optimisation step.
 
@@ -268,6 +399,9 @@ class AdaHessian(Optimizer):
             hessian: optional Hessian-diagonal estimates (signed, like ``v * Hv``), one per
                 parameter that has a gradient, in parameter-group order; used in place of the
                 Hutchinson estimate, and the step becomes a Hessian step.
+            loss_scale: the factor the loss was multiplied by, when the gradients were already
+                unscaled (``scaler.step(opt, loss_scale=scaler.get_scale())`` after
+                ``scaler.unscale_(opt)``); the Hessian estimate is divided by it.
 
         Returns:
             The closure's loss, or None.
@@ -290,32 +424,73 @@ class AdaHessian(Optimizer):
         flat = [p for ps in groups for p in ps]
         grads = [cast(Tensor, p.grad) for p in flat]
 
+        # Set by torch.amp.GradScaler.step() (see _step_supports_amp_scaling).
+        grad_scale: Tensor | None = getattr(self, "grad_scale", None)
+        found_inf: Tensor | None = getattr(self, "found_inf", None)
+        under_scaler = grad_scale is not None or found_inf is not None
+        hessian_step = hessian is not None or self._pending is not None or self.hessian_due
+        if (
+            found_inf is not None
+            and grad_scale is None
+            and loss_scale is None
+            and hessian_step
+            and hessian is None
+        ):
+            raise RuntimeError(
+                "the gradients were unscaled by scaler.unscale_(opt), but the Hessian estimate "
+                "comes from the scaled loss and AdaHessian cannot tell the scale: call "
+                "scaler.step(opt, loss_scale=scaler.get_scale())"
+            )
+
         estimates: list[Tensor] | None = None
         if hessian is not None:
             estimates = self._check_hessian(hessian, flat)
+        elif self._pending is not None:
+            estimates = self._pending_estimates(flat)
         elif self.hessian_due and flat:
             if not any(g.requires_grad for g in grads):
                 raise RuntimeError(
                     f"step {self._steps + 1} is a Hessian step (opt.hessian_due is True) but no "
                     f"gradient carries a graph. {_GRAPH_HINT}"
                 )
+            params = self._probe_params()
+            index = {id(p): i for i, p in enumerate(params)}
+            all_grads: list[Tensor | None] = [None] * len(params)
+            for p, g in zip(flat, grads, strict=True):
+                all_grads[index[id(p)]] = g
             generator = self._probe_generator()
             rng_state = generator.get_state()
             try:
-                estimates = hutchinson_diagonal(
-                    grads, flat, n_samples=self.n_samples, generator=generator
+                all_estimates = hutchinson_diagonal(
+                    all_grads, params, n_samples=self.n_samples, generator=generator
                 )
             except BaseException:
                 generator.set_state(rng_state)  # a failed step changes nothing
                 raise
+            estimates = [all_estimates[index[id(p)]] for p in flat]
 
         # From here on nothing can fail on user input.
+        self._pending = None
         for p in flat:  # release the graph held by p.grad
             if p.grad is not None and p.grad.grad_fn is not None:
                 p.grad = p.grad.detach()
         grads = [cast(Tensor, p.grad) for p in flat]
 
         with torch.no_grad():
+            if grad_scale is not None:  # gradients and estimate are both scaled
+                inv_scale = grad_scale.double().reciprocal()
+                for g in grads:
+                    g.mul_(inv_scale.to(g.device, g.dtype))
+                if estimates is not None and hessian is None:
+                    estimates = [e * inv_scale.to(e.device, e.dtype) for e in estimates]
+            elif loss_scale is not None and estimates is not None and hessian is None:
+                estimates = [e / loss_scale for e in estimates]
+            if self.process_group is not None:
+                self._all_reduce(grads, estimates)
+            if under_scaler and not _all_finite(grads, estimates, found_inf):
+                self.skipped_steps += 1
+                return loss
+
             offset = 0
             for group, ps in zip(self.param_groups, groups, strict=True):
                 n = len(ps)
@@ -327,6 +502,35 @@ class AdaHessian(Optimizer):
         if estimates is not None:
             self._hessian_updates += 1
         return loss
+
+    def _pending_estimates(self, flat: list[Tensor]) -> list[Tensor]:
+        assert self._pending is not None
+        params, estimate = self._pending["params"], self._pending["estimate"]
+        if estimate is None:
+            raise RuntimeError(
+                "backward() ran on this Hessian step but no gradient reached a parameter with a "
+                "graph; check that the loss depends on the optimised parameters"
+            )
+        index = {id(p): i for i, p in enumerate(params)}
+        return [estimate[index[id(p)]] for p in flat]
+
+    def _all_reduce(self, grads: list[Tensor], estimates: list[Tensor] | None) -> None:
+        """Average gradients and estimates over the process group in one collective call."""
+        import torch.distributed as dist
+
+        tensors = grads + (estimates or [])
+        if not tensors:
+            return
+        dtype = tensors[0].dtype
+        for t in tensors[1:]:
+            dtype = torch.promote_types(dtype, t.dtype)
+        if dtype in (torch.float16, torch.bfloat16):
+            dtype = torch.float32
+        buffer = torch.cat([t.reshape(-1).to(dtype) for t in tensors])
+        dist.all_reduce(buffer, group=self.process_group)
+        buffer.div_(dist.get_world_size(self.process_group))
+        for t, chunk in zip(tensors, buffer.split([t.numel() for t in tensors]), strict=True):
+            t.copy_(chunk.view_as(t))
 
     def _check_hessian(self, hessian: Sequence[Tensor], params: list[Tensor]) -> list[Tensor]:
         if isinstance(hessian, Tensor) or not isinstance(hessian, Sequence):
@@ -345,7 +549,7 @@ class AdaHessian(Optimizer):
                     f"hessian[{i}] has shape {tuple(h.shape)} but its parameter has shape "
                     f"{tuple(p.shape)}"
                 )
-            out.append(h.detach().to(device=p.device, dtype=p.dtype))
+            out.append(h.detach().to(device=p.device, dtype=_state_dtype(p)))
         return out
 
     def _update_group(
@@ -359,12 +563,11 @@ class AdaHessian(Optimizer):
         for i, p in enumerate(params):
             state = self.state[p]
             if not state:
+                dtype = _state_dtype(p)
                 state["step"] = 0
                 state["hessian_step"] = 0
-                state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                state["exp_hessian_diag_sq"] = torch.zeros_like(
-                    p, memory_format=torch.preserve_format
-                )
+                state["exp_avg"] = torch.zeros_like(p, dtype=dtype)
+                state["exp_hessian_diag_sq"] = torch.zeros_like(p, dtype=dtype)
             if estimates is None and state["hessian_step"] == 0:
                 continue  # no curvature yet: wait for the first Hessian step
             state["step"] += 1
@@ -374,12 +577,14 @@ class AdaHessian(Optimizer):
         if not active:
             return
         states = [self.state[params[i]] for i in active]
+        # float16/bfloat16 parameters are updated through float32 copies of themselves.
+        work = [_as_state_dtype(params[i]) for i in active]
         beta1, beta2 = group["betas"]
         foreach = group["foreach"]
         adahessian(
-            [params[i] for i in active],
-            [grads[i] for i in active],
-            None if estimates is None else [estimates[i] for i in active],
+            work,
+            [_as_state_dtype(grads[i]) for i in active],
+            None if estimates is None else [_as_state_dtype(estimates[i]) for i in active],
             [s["exp_avg"] for s in states],
             [s["exp_hessian_diag_sq"] for s in states],
             [s["step"] for s in states],
@@ -394,3 +599,27 @@ class AdaHessian(Optimizer):
             block_size=group["block_size"],
             spatial_average=group["spatial_average"],
         )
+        for i, w in zip(active, work, strict=True):
+            if w is not params[i]:
+                params[i].copy_(w)
+
+
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+def _state_dtype(t: Tensor) -> torch.dtype:
+    return torch.float32 if t.dtype in _LOW_PRECISION else t.dtype
+
+
+def _as_state_dtype(t: Tensor) -> Tensor:
+    return t.float() if t.dtype in _LOW_PRECISION else t
+
+
+def _all_finite(grads: list[Tensor], estimates: list[Tensor] | None, found_inf: Any) -> bool:
+    if found_inf is not None and float(found_inf) > 0:
+        return False
+    tensors = grads + (estimates or [])
+    if not tensors:
+        return True
+    sums = torch.stack([t.detach().float().sum().to(tensors[0].device) for t in tensors])
+    return bool(torch.isfinite(sums).all())

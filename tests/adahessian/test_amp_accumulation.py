@@ -1,0 +1,247 @@
+"""Mixed precision (GradScaler, low-precision parameters) and gradient accumulation."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import Tensor, nn
+
+from adahessian import AdaHessian
+
+F64 = torch.float64
+
+
+class Net(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 3, 3)
+        self.fc = nn.Linear(12, 4)
+        self.out = nn.Linear(4, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = torch.tanh(self.conv(x)).flatten(1)
+        return self.out(torch.tanh(self.fc(h)))
+
+
+def make_net(dtype=F64) -> Net:
+    torch.manual_seed(0)
+    return Net().to(dtype)
+
+
+def batches(n: int, size: int = 16, dtype=F64, seed: int = 0) -> list[tuple[Tensor, Tensor]]:
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(n):
+        x = torch.randn(size, 1, 4, 4, generator=g, dtype=dtype)
+        out.append((x, torch.randint(0, 3, (size,), generator=g)))
+    return out
+
+
+def loss_of(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
+    return nn.functional.cross_entropy(model(x), y)
+
+
+def flat_params(model: nn.Module) -> Tensor:
+    return torch.cat([p.detach().flatten() for p in model.parameters()])
+
+
+# ----------------------------------------------------------------------------- GradScaler
+
+
+def constant_scaler(scale: float = 1024.0) -> torch.amp.GradScaler:
+    return torch.amp.GradScaler("cpu", init_scale=scale, growth_interval=10**9)
+
+
+@pytest.mark.parametrize("update_interval", [1, 2], ids=["every-step", "every-2nd"])
+def test_constant_loss_scale_gives_the_unscaled_trajectory(update_interval):
+    data = batches(8)
+    plain, scaled = make_net(), make_net()
+    opt = AdaHessian(plain.parameters(), lr=0.05, update_interval=update_interval, seed=0)
+    scaled_opt = AdaHessian(scaled.parameters(), lr=0.05, update_interval=update_interval, seed=0)
+    scaler = constant_scaler()
+    for x, y in data:
+        opt.zero_grad()
+        loss_of(plain, x, y).backward(create_graph=opt.hessian_due)
+        opt.step()
+
+        scaled_opt.zero_grad()
+        scaler.scale(loss_of(scaled, x, y)).backward(create_graph=scaled_opt.hessian_due)
+        scaler.step(scaled_opt)
+        scaler.update()
+    assert scaler.get_scale() == 1024.0
+    torch.testing.assert_close(flat_params(scaled), flat_params(plain), rtol=1e-12, atol=1e-14)
+    for p, q in zip(plain.parameters(), scaled.parameters(), strict=True):
+        torch.testing.assert_close(
+            scaled_opt.state[q]["exp_hessian_diag_sq"], opt.state[p]["exp_hessian_diag_sq"]
+        )
+
+
+def test_unscale_first_needs_the_loss_scale():
+    x, y = batches(1)[0]
+    plain, scaled = make_net(), make_net()
+    opt = AdaHessian(plain.parameters(), lr=0.05, seed=0)
+    scaled_opt = AdaHessian(scaled.parameters(), lr=0.05, seed=0)
+    opt.zero_grad()
+    loss_of(plain, x, y).backward(create_graph=True)
+    opt.step()
+
+    scaler = constant_scaler()
+    scaler.scale(loss_of(scaled, x, y)).backward(create_graph=True)
+    scaler.unscale_(scaled_opt)  # e.g. to clip gradients
+    before = flat_params(scaled)
+    with pytest.raises(RuntimeError, match=r"loss_scale=scaler\.get_scale"):
+        scaler.step(scaled_opt)
+    assert torch.equal(flat_params(scaled), before)
+    scaler.step(scaled_opt, loss_scale=scaler.get_scale())
+    torch.testing.assert_close(flat_params(scaled), flat_params(plain), rtol=1e-12, atol=1e-14)
+
+
+def test_inf_gradient_skips_the_step_and_frees_the_graph():
+    model = make_net()
+    opt = AdaHessian(model.parameters(), lr=0.05, seed=0)
+    scaler = constant_scaler()
+    x, y = batches(1)[0]
+    scaler.scale(loss_of(model, x, y)).backward(create_graph=True)
+    scaler.step(opt)
+    scaler.update()
+    state = copy.deepcopy(opt.state_dict())
+    before = flat_params(model)
+
+    opt.zero_grad()
+    scaler.scale(loss_of(model, x, y)).backward(create_graph=True)
+    with torch.no_grad():
+        model.fc.bias.grad[0] = float("inf")
+    scaler.step(opt)
+    scaler.update()
+    assert torch.equal(flat_params(model), before)
+    assert opt.skipped_steps == 1
+    assert scaler.get_scale() < 1024.0, "GradScaler saw the inf and backed off"
+    after = opt.state_dict()
+    assert after["adahessian"]["steps"] == state["adahessian"]["steps"]
+    for k, v in state["state"].items():
+        for name in ("exp_avg", "exp_hessian_diag_sq"):
+            assert torch.equal(after["state"][k][name], v[name])
+    assert all(p.grad.grad_fn is None for p in model.parameters())
+
+
+def test_non_finite_hessian_skips_the_step_under_a_scaler():
+    model = make_net()
+    opt = AdaHessian(model.parameters(), lr=0.05, seed=0)
+    scaler = constant_scaler()
+    x, y = batches(1)[0]
+    scaler.scale(loss_of(model, x, y)).backward()
+    before = flat_params(model)
+    bad = [torch.full_like(p, float("nan")) for p in model.parameters()]
+    scaler.step(opt, hessian=bad)
+    assert torch.equal(flat_params(model), before)
+    assert opt.skipped_steps == 1 and opt.hessian_due
+    assert not opt.state or all(s["step"] == 0 for s in opt.state.values())
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["float16", "bfloat16"])
+def test_low_precision_parameters_keep_float32_state(dtype):
+    """Curvature 1000 in every entry: D**2 = 1e6 overflows float16 (max 65504) unless formed in
+    float32. The moments must be float32 and finite, and the step must match float32 math."""
+    a = 1000.0
+    p = nn.Parameter(torch.full((4, 8), 0.5, dtype=dtype))
+    opt = AdaHessian([p], lr=0.01, block_size=4, seed=0)
+    for _ in range(3):
+        opt.zero_grad()
+        (0.5 * a * (p.float() ** 2).sum()).backward(create_graph=True)
+        opt.step()
+    state = opt.state[p]
+    assert state["exp_avg"].dtype == torch.float32
+    assert state["exp_hessian_diag_sq"].dtype == torch.float32
+    assert torch.isfinite(state["exp_hessian_diag_sq"]).all()
+    torch.testing.assert_close(
+        state["exp_hessian_diag_sq"], torch.full((4, 8), (1 - 0.999**3) * a * a), rtol=1e-5, atol=0
+    )
+    assert p.dtype == dtype and torch.isfinite(p).all() and (p < 0.5).all()
+
+
+# ----------------------------------------------------------------------------- accumulation
+
+
+@pytest.mark.parametrize("micro_batches", [2, 4])
+def test_accumulated_micro_batches_equal_one_step_on_the_concatenation(micro_batches):
+    data = batches(6)
+    whole, split = make_net(), make_net()
+    opt = AdaHessian(whole.parameters(), lr=0.05, update_interval=2, n_samples=2, seed=3)
+    split_opt = AdaHessian(split.parameters(), lr=0.05, update_interval=2, n_samples=2, seed=3)
+    for x, y in data:
+        opt.zero_grad()
+        loss_of(whole, x, y).backward(create_graph=opt.hessian_due)
+        opt.step()
+
+        split_opt.zero_grad()
+        for xs, ys in zip(x.chunk(micro_batches), y.chunk(micro_batches), strict=True):
+            split_opt.backward(loss_of(split, xs, ys) / micro_batches)
+            assert all(p.grad.grad_fn is None for p in split.parameters()), "graph freed at once"
+        split_opt.step()
+    torch.testing.assert_close(flat_params(split), flat_params(whole), rtol=1e-10, atol=1e-12)
+    for p, q in zip(whole.parameters(), split.parameters(), strict=True):
+        torch.testing.assert_close(
+            split_opt.state[q]["exp_hessian_diag_sq"], opt.state[p]["exp_hessian_diag_sq"]
+        )
+
+
+def test_re_differentiating_the_accumulated_gradient_inflates_the_estimate():
+    """The defect the backward() path avoids: an HVP of the accumulated gradient after each
+    micro-batch counts earlier micro-batches again."""
+    x, y = batches(1)[0]
+    model = make_net()
+    params = list(model.parameters())
+    probes = [torch.ones_like(p) for p in params]
+    grads = torch.autograd.grad(loss_of(model, x, y), params, create_graph=True)
+    exact = torch.autograd.grad(grads, params, probes)
+    acc = None
+    naive = [torch.zeros_like(p) for p in params]
+    for xs, ys in zip(x.chunk(2), y.chunk(2), strict=True):
+        g = torch.autograd.grad(loss_of(model, xs, ys) / 2, params, create_graph=True)
+        acc = g if acc is None else [a + b for a, b in zip(acc, g, strict=True)]
+        hv = torch.autograd.grad(acc, params, probes, retain_graph=True)
+        naive = [n + h for n, h in zip(naive, hv, strict=True)]
+    err = sum((n - e).abs().sum() for n, e in zip(naive, exact, strict=True))
+    assert err > 1e-3
+
+
+def test_autocast_bfloat16_forward_keeps_float32_state_and_tracks_float32_run():
+    """Under CPU autocast the matmuls run in bfloat16; the double backward goes through them and
+    the step stays close to the float32 run for most coordinates (bfloat16 has ~3 significant
+    digits; coordinates with almost no curvature amplify that, as they would any noise)."""
+    data = batches(4, dtype=torch.float32)
+    ref, amp = make_net(torch.float32), make_net(torch.float32)
+    ref_opt = AdaHessian(ref.parameters(), lr=0.01, seed=0)
+    amp_opt = AdaHessian(amp.parameters(), lr=0.01, seed=0)
+    for x, y in data:
+        ref_opt.zero_grad()
+        loss_of(ref, x, y).backward(create_graph=True)
+        ref_opt.step()
+        amp_opt.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = loss_of(amp, x, y)
+        loss.backward(create_graph=True)
+        amp_opt.step()
+    for p in amp.parameters():
+        assert amp_opt.state[p]["exp_hessian_diag_sq"].dtype == torch.float32
+    moved = (flat_params(ref) - flat_params(make_net(torch.float32))).abs()
+    diff = (flat_params(amp) - flat_params(ref)).abs()
+    assert torch.isfinite(flat_params(amp)).all()
+    assert diff.median() < 0.05 * moved.median()
+
+
+def test_zero_grad_drops_a_pending_estimate():
+    model, twin = make_net(), make_net()
+    opt = AdaHessian(model.parameters(), lr=0.05, seed=0)
+    twin_opt = AdaHessian(twin.parameters(), lr=0.05, seed=0)
+    (x, y), (x2, y2) = batches(2)
+    opt.backward(loss_of(model, x2, y2))  # abandoned: zero_grad must forget it
+    opt.zero_grad()
+    opt._generator = None  # redraw the same probes as the twin
+    opt.backward(loss_of(model, x, y))
+    opt.step()
+    twin_opt.backward(loss_of(twin, x, y))
+    twin_opt.step()
+    assert torch.equal(flat_params(model), flat_params(twin))

@@ -1,0 +1,501 @@
+"""AdaHessian against the plain reference on exact-Hessian problems; the torch.optim contract."""
+
+from __future__ import annotations
+
+import copy
+import io
+from typing import Any
+
+import pytest
+import torch
+from torch import Tensor, nn
+
+from adahessian import AdaHessian
+from adahessian.reference import ReferenceAdaHessian
+
+F64 = torch.float64
+
+# ----------------------------------------------------------------------------- separable quadratics
+# L(p) = 0.5 * sum(a * p**2) has Hessian diag(a): every Rademacher probe gives v * Hv = a exactly,
+# so the optimizer (which estimates it with Hutchinson) must match the reference given a itself.
+
+SHAPES = [(5,), (3, 7), (2, 3, 4), (2, 2, 3, 3), (2, 1, 2, 2, 3)]  # ranks 1 to 5
+
+GROUPS = [
+    # (indices into SHAPES, group options)
+    ([0, 1], dict(lr=0.05, weight_decay=0.01, hessian_power=0.5, block_size=3)),
+    ([2, 3], dict(lr=0.2, hessian_power=1.0, betas=(0.8, 0.99))),
+    ([4], dict(lr=0.1, weight_decay=0.1, eps=1e-3, spatial_average=False)),
+]
+
+
+def quadratic(seed: int = 0) -> tuple[list[Tensor], list[Tensor]]:
+    g = torch.Generator().manual_seed(seed)
+    a = [torch.rand(s, generator=g, dtype=F64) * 2 + 0.1 for s in SHAPES]
+    p0 = [torch.randn(s, generator=g, dtype=F64) for s in SHAPES]
+    return a, p0
+
+
+def quadratic_loss(params: list[Tensor], a: list[Tensor]) -> Tensor:
+    return sum(0.5 * (ai * p * p).sum() for ai, p in zip(a, params, strict=True))  # type: ignore[return-value]
+
+
+def make_groups(params: list[Tensor], spec=GROUPS) -> list[dict[str, Any]]:
+    return [{"params": [params[i] for i in idx], **opts} for idx, opts in spec]
+
+
+def run_optimizer(steps: int, spec=GROUPS, schedule=None, **kwargs) -> list[list[Tensor]]:
+    a, p0 = quadratic()
+    params = [p.clone().requires_grad_(True) for p in p0]
+    opt = AdaHessian(make_groups(params, spec), seed=0, **kwargs)
+    scheduler = schedule(opt) if schedule else None
+    traj = []
+    for _ in range(steps):
+        opt.zero_grad()
+        quadratic_loss(params, a).backward(create_graph=opt.hessian_due)
+        opt.step()
+        if scheduler:
+            scheduler.step()
+        traj.append([p.detach().clone() for p in params])
+    return traj
+
+
+def run_reference(steps: int, spec=GROUPS, update_interval=1, lr_at=None) -> list[list[Tensor]]:
+    a, p0 = quadratic()
+    params = [p.clone() for p in p0]
+    ref = ReferenceAdaHessian(make_groups(params, spec), update_interval=update_interval)
+    order = [i for idx, _ in spec for i in idx]
+    base_lrs = [g.get("lr", ReferenceAdaHessian.defaults["lr"]) for g in ref.groups]
+    traj = []
+    for t in range(steps):
+        if lr_at:
+            for group, base in zip(ref.groups, base_lrs, strict=True):
+                group["lr"] = base * lr_at(t)
+        grads = [a[i] * params[i] for i in order]
+        ref.step(grads, [a[i] for i in order] if ref.hessian_due else None)
+        traj.append([p.clone() for p in params])
+    return traj
+
+
+def order_of(spec=GROUPS) -> list[int]:
+    return [i for idx, _ in spec for i in idx]
+
+
+def assert_trajectories_close(opt_traj, ref_traj, spec=GROUPS):
+    order = order_of(spec)
+    for step, (got, want) in enumerate(zip(opt_traj, ref_traj, strict=True)):
+        for i, w in zip(order, want, strict=True):
+            torch.testing.assert_close(
+                got[i], w, rtol=1e-9, atol=1e-12, msg=lambda m, s=step, i=i: f"step {s}, p{i}: {m}"
+            )
+
+
+@pytest.mark.parametrize("foreach", [False, True], ids=["for-loop", "foreach"])
+@pytest.mark.parametrize("update_interval", [1, 3], ids=["every-step", "every-3rd"])
+def test_matches_reference_on_quadratics(foreach, update_interval):
+    traj = run_optimizer(30, update_interval=update_interval, foreach=foreach)
+    assert_trajectories_close(traj, run_reference(30, update_interval=update_interval))
+    assert not torch.equal(traj[-1][0], quadratic()[1][0]), "parameters must move"
+
+
+def test_delayed_hessian_equals_every_step_on_constant_hessian():
+    """The beta2 bias correction counts Hessian updates, so with a constant Hessian a Hessian
+    estimated every 3rd step gives exactly the every-step trajectory."""
+    assert_trajectories_close(run_optimizer(30, update_interval=3), run_reference(30))
+
+
+def test_reference_is_sensitive_to_each_setting():
+    """Guards the comparison above: changing any setting changes the reference trajectory."""
+    base = run_reference(10)[-1]
+    for key, value in [("hessian_power", 0.75), ("block_size", 2), ("weight_decay", 0.5)]:
+        spec = [(idx, {**opts, key: value}) for idx, opts in GROUPS]
+        other = run_reference(10, spec=spec)[-1]
+        assert any(not torch.allclose(x, y) for x, y in zip(base, other, strict=True)), key
+
+
+def test_lr_scheduler_changes_the_step():
+    def factor(t: int) -> float:
+        return 0.5 ** (t // 4)
+
+    traj = run_optimizer(
+        16, schedule=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lambda e: factor(e))
+    )
+    assert_trajectories_close(traj, run_reference(16, lr_at=factor))
+
+
+def test_param_groups_behave_like_separate_optimizers():
+    joint = run_optimizer(12)
+    for spec in ([g] for g in GROUPS):
+        alone = run_optimizer(12, spec=spec)
+        for step in range(12):
+            for i in spec[0][0]:
+                torch.testing.assert_close(joint[step][i], alone[step][i], rtol=0, atol=0)
+
+
+def test_external_hessian_equals_hutchinson_on_quadratic():
+    a, p0 = quadratic()
+    params = [p.clone().requires_grad_(True) for p in p0]
+    opt = AdaHessian(make_groups(params), seed=0)
+    order = order_of()
+    for _ in range(10):
+        opt.zero_grad()
+        quadratic_loss(params, a).backward()  # no graph needed when the Hessian is given
+        opt.step(hessian=[a[i] for i in order])
+    want = run_optimizer(10)[-1]
+    for p, w in zip(params, want, strict=True):
+        torch.testing.assert_close(p.detach(), w, rtol=0, atol=0)
+
+
+# ----------------------------------------------------------------------------- a small real model
+
+
+class Net(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 3, 3)
+        self.fc = nn.Linear(12, 4)
+        self.out = nn.Linear(4, 3)
+        self.empty = nn.Parameter(torch.zeros(0, 3))  # a zero-size parameter
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = torch.tanh(self.conv(x)).flatten(1)
+        return self.out(torch.tanh(self.fc(h))) + self.empty.sum()
+
+
+def batches(n: int, seed: int = 0) -> list[tuple[Tensor, Tensor]]:
+    g = torch.Generator().manual_seed(seed)
+    return [
+        (torch.randn(8, 1, 4, 4, generator=g, dtype=F64), torch.randint(0, 3, (8,), generator=g))
+        for _ in range(n)
+    ]
+
+
+def make_net(seed: int = 0) -> Net:
+    torch.manual_seed(seed)
+    return Net().double()
+
+
+def train(model: Net, opt: AdaHessian, data, skip_grad_of: str | None = None) -> None:
+    for x, y in data:
+        opt.zero_grad()
+        loss = nn.functional.cross_entropy(model(x), y)
+        loss.backward(create_graph=opt.hessian_due)
+        if skip_grad_of is not None:
+            getattr(model, skip_grad_of).weight.grad = None
+        opt.step()
+
+
+def test_foreach_equals_for_loop_on_a_real_model():
+    data = batches(12)
+    results = []
+    for foreach in (False, True):
+        model = make_net()
+        opt = AdaHessian(model.parameters(), lr=0.05, weight_decay=0.01, block_size=2, seed=1,
+                         update_interval=2, foreach=foreach)  # fmt: skip
+        train(model, opt, data[:6])
+        train(model, opt, data[6:7], skip_grad_of="fc")  # a step where one grad is None
+        train(model, opt, data[7:])
+        results.append((model.state_dict(), opt.state_dict()))
+    (m1, o1), (m2, o2) = results
+    for k in m1:
+        torch.testing.assert_close(m1[k], m2[k], rtol=1e-12, atol=1e-14)
+    assert o1["state"].keys() == o2["state"].keys()
+
+
+@pytest.mark.parametrize("stop_at", [4, 5], ids=["after-hessian-step", "between-hessian-steps"])
+def test_state_dict_round_trip_continues_bit_identically(stop_at):
+    data = batches(12)
+    model = make_net()
+    opt = AdaHessian(model.parameters(), lr=0.05, update_interval=3, n_samples=2, seed=7)
+    train(model, opt, data)
+    uninterrupted = copy.deepcopy(model.state_dict())
+
+    model = make_net()
+    opt = AdaHessian(model.parameters(), lr=0.05, update_interval=3, n_samples=2, seed=7)
+    train(model, opt, data[:stop_at])
+    buffer = io.BytesIO()
+    torch.save({"model": model.state_dict(), "opt": opt.state_dict()}, buffer)
+    train(model, opt, data[stop_at : stop_at + 2])  # the run goes on; the checkpoint must not
+
+    buffer.seek(0)
+    checkpoint = torch.load(buffer)
+    resumed_model = make_net(seed=99)
+    resumed_model.load_state_dict(checkpoint["model"])
+    resumed = AdaHessian(resumed_model.parameters(), seed=123)  # seed comes from the checkpoint
+    resumed.load_state_dict(checkpoint["opt"])
+    assert resumed.hessian_due == (stop_at % 3 == 0)
+    train(resumed_model, resumed, data[stop_at:])
+    for k, v in uninterrupted.items():
+        assert torch.equal(resumed_model.state_dict()[k], v), k
+
+
+def test_state_dict_deepcopy_round_trip_in_lockstep():
+    data = batches(8)
+    model = make_net()
+    opt = AdaHessian(model.parameters(), lr=0.05, seed=3)
+    train(model, opt, data[:3])
+    twin_model = copy.deepcopy(model)
+    twin = AdaHessian(twin_model.parameters(), seed=0)
+    twin.load_state_dict(copy.deepcopy(opt.state_dict()))
+    for batch in data[3:]:
+        train(model, opt, [batch])
+        train(twin_model, twin, [batch])
+        for p, q in zip(model.parameters(), twin_model.parameters(), strict=True):
+            assert torch.equal(p, q)
+
+
+def test_seed_makes_runs_reproducible_and_leaves_global_rng_alone():
+    data = batches(6)
+    finals = []
+    for seed in (5, 5, 6):
+        model = make_net()
+        rng = torch.get_rng_state()
+        train(model, AdaHessian(model.parameters(), lr=0.05, seed=seed), data)
+        assert torch.equal(rng, torch.get_rng_state()), "the global RNG must not be touched"
+        finals.append(torch.cat([p.flatten() for p in model.parameters()]))
+    assert torch.equal(finals[0], finals[1])
+    assert not torch.equal(finals[0], finals[2])
+
+
+def test_graph_released_after_hessian_step():
+    model = make_net()
+    opt = AdaHessian(model.parameters(), seed=0)
+    x, y = batches(1)[0]
+    nn.functional.cross_entropy(model(x), y).backward(create_graph=True)
+    assert model.fc.weight.grad.grad_fn is not None
+    opt.step()
+    for p in model.parameters():
+        assert p.grad is not None and p.grad.grad_fn is None and not p.grad.requires_grad
+
+
+def test_graph_released_on_non_hessian_step_too():
+    model = make_net()
+    opt = AdaHessian(model.parameters(), update_interval=2, seed=0)
+    train(model, opt, batches(1))
+    x, y = batches(1)[0]
+    assert not opt.hessian_due
+    nn.functional.cross_entropy(model(x), y).backward(create_graph=True)  # wasteful but legal
+    opt.step()
+    assert all(p.grad.grad_fn is None for p in model.parameters())
+
+
+def test_hessian_due_schedule():
+    model = make_net()
+    opt = AdaHessian(model.parameters(), update_interval=3, seed=0)
+    due = []
+    for batch in batches(7):
+        due.append(opt.hessian_due)
+        train(model, opt, [batch])
+    assert due == [True, False, False, True, False, False, True]
+    assert opt.state_dict()["adahessian"]["hessian_updates"] == 3
+
+
+def test_non_hessian_steps_need_no_graph():
+    model = make_net()
+    opt = AdaHessian(model.parameters(), update_interval=4, seed=0)
+    train(model, opt, batches(1))
+    for x, y in batches(3, seed=1):
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()  # plain backward
+        before = model.fc.weight.detach().clone()
+        opt.step()
+        assert not torch.equal(before, model.fc.weight)
+
+
+def test_closure_runs_with_grad_enabled_and_returns_loss():
+    data = batches(4)
+    model, twin = make_net(), make_net()
+    opt = AdaHessian(model.parameters(), seed=0)
+    twin_opt = AdaHessian(twin.parameters(), seed=0)
+    for x, y in data:
+
+        def closure(x=x, y=y):
+            opt.zero_grad()
+            loss = nn.functional.cross_entropy(model(x), y)
+            loss.backward(create_graph=opt.hessian_due)
+            return loss
+
+        with torch.no_grad():
+            loss = opt.step(closure)
+        assert isinstance(loss, Tensor) and loss.requires_grad
+        train(twin, twin_opt, [(x, y)])
+    for p, q in zip(model.parameters(), twin.parameters(), strict=True):
+        assert torch.equal(p, q)
+
+
+def test_parameters_without_grad_are_untouched():
+    model = make_net()
+    model.out.bias.requires_grad_(False)
+    opt = AdaHessian(model.parameters(), seed=0)
+    frozen = model.out.bias.detach().clone()
+    train(model, opt, batches(3), skip_grad_of="fc")
+    assert torch.equal(model.out.bias, frozen)
+    assert model.out.bias not in opt.state
+    assert model.fc.weight not in opt.state
+
+
+def test_gradient_without_graph_among_others_has_zero_curvature():
+    model = make_net()
+    opt = AdaHessian(model.parameters(), seed=0)
+    x, y = batches(1)[0]
+    nn.functional.cross_entropy(model(x), y).backward(create_graph=True)
+    model.fc.weight.grad = model.fc.weight.grad.detach()
+    opt.step()
+    assert torch.equal(
+        opt.state[model.fc.weight]["exp_hessian_diag_sq"], torch.zeros_like(model.fc.weight)
+    )
+    assert opt.state[model.out.weight]["exp_hessian_diag_sq"].abs().sum() > 0
+
+
+def test_parameter_added_between_hessian_steps_waits_for_curvature():
+    model = make_net()
+    opt = AdaHessian([model.conv.weight], update_interval=2, seed=0)
+    train(model, opt, batches(1))
+    opt.add_param_group({"params": [model.fc.weight]})
+    before = model.fc.weight.detach().clone()
+    train(model, opt, batches(1, seed=1))  # not a Hessian step: fc has no curvature yet
+    assert torch.equal(model.fc.weight, before)
+    train(model, opt, batches(1, seed=2))  # Hessian step
+    assert not torch.equal(model.fc.weight, before)
+    assert opt.state[model.fc.weight]["hessian_step"] == 1
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        (dict(lr=-0.1), "learning rate"),
+        (dict(eps=-1e-8), "eps"),
+        (dict(weight_decay=-1.0), "weight_decay"),
+        (dict(betas=(1.0, 0.999)), "beta parameter at index 0"),
+        (dict(betas=(0.9, -0.1)), "beta parameter at index 1"),
+        (dict(betas=(0.9,)), "pair"),
+        (dict(hessian_power=1.5), "hessian_power"),
+        (dict(hessian_power=-0.5), "hessian_power"),
+        (dict(update_interval=0), "update_interval"),
+        (dict(update_interval=2.5), "update_interval"),
+        (dict(n_samples=0), "n_samples"),
+        (dict(block_size=0), "block_size"),
+        (dict(block_size=True), "block_size"),
+        (dict(spatial_average="yes"), "spatial_average"),
+        (dict(seed=-3), "seed"),
+        (dict(foreach="fast"), "foreach"),
+        (dict(lr=torch.tensor(0.1)), "lr must be a Python float"),
+    ],
+    ids=lambda v: "-".join(f"{k}={v[k]}" for k in v) if isinstance(v, dict) else None,
+)
+def test_constructor_rejects(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        AdaHessian([nn.Parameter(torch.ones(2))], **kwargs)
+
+
+def test_complex_parameters_rejected():
+    with pytest.raises(ValueError, match="complex"):
+        AdaHessian([nn.Parameter(torch.ones(2, dtype=torch.complex64))])
+
+
+def snapshot(model: nn.Module, opt: AdaHessian):
+    params = [p.detach().clone() for p in model.parameters()]
+    return params, copy.deepcopy(opt.state_dict()), opt.hessian_due, len(opt.param_groups)
+
+
+def assert_unchanged(model, opt, before):
+    params, state, due, n_groups = before
+    for p, q in zip(model.parameters(), params, strict=True):
+        assert torch.equal(p, q)
+    assert opt.hessian_due == due and len(opt.param_groups) == n_groups
+    assert_same(opt.state_dict(), state)
+
+
+def assert_same(a, b):
+    if isinstance(a, Tensor):
+        assert torch.equal(a, b)
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys()
+        for k in a:
+            assert_same(a[k], b[k])
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b)
+        for x, y in zip(a, b, strict=True):
+            assert_same(x, y)
+    else:
+        assert a == b
+
+
+@pytest.fixture
+def warm():
+    """A model and optimizer after two steps, with fresh gradients (with graph) for a third."""
+    model = make_net()
+    opt = AdaHessian(model.parameters(), lr=0.05, seed=0)
+    train(model, opt, batches(2))
+    x, y = batches(1, seed=9)[0]
+    opt.zero_grad()
+    nn.functional.cross_entropy(model(x), y).backward(create_graph=True)
+    return model, opt
+
+
+def test_missing_graph_on_hessian_step_raises_and_changes_nothing(warm):
+    model, opt = warm
+    for p in model.parameters():
+        p.grad = p.grad.detach()
+    before = snapshot(model, opt)
+    with pytest.raises(RuntimeError, match=r"create_graph.*hessian_due|hessian_due.*create_graph"):
+        opt.step()
+    assert_unchanged(model, opt, before)
+
+
+def test_sparse_gradient_raises_and_changes_nothing(warm):
+    model, opt = warm
+    before = snapshot(model, opt)
+    model.fc.weight.grad = model.fc.weight.grad.detach().to_sparse()
+    with pytest.raises(RuntimeError, match="sparse"):
+        opt.step()
+    assert_unchanged(model, opt, before)
+
+
+@pytest.mark.parametrize(
+    ("make", "match"),
+    [
+        (lambda ps: [torch.ones_like(p) for p in ps[:-1]], "one per parameter"),
+        (lambda ps: [torch.ones(3) for p in ps], "shape"),
+        (lambda ps: torch.ones(3), "list of tensors"),
+        (lambda ps: [1.0 for p in ps], "not a tensor"),
+    ],
+    ids=["too-short", "wrong-shape", "a-tensor", "floats"],
+)
+def test_bad_hessian_argument_raises_and_changes_nothing(warm, make, match):
+    model, opt = warm
+    before = snapshot(model, opt)
+    with pytest.raises(ValueError, match=match):
+        opt.step(hessian=make([p for p in model.parameters() if p.grad is not None]))
+    assert_unchanged(model, opt, before)
+    opt.step()  # the graph is still there: the failed call did not consume it
+
+
+def test_bad_param_group_raises_and_changes_nothing():
+    model = make_net()
+    opt = AdaHessian([model.conv.weight], seed=0)
+    with pytest.raises(ValueError, match="hessian_power"):
+        opt.add_param_group({"params": [model.fc.weight], "hessian_power": 2.0})
+    assert len(opt.param_groups) == 1
+
+
+def test_load_state_dict_rejects_foreign_state_and_changes_nothing(warm):
+    model, opt = warm
+    adam_state = torch.optim.Adam(model.parameters()).state_dict()
+    before = snapshot(model, opt)
+    with pytest.raises(ValueError, match="adahessian"):
+        opt.load_state_dict(adam_state)
+    assert_unchanged(model, opt, before)
+
+
+def test_failure_inside_the_hessian_product_changes_nothing(warm):
+    model, opt = warm
+    grads = [p.grad for p in model.parameters()]
+    torch.autograd.grad(sum(g.sum() for g in grads), list(model.parameters()), allow_unused=True)
+    before = snapshot(model, opt)  # the graph is gone: the product will fail after the draw
+    with pytest.raises(RuntimeError, match="second time"):
+        opt.step()
+    assert_unchanged(model, opt, before)  # probe generator state included
