@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import gzip
+import hashlib
+import io
+import pickle
+import tarfile
 import urllib.request
 from pathlib import Path
 
@@ -166,3 +170,33 @@ def test_augmentation_is_a_random_crop_of_the_padded_image_and_a_flip() -> None:
     first = [x for x, _ in _batches(seed=3, augment=True)]
     again = [x for x, _ in _batches(seed=3, augment=True)]
     assert all(torch.equal(a, b) for a, b in zip(first, again, strict=True))
+
+
+def test_cifar10_tarball_in_the_cache_is_checked_unpacked_and_loaded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A miniature tarball in CIFAR-10's layout: 5 training batches of 2 images and a test batch.
+    def batch(n: int, label: int) -> bytes:
+        images = np.arange(n * 3072, dtype=np.int64).reshape(n, 3072) % 256
+        return pickle.dumps({b"data": images.astype(np.uint8), b"labels": [label] * n})
+
+    (tmp_path / "cifar10").mkdir()
+    tarball = tmp_path / "cifar10" / data.CIFAR10_TARBALL
+    with tarfile.open(tarball, "w:gz") as tf:
+        members = {f"data_batch_{i}": batch(2, i) for i in range(1, 6)}
+        members["test_batch"] = batch(3, 9)
+        for name, payload in members.items():
+            info = tarfile.TarInfo(f"cifar-10-batches-py/{name}")
+            info.size = len(payload)
+            tf.addfile(info, io.BytesIO(payload))
+    monkeypatch.setenv("ADAHESSIAN_DATA", str(tmp_path))
+    _no_network(monkeypatch)
+    with pytest.raises(data.DataUnavailable, match="md5"):
+        data.fetch("cifar10", verbose=False)
+    monkeypatch.setattr(data, "CIFAR10_MD5", hashlib.md5(tarball.read_bytes()).hexdigest())
+    a = data.load_cifar10(data.fetch("cifar10", verbose=False))
+    assert a.x_train.shape == (10, 32, 32, 3) and a.x_test.shape == (3, 32, 32, 3)
+    assert a.y_train.tolist() == [1, 1, 2, 2, 3, 3, 4, 4, 5, 5] and a.y_test.tolist() == [9] * 3
+    # Channel-first rows of 1024 values per channel become channels-last pixels.
+    assert a.x_train[0, 0, 0].tolist() == [0, 1024 % 256, 2048 % 256]
+    assert data.to_nchw32(a.x_train).shape == (10, 3, 32, 32)
