@@ -17,12 +17,13 @@ $(VENV)/.installed: pyproject.toml
 setup: $(VENV)/.installed
 
 lint: setup
-	$(VENV)/bin/ruff check src tests examples
-	$(VENV)/bin/ruff format --check src tests examples
+	$(VENV)/bin/ruff check src tests examples benchmarks
+	$(VENV)/bin/ruff format --check src tests examples benchmarks
 	$(VENV)/bin/mypy
 
 test: lint
-	$(VENV)/bin/pytest -q
+	# One intra-op thread: the tests use tiny tensors, where threads only add overhead.
+	OMP_NUM_THREADS=1 $(VENV)/bin/pytest -q
 
 main: setup
 	$(PY) examples/digits.py

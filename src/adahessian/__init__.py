@@ -1,9 +1,27 @@
 """AdaHessian: an adaptive second-order optimizer for PyTorch (Yao et al., AAAI 2021)."""
 
 from .averaging import spatial_average
+from .batchnorm import use_fast_batchnorm
 from .functional import adahessian
 from .hutchinson import hutchinson_diagonal, rademacher
+from .hvp import (
+    ForwardOverReverseError,
+    HutchinsonResult,
+    batched_hutchinson_diagonal,
+    forward_hutchinson,
+)
 from .optimizer import AdaHessian
 
-__all__ = ["AdaHessian", "adahessian", "hutchinson_diagonal", "rademacher", "spatial_average"]
+__all__ = [
+    "AdaHessian",
+    "ForwardOverReverseError",
+    "HutchinsonResult",
+    "adahessian",
+    "batched_hutchinson_diagonal",
+    "forward_hutchinson",
+    "hutchinson_diagonal",
+    "rademacher",
+    "spatial_average",
+    "use_fast_batchnorm",
+]
 __version__ = "0.1.0"

@@ -1,0 +1,73 @@
+"""Smoke test of the step-cost harness on tiny sizes: behaviour and output structure only."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+import torch
+
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "step_cost.py"
+
+
+@pytest.fixture(scope="module")
+def step_cost() -> Iterator[ModuleType]:
+    spec = importlib.util.spec_from_file_location("step_cost", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["step_cost"] = module  # dataclasses look their module up here
+    spec.loader.exec_module(module)
+    threads = torch.get_num_threads()
+    yield module
+    torch.set_num_threads(threads)  # main() sets the thread count; leave other tests alone
+    del sys.modules["step_cost"]
+
+
+def test_quick_run_writes_the_table_and_json(step_cost: ModuleType, tmp_path: Path) -> None:
+    out, md = tmp_path / "out.json", tmp_path / "out.md"
+    chosen = ["sgd", "adahessian", "adahessian-int10", "adahessian-fwd", "adahessian-fastbn"]
+    argv = ["--quick", "--no-memory", "--rounds", "1", "--warmup", "0"]
+    argv += ["--contenders", ",".join(chosen), "--json", str(out), "--markdown", str(md)]
+    step_cost.main(argv)
+    report = json.loads(out.read_text())
+    meta = report["meta"]
+    assert meta["quick"] is True and meta["rounds"] == 1 and meta["memory"] is False
+    assert {"torch", "cpu", "threads", "date"} <= set(meta)
+    assert list(report["models"]) == ["resnet20", "transformer", "embedding"]
+    for name, task in report["models"].items():
+        assert task["parameters"] > 0 and task["description"]
+        results = task["results"]
+        assert list(results) == ["adam", *chosen]  # Adam is always run: the reference
+        assert results["adam"]["relative_to_adam"] == pytest.approx(1.0)
+        assert results["adahessian-int10"]["cycle"] == 10
+        for contender, entry in results.items():
+            if contender == "adahessian-fastbn" and name != "resnet20":
+                assert entry["status"].startswith("skipped")
+                assert entry["median_step_s"] is None
+                continue
+            assert entry["status"] == "ok", (name, contender, entry["status"])
+            assert len(entry["times_s"]) == 1
+            assert entry["median_step_s"] > 0 and entry["relative_to_adam"] > 0
+            assert entry["peak_above_baseline_mib"] is None
+    table = md.read_text()
+    assert table.count("### ") == 3
+    assert "| AdaHessian, forward-over-reverse | forward-over-reverse | 1 |" in table
+
+
+def test_memory_is_measured_in_a_subprocess(step_cost: ModuleType) -> None:
+    result = step_cost.measure_memory("embedding", "adam", quick=True)
+    assert "error" not in result, result
+    assert result["peak_above_baseline_mib"] >= 0
+    assert isinstance(result["peak_reset"], bool)
+
+
+def test_unknown_names_are_refused(step_cost: ModuleType) -> None:
+    with pytest.raises(SystemExit):
+        step_cost.main(["--quick", "--contenders", "nope"])
+    with pytest.raises(SystemExit):
+        step_cost.main(["--quick", "--models", "nope"])
