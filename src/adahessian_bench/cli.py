@@ -1,0 +1,143 @@
+"""``adahessian-bench``: list tasks, fetch data, run a benchmark, report on it.
+
+    adahessian-bench list
+    adahessian-bench data fetch fashion-mnist
+    adahessian-bench run fmnist-resnet20 --profile quick --optimizers sgd,adam,adahessian \\
+        --seeds 1 --out runs/quick
+    adahessian-bench report runs/quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from pathlib import Path
+
+from . import config, data, optimizers
+from .tasks import TASKS
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    print("tasks:")
+    for t in TASKS.values():
+        profiles = ", ".join(config.profile_names(t.name))
+        print(f"  {t.name:<18} {t.description}  [profiles: {profiles}]")
+    print("optimizers:")
+    print("  " + ", ".join(optimizers.OPTIMIZERS))
+    print("data sets (adahessian-bench data fetch NAME):")
+    print("  " + ", ".join(data.DATASETS) + f"  [cache: {data.cache_dir()}]")
+    return 0
+
+
+def cmd_data(args: argparse.Namespace) -> int:
+    try:
+        path = data.fetch(args.name)
+    except data.DataUnavailable as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(f"{args.name}: {path}")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    # Imported here: `list` and `data` should not pay for importing torch's training stack.
+    import torch
+
+    from . import train
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    names = [o.strip() for o in args.optimizers.split(",") if o.strip()]
+    try:
+        profile_cfg = config.load(args.task, args.profile, args.config)
+        cfg = train.resolve(
+            args.task,
+            profile_cfg,
+            args.profile if args.config is None else str(args.config),
+            names,
+            args.seeds,
+            epochs=args.epochs,
+            max_steps=args.max_steps,
+            batch_size=args.batch_size,
+            train_subset=args.train_subset,
+            test_subset=args.test_subset,
+            device=args.device,
+        )
+        train.run(cfg, Path(args.out), args.resume, not args.no_progress, args.command_line)
+    except data.DataUnavailable as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except (ValueError, OSError) as e:  # bad options or config file, or a file problem
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from . import report
+
+    try:
+        text = report.make_report(Path(args.dir), target=args.target)
+    except FileNotFoundError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(text)
+    print(f"written: {Path(args.dir) / 'report.md'}, " + ", ".join(report.PLOTS))
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="adahessian-bench", description=__doc__.split("\n")[0])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("list", help="the tasks, profiles and optimizers known")
+    s.set_defaults(func=cmd_list)
+
+    s = sub.add_parser("data", help="install a data set into the cache ($ADAHESSIAN_DATA)")
+    dsub = s.add_subparsers(dest="action", required=True)
+    f = dsub.add_parser("fetch", help="fetch a data set (offline from Debian packages if possible)")
+    f.add_argument("name", choices=data.DATASETS)
+    f.set_defaults(func=cmd_data)
+
+    s = sub.add_parser("run", help="train every optimizer and seed on a task")
+    s.add_argument("task", choices=list(TASKS))
+    s.add_argument("--optimizers", default=",".join(optimizers.OPTIMIZERS),
+                   help="comma-separated (default: all)")  # fmt: skip
+    s.add_argument("--seeds", type=int, default=1, help="seeds 0..N-1 (default: 1)")
+    s.add_argument("--profile", default="quick", choices=config.PROFILES,
+                   help="a shipped TOML profile (default: quick)")  # fmt: skip
+    s.add_argument("--config", type=Path, default=None, help="a TOML profile file instead")
+    s.add_argument("--epochs", type=int, default=None,
+                   help="override the profile's epochs (lr milestones scale along)")  # fmt: skip
+    s.add_argument("--max-steps", type=int, default=None, help="cap the steps per epoch")
+    s.add_argument("--batch-size", type=int, default=None, help="override the batch size")
+    s.add_argument("--train-subset", type=int, default=None,
+                   help="train on this many images (balanced over classes; 0 = all)")  # fmt: skip
+    s.add_argument("--test-subset", type=int, default=None,
+                   help="evaluate on this many test images (balanced; 0 = all)")  # fmt: skip
+    s.add_argument("--device", default=None, help="default: cuda if available, else cpu")
+    s.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    s.add_argument("--out", required=True, help="output folder")
+    s.add_argument("--resume", action="store_true",
+                   help="continue the runs under --out from their last checkpoint")  # fmt: skip
+    s.add_argument("--no-progress", action="store_true", help="no progress bars")
+    s.set_defaults(func=cmd_run)
+
+    s = sub.add_parser("report", help="Markdown table and plots of a finished run folder")
+    s.add_argument("dir")
+    s.add_argument("--target", type=float, default=None,
+                   help="target test accuracy in [0, 1] (default: from the profile)")  # fmt: skip
+    s.set_defaults(func=cmd_report)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = parser().parse_args(argv)
+    args.command_line = shlex.join(["adahessian-bench", *argv])
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,38 @@
+"""Profiles: small TOML files in ``configs/``, one per task and profile (``TASK-PROFILE.toml``)."""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import tomllib
+
+PROFILES = ("quick", "paper")
+
+
+def profile_names(task: str) -> list[str]:
+    """Profiles shipped for a task."""
+    files = resources.files("adahessian_bench") / "configs"
+    names = sorted(f.name for f in files.iterdir() if f.name.endswith(".toml"))
+    prefix = task + "-"
+    return [n[len(prefix) : -len(".toml")] for n in names if n.startswith(prefix)]
+
+
+def load(task: str, profile: str, path: str | Path | None = None) -> dict[str, Any]:
+    """The profile ``TASK-PROFILE.toml`` shipped with the package, or the TOML file ``path``."""
+    if path is not None:
+        text = Path(path).read_text()
+    else:
+        f = resources.files("adahessian_bench") / "configs" / f"{task}-{profile}.toml"
+        if not f.is_file():
+            known = ", ".join(profile_names(task)) or "none"
+            raise ValueError(f"no profile {profile!r} for task {task!r} (known: {known})")
+        text = f.read_text()
+    cfg = tomllib.loads(text)
+    if cfg.get("task", task) != task:
+        raise ValueError(f"the config is for task {cfg['task']!r}, not {task!r}")
+    for key in ("train", "optimizers"):
+        if key not in cfg:
+            raise ValueError(f"the config has no [{key}] table")
+    return cfg

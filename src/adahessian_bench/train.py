@@ -1,0 +1,447 @@
+"""Training: every (seed, optimizer) pair of a benchmark, one after the other, in one process.
+
+Output folder layout::
+
+    OUT/config.json               the fully resolved configuration
+    OUT/env.json                  torch version, device, CPU, threads, platform, command
+    OUT/OPT-seedS/metrics.jsonl   one JSON object per epoch (see METRIC_FIELDS)
+    OUT/OPT-seedS/checkpoint.pt   the state after the last finished epoch (for --resume)
+
+A run is deterministic for a given seed on CPU: python, numpy and torch are seeded, and the data
+order and augmentation come from their own torch.Generator. Checkpoints hold every state that the
+rest of the run depends on (model, optimizer, scheduler, all RNG states, metrics so far), so an
+interrupted run resumed with --resume ends with the same metrics as an uninterrupted one (the
+timing and memory fields excepted).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import random
+import resource
+import shutil
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from . import data, optimizers
+from .tasks import TASKS
+
+# Fields of each metrics.jsonl line. Those in MEASURED_FIELDS depend on the machine and its load.
+METRIC_FIELDS = (
+    "optimizer", "seed", "epoch", "step", "lr", "train_loss", "train_acc", "test_loss", "test_acc",
+    "epoch_time_s", "train_time_s", "wall_time_s", "mean_step_time_s", "peak_memory_mb",
+)  # fmt: skip
+MEASURED_FIELDS = (
+    "epoch_time_s", "train_time_s", "wall_time_s", "mean_step_time_s", "peak_memory_mb",
+)  # fmt: skip
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+# ----------------------------------------------------------------------------- small helpers
+
+
+def atomic_write_bytes(path: Path, payload: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(payload)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode())
+
+
+def atomic_torch_save(obj: Any, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def environment(device: torch.device, command: str) -> dict[str, Any]:
+    try:
+        from importlib.metadata import version
+
+        adahessian_version = version("adahessian")
+    except Exception:
+        adahessian_version = "unknown"
+    env = {
+        "torch": torch.__version__,
+        "adahessian": adahessian_version,
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "device": str(device),
+        "cpu_model": cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "cuda_device": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+        "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "command": command,
+    }
+    if hasattr(os, "sched_getaffinity"):
+        env["cpus_usable"] = len(os.sched_getaffinity(0))
+    return env
+
+
+class PeakMemory:
+    """Peak memory since the last reset, in MiB: the peak RSS on CPU (Linux: VmHWM, which writing
+    5 to /proc/self/clear_refs resets; elsewhere the process's lifetime peak), and
+    torch.cuda.max_memory_allocated on GPU."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+
+    def reset(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+            return
+        try:
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")
+        except OSError:
+            pass
+
+    def read(self) -> float:
+        if self.device.type == "cuda":
+            return torch.cuda.max_memory_allocated(self.device) / 2**20
+        try:
+            for line in Path("/proc/self/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+        except OSError:
+            pass
+        maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, B on macOS
+        return maxrss / (2**20 if sys.platform == "darwin" else 1024)
+
+
+def rng_states(gen: torch.Generator, device: torch.device) -> dict[str, Any]:
+    states = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+        "data": gen.get_state(),
+    }
+    if device.type == "cuda":
+        states["cuda"] = torch.cuda.get_rng_state(device)
+    return states
+
+
+def set_rng_states(states: dict[str, Any], gen: torch.Generator, device: torch.device) -> None:
+    random.setstate(states["python"])
+    np.random.set_state(states["numpy"])
+    torch.set_rng_state(states["torch"])
+    gen.set_state(states["data"])
+    if device.type == "cuda" and "cuda" in states:
+        torch.cuda.set_rng_state(states["cuda"], device)
+
+
+# ----------------------------------------------------------------------------- configuration
+
+
+def resolve(
+    task: str,
+    profile_cfg: dict[str, Any],
+    profile: str,
+    optimizer_names: list[str],
+    seeds: int,
+    epochs: int | None = None,
+    max_steps: int | None = None,
+    batch_size: int | None = None,
+    train_subset: int | None = None,
+    test_subset: int | None = None,
+    device: str | None = None,
+) -> dict[str, Any]:
+    """The fully resolved configuration of a benchmark: the profile with the command's overrides.
+
+    ``epochs`` overrides the profile's epochs and scales its lr milestones proportionally.
+    """
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}; known: {', '.join(TASKS)}")
+    train = dict(profile_cfg["train"])
+    if epochs is not None and epochs != train["epochs"]:
+        scale = epochs / train["epochs"]
+        train["milestones"] = sorted({max(1, round(m * scale)) for m in train["milestones"]})
+        train["epochs"] = epochs
+    if batch_size is not None:
+        train["batch_size"] = batch_size
+    if train_subset is not None:
+        train["train_subset"] = train_subset
+    if test_subset is not None:
+        train["test_subset"] = test_subset
+    train["max_steps"] = max_steps  # per epoch; None = the whole (sub)set
+    missing = [o for o in optimizer_names if o not in profile_cfg["optimizers"]]
+    unknown = [o for o in optimizer_names if o not in optimizers.OPTIMIZERS]
+    if unknown or missing:
+        raise ValueError(
+            f"unknown optimizer(s) {', '.join(unknown + missing)}; known: "
+            + ", ".join(o for o in optimizers.OPTIMIZERS if o in profile_cfg["optimizers"])
+        )
+    return {
+        "task": task,
+        "profile": profile,
+        "train": train,
+        "optimizers": {o: profile_cfg["optimizers"][o] for o in optimizer_names},
+        "seeds": list(range(seeds)),
+        "device": device or default_device(),
+    }
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def evaluate(model: torch.nn.Module, batches: data.Batches) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy over a whole (test) set."""
+    model.eval()
+    loss_sum, correct, n = 0.0, 0, 0
+    with torch.no_grad():
+        for x, y in batches:
+            out = model(x)
+            loss_sum += F.cross_entropy(out, y, reduction="sum").item()
+            correct += int((out.argmax(1) == y).sum().item())
+            n += len(y)
+    return loss_sum / n, correct / n
+
+
+def subset(images: torch.Tensor, labels: np.ndarray, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    if n and n < len(labels):
+        idx = data.balanced_subset(labels, n, seed=0)  # the same subset for every run
+        return images[torch.from_numpy(idx)], torch.from_numpy(labels[idx])
+    return images, torch.from_numpy(labels)
+
+
+def train_one(
+    cfg: dict[str, Any],
+    opt_name: str,
+    seed: int,
+    arrays: data.Arrays,
+    run_dir: Path,
+    resume: bool,
+    progress: bool = True,
+) -> list[dict[str, Any]]:
+    """Train one optimizer with one seed; return its per-epoch metrics."""
+    task = TASKS[cfg["task"]]
+    tc = cfg["train"]
+    device = torch.device(cfg["device"])
+    run_cfg = {"task": cfg["task"], "train": tc, "optimizer": opt_name, "seed": seed,
+               "hyperparameters": cfg["optimizers"][opt_name]}  # fmt: skip
+    ckpt_path = run_dir / "checkpoint.pt"
+    metrics_path = run_dir / "metrics.jsonl"
+
+    # Seed everything; the model's initial weights depend on the seed only (not the optimizer).
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)  # data order and augmentation
+    model = task.model().to(device)
+
+    x_train, y_train = subset(data.to_nchw32(arrays.x_train), arrays.y_train, tc["train_subset"])
+    x_test, y_test = subset(data.to_nchw32(arrays.x_test), arrays.y_test, tc["test_subset"])
+    train_batches = data.Batches(x_train, y_train, task.mean, task.std, tc["batch_size"], device,
+                                 augment=True, shuffle=True, generator=gen)  # fmt: skip
+    test_batches = data.Batches(x_test, y_test, task.mean, task.std, tc["eval_batch_size"], device)
+
+    optimizer = optimizers.build(opt_name, model.parameters(), cfg["optimizers"][opt_name], seed)
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, tc["milestones"], tc["gamma"])
+    is_adahessian = opt_name == "adahessian"
+
+    metrics: list[dict[str, Any]] = []
+    start_epoch, step, train_time, wall_time = 0, 0, 0.0, 0.0
+    if resume and ckpt_path.is_file():
+        ckpt = torch.load(ckpt_path, map_location=device, weights_only=False)
+        if ckpt["run_config"] != run_cfg:
+            raise ValueError(
+                f"{ckpt_path} was written with another configuration; use another --out or "
+                "run without --resume to start over"
+            )
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        set_rng_states(ckpt["rng"], gen, device)
+        metrics = ckpt["metrics"]
+        start_epoch, step = ckpt["epoch"], ckpt["step"]
+        train_time, wall_time = ckpt["train_time_s"], ckpt["wall_time_s"]
+        # metrics.jsonl may hold an epoch finished after this checkpoint: rewrite it.
+        atomic_write_text(metrics_path, "".join(json.dumps(m) + "\n" for m in metrics))
+        if ckpt["finished"]:
+            return metrics
+    else:
+        if run_dir.exists():
+            shutil.rmtree(run_dir)
+        run_dir.mkdir(parents=True)
+
+    steps_per_epoch = len(train_batches)
+    if tc["max_steps"]:
+        steps_per_epoch = min(steps_per_epoch, tc["max_steps"])
+    memory = PeakMemory(device)
+    bar = tqdm(
+        total=tc["epochs"] * steps_per_epoch,
+        initial=start_epoch * steps_per_epoch,
+        desc=f"{opt_name} seed {seed}",
+        disable=not progress,
+        dynamic_ncols=True,
+        mininterval=1.0,
+    )
+    finished = False
+    for epoch in range(start_epoch, tc["epochs"]):
+        memory.reset()
+        epoch_start = time.perf_counter()
+        model.train()
+        lr = optimizer.param_groups[0]["lr"]
+        loss_sum, correct, seen, step_times = 0.0, 0, 0, []
+        diverged = False
+        for i, (x, y) in enumerate(train_batches):
+            if i == steps_per_epoch:
+                break
+            t0 = time.perf_counter()
+            out = model(x)
+            loss = F.cross_entropy(out, y)
+            optimizer.zero_grad(set_to_none=True)
+            if is_adahessian:
+                # The Hessian-vector product needs the graph of the gradient, when one is due.
+                loss.backward(create_graph=optimizer.hessian_due)
+            else:
+                loss.backward()
+            optimizer.step()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            step_times.append(time.perf_counter() - t0)
+            step += 1
+            loss_value = loss.item()
+            loss_sum += loss_value * len(y)
+            correct += int((out.detach().argmax(1) == y).sum().item())
+            seen += len(y)
+            bar.update(1)
+            if not math.isfinite(loss_value):
+                diverged = True
+                break
+        epoch_train_time = time.perf_counter() - epoch_start
+        test_loss, test_acc = evaluate(model, test_batches)
+        scheduler.step()
+        epoch_time = time.perf_counter() - epoch_start
+        train_time += epoch_train_time
+        wall_time += epoch_time
+        record = {
+            "optimizer": opt_name,
+            "seed": seed,
+            "epoch": epoch + 1,
+            "step": step,
+            "lr": lr,
+            "train_loss": loss_sum / seen,
+            "train_acc": correct / seen,
+            "test_loss": test_loss,
+            "test_acc": test_acc,
+            "epoch_time_s": epoch_time,
+            "train_time_s": train_time,
+            "wall_time_s": wall_time,
+            "mean_step_time_s": float(np.mean(step_times)),
+            "peak_memory_mb": memory.read(),
+        }
+        if diverged:
+            record["diverged"] = True
+        metrics.append(record)
+        bar.set_postfix(loss=f"{record['train_loss']:.3f}", test_acc=f"{test_acc:.4f}")
+        finished = diverged or epoch + 1 == tc["epochs"]
+        # The metrics first, then the checkpoint: a crash in between is repaired on resume.
+        atomic_write_text(metrics_path, "".join(json.dumps(m) + "\n" for m in metrics))
+        ckpt = {
+            "run_config": run_cfg,
+            "epoch": epoch + 1,
+            "step": step,
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "rng": rng_states(gen, device),
+            "metrics": metrics,
+            "train_time_s": train_time,
+            "wall_time_s": wall_time,
+            "finished": finished,
+        }
+        atomic_torch_save(ckpt, ckpt_path)
+        if diverged:
+            tqdm.write(f"{opt_name} seed {seed}: the loss is not finite at epoch {epoch + 1}")
+            break
+    bar.close()
+    return metrics
+
+
+def run(
+    cfg: dict[str, Any],
+    out: Path,
+    resume: bool = False,
+    progress: bool = True,
+    command: str = "",
+) -> None:
+    """Train every (seed, optimizer) pair of ``cfg`` and write the results under ``out``.
+
+    ``command`` is the command line, recorded in env.json for the report."""
+    device = torch.device(cfg["device"])
+    out.mkdir(parents=True, exist_ok=True)
+    config_path = out / "config.json"
+    if resume and config_path.is_file():
+        previous = json.loads(config_path.read_text())
+        if previous != json.loads(json.dumps(cfg)):
+            raise ValueError(
+                f"{config_path} holds another configuration than this command's; "
+                "resume with the same options, or use another --out"
+            )
+    atomic_write_text(config_path, json.dumps(cfg, indent=2) + "\n")
+    atomic_write_text(out / "env.json", json.dumps(environment(device, command), indent=2) + "\n")
+    arrays = TASKS[cfg["task"]].load()
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    try:
+        with warnings.catch_warnings():
+            # torch warns on every backward(create_graph=True) that .grad and its graph form a
+            # cycle; the optimizer frees the graph after each Hessian step: noise here.
+            warnings.filterwarnings("ignore", message="Using backward\\(\\) with create_graph")
+            if device.type == "cpu":
+                # Bitwise repeatable runs (CPU kernels already are; this guards the rest).
+                torch.use_deterministic_algorithms(True, warn_only=True)
+            _run_all(cfg, arrays, out, resume, progress)
+    finally:
+        torch.use_deterministic_algorithms(deterministic)
+
+
+def _run_all(
+    cfg: dict[str, Any], arrays: data.Arrays, out: Path, resume: bool, progress: bool
+) -> None:
+    for seed in cfg["seeds"]:
+        for opt_name in cfg["optimizers"]:
+            metrics = train_one(cfg, opt_name, seed, arrays, out / f"{opt_name}-seed{seed}",
+                                resume, progress)  # fmt: skip
+            if metrics:
+                last = metrics[-1]
+                best = max(m["test_acc"] for m in metrics)
+                print(
+                    f"{opt_name} seed {seed}: {last['epoch']} epochs, "
+                    f"final test acc {last['test_acc']:.4f}, best {best:.4f}, "
+                    f"{last['train_time_s']:.0f} s training"
+                )

@@ -1,0 +1,202 @@
+"""Data: the real Fashion-MNIST files, fetching (offline paths and errors), batching."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import pickle
+import tarfile
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from adahessian_bench import data
+
+
+def test_fashion_mnist_files_have_the_published_shapes_and_counts(fmnist_dir: Path) -> None:
+    a = data.load_fashion_mnist(fmnist_dir)
+    assert a.x_train.shape == (60000, 28, 28)
+    assert a.x_test.shape == (10000, 28, 28)
+    assert a.x_train.dtype == np.uint8 and a.x_test.dtype == np.uint8
+    assert a.x_train.min() == 0 and a.x_train.max() == 255
+    assert a.x_test.min() == 0 and a.x_test.max() == 255
+    assert a.y_train.shape == (60000,) and a.y_test.shape == (10000,)
+    assert np.bincount(a.y_train).tolist() == [6000] * 10
+    assert np.bincount(a.y_test).tolist() == [1000] * 10
+    # Not all one image: the classes differ in their mean brightness.
+    means = [a.x_train[a.y_train == c].mean() for c in range(10)]
+    assert max(means) - min(means) > 10
+
+
+def _no_network(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(*args, **kwargs):
+        raise OSError("network disabled in this test")
+
+    monkeypatch.setattr(urllib.request, "urlopen", refuse)
+
+
+def test_fetch_copies_the_installed_debian_package(
+    fmnist_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ADAHESSIAN_DATA", str(tmp_path))
+    monkeypatch.setattr(data, "SYSTEM_FMNIST_DIR", fmnist_dir)
+    _no_network(monkeypatch)
+    dest = data.fetch("fashion-mnist", verbose=False)
+    assert dest == tmp_path / "fashion-mnist"
+    for name in data.FMNIST_FILES.values():
+        assert (dest / name).read_bytes() == (fmnist_dir / name).read_bytes()
+    assert data.load_fashion_mnist(dest).x_test.shape == (10000, 28, 28)
+
+
+def test_fetch_keeps_a_complete_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ADAHESSIAN_DATA", str(tmp_path))
+    monkeypatch.setattr(data, "SYSTEM_FMNIST_DIR", tmp_path / "absent")
+    _no_network(monkeypatch)
+    (tmp_path / "fashion-mnist").mkdir()
+    for name in data.FMNIST_FILES.values():
+        (tmp_path / "fashion-mnist" / name).write_bytes(b"cached")
+    assert data.fetch("fashion-mnist", verbose=False) == tmp_path / "fashion-mnist"
+    assert (tmp_path / "fashion-mnist" / "t10k-labels-idx1-ubyte.gz").read_bytes() == b"cached"
+
+
+def test_fetch_without_any_source_names_the_package(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ADAHESSIAN_DATA", str(tmp_path))
+    monkeypatch.setattr(data, "SYSTEM_FMNIST_DIR", tmp_path / "absent")
+    monkeypatch.setattr(data.shutil, "which", lambda name: None)  # no apt-get, no dpkg
+    _no_network(monkeypatch)
+    with pytest.raises(data.DataUnavailable, match="apt-get install dataset-fashion-mnist"):
+        data.fetch("fashion-mnist", verbose=False)
+
+
+def test_cifar10_offline_error_says_where_to_put_the_tarball(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ADAHESSIAN_DATA", str(tmp_path))
+    _no_network(monkeypatch)
+    with pytest.raises(data.DataUnavailable, match=r"cifar-10-python\.tar\.gz") as e:
+        data.fetch("cifar10", verbose=False)
+    assert data.CIFAR10_URL in str(e.value)
+
+
+def test_read_idx_checks_the_header(tmp_path: Path) -> None:
+    good = tmp_path / "good.gz"
+    header = (0x0803).to_bytes(4, "big") + b"".join(n.to_bytes(4, "big") for n in (2, 3, 4))
+    good.write_bytes(gzip.compress(header + bytes(range(24))))
+    assert data.read_idx(good).tolist() == np.arange(24).reshape(2, 3, 4).tolist()
+    truncated = tmp_path / "truncated.gz"
+    truncated.write_bytes(gzip.compress(header + bytes(23)))
+    with pytest.raises(ValueError, match="header says"):
+        data.read_idx(truncated)
+    not_bytes = tmp_path / "float.gz"
+    not_bytes.write_bytes(gzip.compress((0x0D01).to_bytes(4, "big") + (1).to_bytes(4, "big")))
+    with pytest.raises(ValueError, match="not an unsigned-byte IDX"):
+        data.read_idx(not_bytes)
+
+
+def test_balanced_subset_is_balanced_and_fixed() -> None:
+    labels = np.repeat(np.arange(10), 50)
+    idx = data.balanced_subset(labels, 100)
+    assert np.bincount(labels[idx]).tolist() == [10] * 10
+    assert len(set(idx.tolist())) == 100
+    assert np.array_equal(idx, data.balanced_subset(labels, 100))
+    with pytest.raises(ValueError, match="multiple"):
+        data.balanced_subset(labels, 15)
+
+
+def test_to_nchw32_centres_28x28_images() -> None:
+    x = np.full((2, 28, 28), 7, np.uint8)
+    t = data.to_nchw32(x)
+    assert t.shape == (2, 1, 32, 32) and t.dtype == torch.uint8
+    assert int(t[:, :, 2:30, 2:30].min()) == 7
+    assert int(t.sum()) == 7 * 2 * 28 * 28  # zeros around
+    rgb = data.to_nchw32(np.zeros((3, 32, 32, 3), np.uint8))
+    assert rgb.shape == (3, 3, 32, 32)
+
+
+def _batches(seed: int, augment: bool, n: int = 10) -> data.Batches:
+    images = torch.randint(0, 256, (n, 1, 32, 32), generator=torch.Generator().manual_seed(9))
+    return data.Batches(
+        images.to(torch.uint8),
+        torch.arange(n),  # the label is the example's index
+        mean=(0.5,),
+        std=(0.25,),
+        batch_size=4,
+        device=torch.device("cpu"),
+        augment=augment,
+        shuffle=True,
+        generator=torch.Generator().manual_seed(seed),
+    )
+
+
+def test_batches_cover_every_example_once_per_epoch_in_a_seeded_order() -> None:
+    b = _batches(seed=0, augment=False)
+    assert len(b) == 3
+    epoch1 = [(x.clone(), y.clone()) for x, y in b]
+    assert [len(y) for _, y in epoch1] == [4, 4, 2]
+    order = torch.cat([y for _, y in epoch1])
+    assert sorted(order.tolist()) == list(range(10))
+    for x, y in epoch1:  # normalised, no augmentation
+        expected = (b.images[y].float() / 255 - 0.5) / 0.25
+        assert torch.allclose(x, expected)
+    epoch2 = torch.cat([y for _, y in b])
+    assert not torch.equal(order, epoch2)  # reshuffled
+    same_seed = torch.cat([y for _, y in _batches(seed=0, augment=False)])
+    assert torch.equal(order, same_seed)
+
+
+def test_augmentation_is_a_random_crop_of_the_padded_image_and_a_flip() -> None:
+    b = _batches(seed=1, augment=True)
+    x = b.images.float() / 255
+    state = b.generator.get_state() if b.generator is not None else None
+    out = b._crop_flip(x)
+    g = torch.Generator()
+    g.set_state(state)
+    oy = torch.randint(0, 9, (10,), generator=g)
+    ox = torch.randint(0, 9, (10,), generator=g)
+    flip = torch.rand(10, generator=g) < 0.5
+    padded = torch.nn.functional.pad(x, (4, 4, 4, 4))
+    for i in range(10):
+        ref = padded[i, :, oy[i] : oy[i] + 32, ox[i] : ox[i] + 32]
+        assert torch.equal(out[i], ref.flip(-1) if flip[i] else ref)
+    assert out.shape == x.shape
+    assert not torch.equal(out, x)
+    # The same seed gives the same augmented batches.
+    first = [x for x, _ in _batches(seed=3, augment=True)]
+    again = [x for x, _ in _batches(seed=3, augment=True)]
+    assert all(torch.equal(a, b) for a, b in zip(first, again, strict=True))
+
+
+def test_cifar10_tarball_in_the_cache_is_checked_unpacked_and_loaded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A miniature tarball in CIFAR-10's layout: 5 training batches of 2 images and a test batch.
+    def batch(n: int, label: int) -> bytes:
+        images = np.arange(n * 3072, dtype=np.int64).reshape(n, 3072) % 256
+        return pickle.dumps({b"data": images.astype(np.uint8), b"labels": [label] * n})
+
+    (tmp_path / "cifar10").mkdir()
+    tarball = tmp_path / "cifar10" / data.CIFAR10_TARBALL
+    with tarfile.open(tarball, "w:gz") as tf:
+        members = {f"data_batch_{i}": batch(2, i) for i in range(1, 6)}
+        members["test_batch"] = batch(3, 9)
+        for name, payload in members.items():
+            info = tarfile.TarInfo(f"cifar-10-batches-py/{name}")
+            info.size = len(payload)
+            tf.addfile(info, io.BytesIO(payload))
+    monkeypatch.setenv("ADAHESSIAN_DATA", str(tmp_path))
+    _no_network(monkeypatch)
+    with pytest.raises(data.DataUnavailable, match="md5"):
+        data.fetch("cifar10", verbose=False)
+    monkeypatch.setattr(data, "CIFAR10_MD5", hashlib.md5(tarball.read_bytes()).hexdigest())
+    a = data.load_cifar10(data.fetch("cifar10", verbose=False))
+    assert a.x_train.shape == (10, 32, 32, 3) and a.x_test.shape == (3, 32, 32, 3)
+    assert a.y_train.tolist() == [1, 1, 2, 2, 3, 3, 4, 4, 5, 5] and a.y_test.tolist() == [9] * 3
+    # Channel-first rows of 1024 values per channel become channels-last pixels.
+    assert a.x_train[0, 0, 0].tolist() == [0, 1024 % 256, 2048 % 256]
+    assert data.to_nchw32(a.x_train).shape == (10, 3, 32, 32)
