@@ -51,6 +51,42 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+# ----------------------------------------------------------------------------- data parallelism
+# Launched with torchrun (WORLD_SIZE > 1), every rank trains the unwrapped model on its own shard
+# of each batch: AdaHessian averages gradients and Hessian estimates itself (process_group), the
+# first-order optimizers get their gradients averaged here, BatchNorm statistics are averaged
+# before each evaluation, and rank 0 alone writes files.
+
+
+def world() -> tuple[int, int]:
+    """(rank, world size); (0, 1) outside a process group."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def init_distributed(device: str) -> str:
+    """Join the process group torchrun describes, if any; return the device of this rank."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or torch.distributed.is_initialized():
+        return device
+    backend = "nccl" if device.startswith("cuda") else "gloo"
+    torch.distributed.init_process_group(backend)
+    if device.startswith("cuda"):
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+        torch.cuda.set_device(device)
+    return device
+
+
+def average_gradients(model: torch.nn.Module) -> None:
+    """Average the gradients over the ranks, in one collective call."""
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    torch.distributed.all_reduce(flat)
+    flat.div_(torch.distributed.get_world_size())
+    for g, chunk in zip(grads, flat.split([g.numel() for g in grads]), strict=True):
+        g.copy_(chunk.view_as(g))
+
+
 # ----------------------------------------------------------------------------- small helpers
 
 
@@ -260,21 +296,40 @@ def train_one(
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+    rank, world_size = world()
     gen = torch.Generator().manual_seed(seed)  # data order and augmentation
     model = task.model().to(device)
+    if world_size > 1:
+        from adahessian.distributed import broadcast_module
+
+        broadcast_module(model)  # the same seed gives the same weights; make sure of it
 
     x_train, y_train = subset(data.to_nchw32(arrays.x_train), arrays.y_train, tc["train_subset"])
     x_test, y_test = subset(data.to_nchw32(arrays.x_test), arrays.y_test, tc["test_subset"])
-    train_batches = data.Batches(x_train, y_train, task.mean, task.std, tc["batch_size"], device,
+    if world_size > 1:  # each rank its own shard of the data and of each batch
+        if tc["batch_size"] % world_size:
+            raise ValueError(
+                f"batch size {tc['batch_size']} is not divisible by {world_size} ranks"
+            )
+        x_train, y_train = x_train[rank::world_size], y_train[rank::world_size]
+        gen.manual_seed(seed * 1000 + rank)
+    train_batches = data.Batches(x_train, y_train, task.mean, task.std,
+                                 tc["batch_size"] // world_size, device,
                                  augment=True, shuffle=True, generator=gen)  # fmt: skip
     test_batches = data.Batches(x_test, y_test, task.mean, task.std, tc["eval_batch_size"], device)
 
-    optimizer = optimizers.build(opt_name, model.parameters(), cfg["optimizers"][opt_name], seed)
+    group = torch.distributed.group.WORLD if world_size > 1 else None
+    optimizer = optimizers.build(
+        opt_name, model.parameters(), cfg["optimizers"][opt_name], seed, process_group=group
+    )
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, tc["milestones"], tc["gamma"])
     is_adahessian = opt_name == "adahessian"
 
     metrics: list[dict[str, Any]] = []
     start_epoch, step, train_time, wall_time = 0, 0, 0.0, 0.0
+    if resume and world_size > 1:
+        raise ValueError("--resume is not supported for data-parallel (torchrun) runs")
+    writes = rank == 0
     if resume and ckpt_path.is_file():
         ckpt = torch.load(ckpt_path, map_location=device, weights_only=False)
         if ckpt["run_config"] != run_cfg:
@@ -293,7 +348,7 @@ def train_one(
         atomic_write_text(metrics_path, "".join(json.dumps(m) + "\n" for m in metrics))
         if ckpt["finished"]:
             return metrics
-    else:
+    elif writes:
         if run_dir.exists():
             shutil.rmtree(run_dir)
         run_dir.mkdir(parents=True)
@@ -306,7 +361,7 @@ def train_one(
         total=tc["epochs"] * steps_per_epoch,
         initial=start_epoch * steps_per_epoch,
         desc=f"{opt_name} seed {seed}",
-        disable=not progress,
+        disable=not progress or not writes,
         dynamic_ncols=True,
         mininterval=1.0,
     )
@@ -330,11 +385,17 @@ def train_one(
                 loss.backward(create_graph=optimizer.hessian_due)
             else:
                 loss.backward()
+                if world_size > 1:
+                    average_gradients(model)
             optimizer.step()
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             step_times.append(time.perf_counter() - t0)
             step += 1
+            if world_size > 1:  # the mean over ranks, so that every rank sees a divergence
+                loss = loss.detach().clone()
+                torch.distributed.all_reduce(loss)
+                loss /= world_size
             loss_value = loss.item()
             loss_sum += loss_value * len(y)
             correct += int((out.detach().argmax(1) == y).sum().item())
@@ -344,6 +405,10 @@ def train_one(
                 diverged = True
                 break
         epoch_train_time = time.perf_counter() - epoch_start
+        if world_size > 1:
+            from adahessian.distributed import average_buffers
+
+            average_buffers(model)  # BatchNorm statistics, so every rank evaluates one model
         test_loss, test_acc = evaluate(model, test_batches)
         scheduler.step()
         epoch_time = time.perf_counter() - epoch_start
@@ -370,22 +435,23 @@ def train_one(
         metrics.append(record)
         bar.set_postfix(loss=f"{record['train_loss']:.3f}", test_acc=f"{test_acc:.4f}")
         finished = diverged or epoch + 1 == tc["epochs"]
-        # The metrics first, then the checkpoint: a crash in between is repaired on resume.
-        atomic_write_text(metrics_path, "".join(json.dumps(m) + "\n" for m in metrics))
-        ckpt = {
-            "run_config": run_cfg,
-            "epoch": epoch + 1,
-            "step": step,
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "rng": rng_states(gen, device),
-            "metrics": metrics,
-            "train_time_s": train_time,
-            "wall_time_s": wall_time,
-            "finished": finished,
-        }
-        atomic_torch_save(ckpt, ckpt_path)
+        if writes:
+            # The metrics first, then the checkpoint: a crash in between is repaired on resume.
+            atomic_write_text(metrics_path, "".join(json.dumps(m) + "\n" for m in metrics))
+            ckpt = {
+                "run_config": run_cfg,
+                "epoch": epoch + 1,
+                "step": step,
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "rng": rng_states(gen, device),
+                "metrics": metrics,
+                "train_time_s": train_time,
+                "wall_time_s": wall_time,
+                "finished": finished,
+            }
+            atomic_torch_save(ckpt, ckpt_path)
         if diverged:
             tqdm.write(f"{opt_name} seed {seed}: the loss is not finite at epoch {epoch + 1}")
             break
@@ -403,6 +469,10 @@ def run(
     """Train every (seed, optimizer) pair of ``cfg`` and write the results under ``out``.
 
     ``command`` is the command line, recorded in env.json for the report."""
+    cfg = {**cfg, "device": init_distributed(cfg["device"])}
+    rank, world_size = world()
+    if world_size > 1:
+        cfg["world_size"] = world_size
     device = torch.device(cfg["device"])
     out.mkdir(parents=True, exist_ok=True)
     config_path = out / "config.json"
@@ -413,8 +483,10 @@ def run(
                 f"{config_path} holds another configuration than this command's; "
                 "resume with the same options, or use another --out"
             )
-    atomic_write_text(config_path, json.dumps(cfg, indent=2) + "\n")
-    atomic_write_text(out / "env.json", json.dumps(environment(device, command), indent=2) + "\n")
+    if rank == 0:
+        atomic_write_text(config_path, json.dumps(cfg, indent=2) + "\n")
+        env = environment(device, command)
+        atomic_write_text(out / "env.json", json.dumps(env, indent=2) + "\n")
     arrays = TASKS[cfg["task"]].load()
     deterministic = torch.are_deterministic_algorithms_enabled()
     try:
@@ -437,7 +509,7 @@ def _run_all(
         for opt_name in cfg["optimizers"]:
             metrics = train_one(cfg, opt_name, seed, arrays, out / f"{opt_name}-seed{seed}",
                                 resume, progress)  # fmt: skip
-            if metrics:
+            if metrics and world()[0] == 0:
                 last = metrics[-1]
                 best = max(m["test_acc"] for m in metrics)
                 print(
