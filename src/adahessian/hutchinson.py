@@ -48,6 +48,29 @@ def rademacher(
     ]
 
 
+def check_n_samples(n_samples: int) -> None:
+    if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1:
+        raise ValueError(f"n_samples must be an integer >= 1, got {n_samples!r}")
+
+
+def live_gradients(
+    grads: Sequence[Tensor | None], params: Sequence[Tensor], n_samples: int
+) -> list[int]:
+    """Check the arguments shared by the Hutchinson estimators and return the indices of the
+    gradients that carry a graph (the outputs the Hessian-vector products differentiate)."""
+    if len(grads) != len(params):
+        raise ValueError(f"got {len(grads)} gradients for {len(params)} parameters")
+    check_n_samples(n_samples)
+    live = [i for i, g in enumerate(grads) if g is not None and g.requires_grad]
+    if not live:
+        raise ValueError(
+            "none of the gradients carries a graph, so no Hessian-vector product can be taken: "
+            "compute them with loss.backward(create_graph=True) or "
+            "torch.autograd.grad(loss, params, create_graph=True)"
+        )
+    return live
+
+
 def hutchinson_diagonal(
     grads: Sequence[Tensor | None],
     params: Sequence[Tensor],
@@ -86,21 +109,11 @@ def hutchinson_diagonal(
     Raises:
         ValueError: if the lengths differ, ``n_samples < 1``, or no gradient carries a graph.
     """
-    if len(grads) != len(params):
-        raise ValueError(f"got {len(grads)} gradients for {len(params)} parameters")
     if probes is not None:
         n_samples = len(probes)
         if any(len(v) != len(params) for v in probes):
             raise ValueError("each entry of probes needs one tensor per parameter")
-    if n_samples < 1:
-        raise ValueError(f"n_samples must be >= 1, got {n_samples}")
-    live = [i for i, g in enumerate(grads) if g is not None and g.requires_grad]
-    if not live:
-        raise ValueError(
-            "none of the gradients carries a graph, so no Hessian-vector product can be taken: "
-            "compute them with loss.backward(create_graph=True) or "
-            "torch.autograd.grad(loss, params, create_graph=True)"
-        )
+    live = live_gradients(grads, params, n_samples)
     outputs = [grads[i] for i in live]
     inputs = [params[i] for i in live]
     estimate = [torch.zeros_like(p) for p in params]

@@ -41,7 +41,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, grad_and_value, jvp, vmap
 
-from .hutchinson import rademacher
+from .hutchinson import check_n_samples, live_gradients, rademacher
 
 __all__ = [
     "ForwardOverReverseError",
@@ -143,8 +143,7 @@ def forward_hutchinson(
             ``F.huber_loss``, in torch 2.13); the message points to the reverse-over-reverse path.
         ValueError: ``n_samples < 1`` or the model has no trainable parameter.
     """
-    if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1:
-        raise ValueError(f"n_samples must be an integer >= 1, got {n_samples!r}")
+    check_n_samples(n_samples)
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     if not named:
         raise ValueError("the model has no parameter with requires_grad=True")
@@ -240,17 +239,7 @@ def batched_hutchinson_diagonal(
         RuntimeError: an operator's double backward has no working batching rule (``GroupNorm``
             in torch 2.13); the message says to use :func:`adahessian.hutchinson_diagonal`.
     """
-    if len(grads) != len(params):
-        raise ValueError(f"got {len(grads)} gradients for {len(params)} parameters")
-    if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1:
-        raise ValueError(f"n_samples must be an integer >= 1, got {n_samples!r}")
-    live = [i for i, g in enumerate(grads) if g is not None and g.requires_grad]
-    if not live:
-        raise ValueError(
-            "none of the gradients carries a graph, so no Hessian-vector product can be taken: "
-            "compute them with loss.backward(create_graph=True) or "
-            "torch.autograd.grad(loss, params, create_graph=True)"
-        )
+    live = live_gradients(grads, params, n_samples)
     probes = [rademacher(params, generator=generator) for _ in range(n_samples)]
     outputs = [grads[i] for i in live]
     inputs = [params[i] for i in live]
