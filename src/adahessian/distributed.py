@@ -30,7 +30,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-__all__ = ["average_buffers", "broadcast_module", "unwrap"]
+__all__ = ["all_reduce_mean_", "average_buffers", "broadcast_module", "unwrap"]
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -63,14 +63,30 @@ def broadcast_module(module: nn.Module, src: int = 0, group: Any = None) -> None
 
 
 @torch.no_grad()
+def all_reduce_mean_(
+    tensors: list[torch.Tensor], group: Any = None, dtype: torch.dtype | None = None
+) -> None:
+    """Replace each tensor by its mean over the ranks of ``group``, in one collective call.
+
+    The tensors travel in one flat buffer of ``dtype`` (by default their promoted dtype, at
+    least float32, so float16/bfloat16 values are summed in float32)."""
+    if not tensors:
+        return
+    if dtype is None:
+        dtype = tensors[0].dtype
+        for t in tensors[1:]:
+            dtype = torch.promote_types(dtype, t.dtype)
+        if dtype in (torch.float16, torch.bfloat16):
+            dtype = torch.float32
+    flat = torch.cat([t.reshape(-1).to(dtype) for t in tensors])
+    dist.all_reduce(flat, group=group)
+    flat.div_(dist.get_world_size(group))
+    for t, chunk in zip(tensors, flat.split([t.numel() for t in tensors]), strict=True):
+        t.copy_(chunk.view_as(t))
+
+
 def average_buffers(module: nn.Module, group: Any = None) -> None:
     """Average the floating-point buffers (BatchNorm running mean and variance, ...) across the
     ranks of ``group``; integer buffers (such as ``num_batches_tracked``) are left as they are."""
     floats = [b for b in module.buffers() if b.is_floating_point() and b.numel()]
-    if not floats:
-        return
-    flat = torch.cat([b.reshape(-1).double() for b in floats])
-    dist.all_reduce(flat, group=group)
-    flat.div_(dist.get_world_size(group))
-    for b, chunk in zip(floats, flat.split([b.numel() for b in floats]), strict=True):
-        b.copy_(chunk.view_as(b))
+    all_reduce_mean_(floats, group, dtype=torch.float64)

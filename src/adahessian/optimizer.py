@@ -516,21 +516,9 @@ class AdaHessian(Optimizer):
 
     def _all_reduce(self, grads: list[Tensor], estimates: list[Tensor] | None) -> None:
         """Average gradients and estimates over the process group in one collective call."""
-        import torch.distributed as dist
+        from .distributed import all_reduce_mean_
 
-        tensors = grads + (estimates or [])
-        if not tensors:
-            return
-        dtype = tensors[0].dtype
-        for t in tensors[1:]:
-            dtype = torch.promote_types(dtype, t.dtype)
-        if dtype in (torch.float16, torch.bfloat16):
-            dtype = torch.float32
-        buffer = torch.cat([t.reshape(-1).to(dtype) for t in tensors])
-        dist.all_reduce(buffer, group=self.process_group)
-        buffer.div_(dist.get_world_size(self.process_group))
-        for t, chunk in zip(tensors, buffer.split([t.numel() for t in tensors]), strict=True):
-            t.copy_(chunk.view_as(t))
+        all_reduce_mean_(grads + (estimates or []), self.process_group)
 
     def _check_hessian(self, hessian: Sequence[Tensor], params: list[Tensor]) -> list[Tensor]:
         if isinstance(hessian, Tensor) or not isinstance(hessian, Sequence):

@@ -79,12 +79,9 @@ def init_distributed(device: str) -> str:
 
 def average_gradients(model: torch.nn.Module) -> None:
     """Average the gradients over the ranks, in one collective call."""
-    grads = [p.grad for p in model.parameters() if p.grad is not None]
-    flat = torch.cat([g.reshape(-1) for g in grads])
-    torch.distributed.all_reduce(flat)
-    flat.div_(torch.distributed.get_world_size())
-    for g, chunk in zip(grads, flat.split([g.numel() for g in grads]), strict=True):
-        g.copy_(chunk.view_as(g))
+    from adahessian.distributed import all_reduce_mean_
+
+    all_reduce_mean_([p.grad for p in model.parameters() if p.grad is not None])
 
 
 # ----------------------------------------------------------------------------- small helpers
