@@ -36,7 +36,9 @@ def main() -> None:
         nn.Flatten(), nn.Linear(8 * 16, 10),
     ).to(device)  # fmt: skip
     broadcast_module(model)
-    opt = AdaHessian(model.parameters(), lr=0.15, update_interval=2, process_group=dist.group.WORLD)
+    opt = AdaHessian(
+        model.parameters(), lr=0.05, update_interval=2, seed=0, process_group=dist.group.WORLD
+    )
 
     order = torch.Generator().manual_seed(rank)
     for step in range(20):
