@@ -365,7 +365,7 @@ class AdaHessian(Optimizer):
             generator = self._probe_generator()
             probes = [rademacher(params, generator=generator) for _ in range(self.n_samples)]
             self._pending = {"params": params, "probes": probes, "estimate": None}
-        if self._pending["params"] != params:
+        if [id(p) for p in self._pending["params"]] != [id(p) for p in params]:
             raise RuntimeError("the parameters changed between backward() calls of one step")
         if any(g is not None and g.requires_grad for g in grads):
             estimate = hutchinson_diagonal(grads, params, probes=self._pending["probes"])
@@ -454,10 +454,8 @@ class AdaHessian(Optimizer):
                     f"gradient carries a graph. {_GRAPH_HINT}"
                 )
             params = self._probe_params()
-            index = {id(p): i for i, p in enumerate(params)}
-            all_grads: list[Tensor | None] = [None] * len(params)
-            for p, g in zip(flat, grads, strict=True):
-                all_grads[index[id(p)]] = g
+            grad_of = {id(p): g for p, g in zip(flat, grads, strict=True)}
+            all_grads = [grad_of.get(id(p)) for p in params]
             generator = self._probe_generator()
             rng_state = generator.get_state()
             try:
@@ -467,7 +465,7 @@ class AdaHessian(Optimizer):
             except BaseException:
                 generator.set_state(rng_state)  # a failed step changes nothing
                 raise
-            estimates = [all_estimates[index[id(p)]] for p in flat]
+            estimates = _select(all_estimates, params, flat)
 
         # From here on nothing can fail on user input.
         self._pending = None
@@ -511,8 +509,7 @@ class AdaHessian(Optimizer):
                 "backward() ran on this Hessian step but no gradient reached a parameter with a "
                 "graph; check that the loss depends on the optimised parameters"
             )
-        index = {id(p): i for i, p in enumerate(params)}
-        return [estimate[index[id(p)]] for p in flat]
+        return _select(estimate, params, flat)
 
     def _all_reduce(self, grads: list[Tensor], estimates: list[Tensor] | None) -> None:
         """Average gradients and estimates over the process group in one collective call."""
@@ -590,6 +587,14 @@ class AdaHessian(Optimizer):
         for i, w in zip(active, work, strict=True):
             if w is not params[i]:
                 params[i].copy_(w)
+
+
+def _select(values: list[Tensor], params: list[Tensor], wanted: list[Tensor]) -> list[Tensor]:
+    """The entries of ``values`` (one per tensor of ``params``) for the tensors of ``wanted``;
+    zeros for one that is not in ``params`` (a frozen parameter given a gradient by hand has no
+    graph, hence no curvature)."""
+    by_param = {id(p): v for p, v in zip(params, values, strict=True)}
+    return [by_param[id(p)] if id(p) in by_param else torch.zeros_like(p) for p in wanted]
 
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)

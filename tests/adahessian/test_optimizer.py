@@ -347,6 +347,19 @@ def test_gradient_without_graph_among_others_has_zero_curvature():
     assert opt.state[model.out.weight]["exp_hessian_diag_sq"].abs().sum() > 0
 
 
+def test_frozen_parameter_given_a_gradient_by_hand_has_zero_curvature():
+    model = make_net()
+    model.out.bias.requires_grad_(False)
+    opt = AdaHessian(model.parameters(), seed=0)
+    x, y = batches(1)[0]
+    nn.functional.cross_entropy(model(x), y).backward(create_graph=True)
+    model.out.bias.grad = torch.ones_like(model.out.bias)
+    opt.step()
+    state = opt.state[model.out.bias]
+    assert torch.equal(state["exp_hessian_diag_sq"], torch.zeros_like(model.out.bias))
+    assert opt.state[model.out.weight]["exp_hessian_diag_sq"].abs().sum() > 0
+
+
 def test_parameter_added_between_hessian_steps_waits_for_curvature():
     model = make_net()
     opt = AdaHessian([model.conv.weight], update_interval=2, seed=0)
