@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import pytest
@@ -132,3 +132,13 @@ def case(request: pytest.FixtureRequest) -> Case:
 def make_case() -> Callable[[str], Case]:
     """Build one named case (for tests that need a specific model)."""
     return _case
+
+
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """One intra-op thread, for tests of tiny tensors: faster, and on a busy machine two threads
+    spend most of their time waiting for each other."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

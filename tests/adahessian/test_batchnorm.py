@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -16,14 +15,8 @@ from adahessian.batchnorm import batch_norm_train as bn_train
 F64 = torch.float64
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    """These tensors are tiny: one intra-op thread is faster, and on a busy machine two threads
-    spend most of their time waiting for each other."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# These tensors are tiny: one intra-op thread is faster (see conftest.one_thread).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # (stock class, fast class, input shape)

@@ -4,7 +4,7 @@ plain double backwards (:func:`hutchinson_diagonal`) with the same probes, in fl
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -22,14 +22,8 @@ from adahessian import (
 LossFn = Callable[[Tensor], Tensor]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    """These tensors are tiny: one intra-op thread is faster, and on a busy machine two threads
-    spend most of their time waiting for each other."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# These tensors are tiny: one intra-op thread is faster (see conftest.one_thread).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _model(name: str) -> tuple[nn.Module, Tensor, LossFn]:
