@@ -9,15 +9,13 @@ Usage: ``python benchmarks/batchnorm_hvp.py [--repeats 15] [--batch 128] [--json
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
 import json
-import platform
 import statistics
 import time
-from pathlib import Path
 
 import torch
+from step_cost import cpu_model  # the sibling script (run from benchmarks/)
 from torch import Tensor, nn
 
 from adahessian import hutchinson_diagonal
@@ -48,14 +46,6 @@ def grad_and_hvp(model: nn.Module, x: Tensor, y: Tensor, gen: torch.Generator) -
     grads = torch.autograd.grad(loss, params, create_graph=True)
     hutchinson_diagonal(grads, params, generator=gen)
     return time.perf_counter() - start
-
-
-def _cpu_model() -> str:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
 
 
 def main() -> None:
@@ -95,7 +85,7 @@ def main() -> None:
     result: dict = {
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
-        "cpu": _cpu_model(),
+        "cpu": cpu_model(),
         "batch": args.batch,
         "size": args.size,
         "widths": widths,

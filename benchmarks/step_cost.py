@@ -420,7 +420,7 @@ def measure_memory(task_name: str, contender_name: str, quick: bool) -> dict:
 # ----------------------------------------------------------------------------------- timing
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -567,7 +567,7 @@ def main(argv: list[str] | None = None) -> dict | None:
         "meta": {
             "torch": torch.__version__,
             "threads": torch.get_num_threads(),
-            "cpu": _cpu_model(),
+            "cpu": cpu_model(),
             "python": platform.python_version(),
             "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             "quick": args.quick,
