@@ -83,7 +83,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     print(text)
-    print(f"written: {Path(args.dir) / 'report.md'}, " + ", ".join(report.PLOTS))
+    print(f"written: {Path(args.dir) / 'report.md'}, " + ", ".join(report.written_plots(args.dir)))
     return 0
 
 
@@ -127,7 +127,8 @@ def parser() -> argparse.ArgumentParser:
     s = sub.add_parser("report", help="Markdown table and plots of a finished run folder")
     s.add_argument("dir")
     s.add_argument("--target", type=float, default=None,
-                   help="target test accuracy in [0, 1] (default: from the profile)")  # fmt: skip
+                   help="target value of the task's metric, e.g. a test accuracy in [0, 1] "
+                        "(default: from the profile)")  # fmt: skip
     s.set_defaults(func=cmd_report)
     return p
 

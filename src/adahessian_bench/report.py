@@ -1,4 +1,8 @@
-"""Report: a Markdown table over optimizers (mean ± std over seeds) and accuracy plots (PNG)."""
+"""Report: a Markdown table over optimizers (mean ± std over seeds) and metric plots (PNG).
+
+The metric is the task's (``config.json``'s ``metric``: test accuracy, perplexity, BLEU ...);
+runs written before tasks named their metric are read as test accuracy.
+"""
 
 from __future__ import annotations
 
@@ -14,7 +18,18 @@ import numpy as np
 import pandas as pd
 from tabulate import tabulate
 
-PLOTS = ("test_acc_vs_epoch.png", "test_acc_vs_time.png")
+# The metric of runs whose config.json names none (written before tasks named their metric).
+ACCURACY: dict[str, Any] = {"key": "test_acc", "label": "test accuracy (%)",
+                            "higher_is_better": True, "scale": 100.0, "fmt": ".2f",
+                            "extra": []}  # fmt: skip
+
+
+def plot_names(metric_key: str = "test_acc") -> tuple[str, str]:
+    """The two plots of a report: the metric against epochs and against training time."""
+    return f"{metric_key}_vs_epoch.png", f"{metric_key}_vs_time.png"
+
+
+PLOTS = plot_names()
 
 
 def load_metrics(out: Path) -> pd.DataFrame:
@@ -36,18 +51,32 @@ def _mean_std(values: pd.Series, fmt: str, scale: float = 1.0) -> str:
     return f"{format(v.mean(), fmt)} ± {format(v.std(ddof=1), fmt)}"
 
 
-def summary(df: pd.DataFrame, target: float, order: list[str], reference: str = "adam"):
-    """One row per optimizer: accuracies, step time (absolute and relative), time to target."""
+def _unit(metric: dict[str, Any]) -> str:
+    return "%" if metric["scale"] == 100 else ""
+
+
+def summary(
+    df: pd.DataFrame,
+    target: float,
+    order: list[str],
+    reference: str = "adam",
+    metric: dict[str, Any] | None = None,
+) -> pd.DataFrame:
+    """One row per optimizer: the metric (best and final epoch), the other metrics the task names
+    (final epoch), step time (absolute and relative to ``reference``), time to ``target``."""
+    m = metric or ACCURACY
+    key, higher = m["key"], m["higher_is_better"]
     per_run = []
     for (opt, seed), g in df.groupby(["optimizer", "seed"]):
         g = g.sort_values("epoch")
-        reached = g[g["test_acc"] >= target]
+        reached = g[g[key] >= target] if higher else g[g[key] <= target]
         per_run.append(
             {
                 "optimizer": opt,
                 "seed": seed,
-                "best": g["test_acc"].max(),
-                "final": g["test_acc"].iloc[-1],
+                "best": g[key].max() if higher else g[key].min(),
+                "final": g[key].iloc[-1],
+                **{f"extra:{k}": g[k].iloc[-1] for k in m["extra"] if k in g},
                 "epochs": int(g["epoch"].iloc[-1]),
                 # The median over epochs of the mean step time: robust to a noisy epoch.
                 "step_time": g["mean_step_time_s"].median(),
@@ -58,6 +87,7 @@ def summary(df: pd.DataFrame, target: float, order: list[str], reference: str = 
         )
     runs = pd.DataFrame(per_run)
     ref_time = runs.loc[runs["optimizer"] == reference, "step_time"].mean()
+    scale, fmt = m["scale"], m["fmt"]
     rows = []
     for opt in [o for o in order if o in set(runs["optimizer"])]:
         r = runs[runs["optimizer"] == opt]
@@ -68,43 +98,58 @@ def summary(df: pd.DataFrame, target: float, order: list[str], reference: str = 
                 f"{to_target} ({n_reached}/{len(r)} reached)" if n_reached else "not reached"
             )
         rel = r["step_time"].mean() / ref_time if np.isfinite(ref_time) else np.nan
+        extra = {
+            f"final {k}": _mean_std(r[f"extra:{k}"], ".4g") for k in m["extra"] if f"extra:{k}" in r
+        }
         rows.append(
             {
                 "optimizer": opt + (" (diverged)" if r["diverged"].any() else ""),
                 "seeds": len(r),
-                "best test acc (%)": _mean_std(r["best"], ".2f", 100),
-                "final test acc (%)": _mean_std(r["final"], ".2f", 100),
+                f"best {m['label']}": _mean_std(r["best"], fmt, scale),
+                f"final {m['label']}": _mean_std(r["final"], fmt, scale),
+                **extra,
                 "ms / step": _mean_std(r["step_time"], ".0f", 1000),
                 f"step time vs {reference}": "n/a" if not np.isfinite(rel) else f"{rel:.2f}x",
-                f"time to {100 * target:g}% (s)": to_target,
+                f"time to {scale * target:g}{_unit(m)} (s)": to_target,
                 "peak memory (MiB)": _mean_std(r["peak_mem"], ".0f"),
             }
         )
     return pd.DataFrame(rows)
 
 
-def _curves(df: pd.DataFrame, opt: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Mean and std over seeds of test accuracy per epoch, and the mean training time per epoch."""
+def _curves(
+    df: pd.DataFrame, opt: str, key: str
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Mean and std over seeds of the metric per epoch, and the mean training time per epoch."""
     g = df[df["optimizer"] == opt]
-    acc = g.pivot_table(index="epoch", columns="seed", values="test_acc")
+    acc = g.pivot_table(index="epoch", columns="seed", values=key)
     tim = g.pivot_table(index="epoch", columns="seed", values="train_time_s")
     std = acc.std(axis=1, ddof=1).fillna(0.0) if acc.shape[1] > 1 else acc.iloc[:, 0] * 0
     return acc.index.to_numpy(), tim.mean(axis=1).to_numpy(), acc.mean(axis=1).to_numpy(), std
 
 
-def plot(df: pd.DataFrame, out: Path, order: list[str], title: str) -> list[Path]:
+def plot(
+    df: pd.DataFrame,
+    out: Path,
+    order: list[str],
+    title: str,
+    metric: dict[str, Any] | None = None,
+) -> list[Path]:
+    m = metric or ACCURACY
+    names = plot_names(m["key"])
+    scale = m["scale"]
     paths = []
-    for name, xlabel in zip(PLOTS, ("epoch", "training wall-clock time (s)"), strict=True):
+    for name, xlabel in zip(names, ("epoch", "training wall-clock time (s)"), strict=True):
         fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=110)
         for opt in [o for o in order if o in set(df["optimizer"])]:
-            epochs, times, mean, std = _curves(df, opt)
-            x = epochs if name == PLOTS[0] else times
-            (line,) = ax.plot(x, 100 * mean, marker="o", markersize=3, label=opt)
+            epochs, times, mean, std = _curves(df, opt, m["key"])
+            x = epochs if name == names[0] else times
+            (line,) = ax.plot(x, scale * mean, marker="o", markersize=3, label=opt)
             ax.fill_between(
-                x, 100 * (mean - std), 100 * (mean + std), color=line.get_color(), alpha=0.2
+                x, scale * (mean - std), scale * (mean + std), color=line.get_color(), alpha=0.2
             )
         ax.set_xlabel(xlabel)
-        ax.set_ylabel("test accuracy (%)")
+        ax.set_ylabel(m["label"])
         ax.set_title(title, fontsize=10)
         ax.grid(alpha=0.3)
         ax.legend()
@@ -113,6 +158,14 @@ def plot(df: pd.DataFrame, out: Path, order: list[str], title: str) -> list[Path
         plt.close(fig)
         paths.append(out / name)
     return paths
+
+
+def _schedule(tc: dict[str, Any]) -> str:
+    schedule = tc.get("schedule", "multistep")
+    if schedule == "multistep":
+        return f"lr x{tc['gamma']} at epochs {tc['milestones']}"
+    warmup = tc.get("warmup_steps", 0)
+    return f"{schedule} lr schedule" + (f", {warmup} warm-up steps" if warmup else "")
 
 
 def make_report(out: Path, target: float | None = None) -> str:
@@ -124,12 +177,16 @@ def make_report(out: Path, target: float | None = None) -> str:
     if (out / "env.json").is_file():
         env = json.loads((out / "env.json").read_text())
     tc = cfg["train"]
-    target = target if target is not None else tc.get("target_accuracy", 0.9)
+    metric = cfg.get("metric", ACCURACY)
+    if target is None:
+        target = tc.get("target", tc.get("target_accuracy", 0.9))
     order = list(cfg["optimizers"]) + sorted(set(df["optimizer"]) - set(cfg["optimizers"]))
-    table = summary(df, target, order)
+    reference = "adam" if "adam" in set(df["optimizer"]) else order[0]
+    table = summary(df, target, order, reference, metric)
     seeds = sorted(df["seed"].unique())
     title = f"{cfg['task']} ({cfg['profile']} profile), {len(seeds)} seed(s)"
-    plot(df, out, order, title)
+    names = plot_names(metric["key"])
+    plot(df, out, order, title, metric)
 
     cpu = env.get("cpu_model", "?")
     cores = env.get("cpus_usable", env.get("cpu_count", "?"))
@@ -138,34 +195,45 @@ def make_report(out: Path, target: float | None = None) -> str:
         if env.get("cuda_device")
         else f"{cores} CPU cores ({cpu}), torch threads: {env.get('torch_threads', '?')}"
     )
-    train_n = tc.get("train_subset") or "all"
-    test_n = tc.get("test_subset") or "all"
+    training = f"- Training: {tc['epochs']} epochs, batch {tc['batch_size']}, {_schedule(tc)}"
+    if "train_subset" in tc:
+        training += f", training images: {tc['train_subset'] or 'all'}"
+        training += f", test images: {tc.get('test_subset') or 'all'}"
+    if tc.get("max_steps"):
+        training += f", at most {tc['max_steps']} steps per epoch"
+    label = metric["label"]
+    direction = "reaches" if metric["higher_is_better"] else "falls to"
+    shown_target = f"{metric['scale'] * target:g}{_unit(metric)}"
     lines = [
         f"# {cfg['task']}, {cfg['profile']} profile",
         "",
         f"- Command: `{env.get('command', '?')}`",
         f"- Machine: {machine}; torch {env.get('torch', '?')}, "
         f"adahessian {env.get('adahessian', '?')}, {env.get('date_utc', '')}",
-        f"- Training: {tc['epochs']} epochs, batch {tc['batch_size']}, "
-        f"lr x{tc['gamma']} at epochs {tc['milestones']}, training images: {train_n}, "
-        f"test images: {test_n}"
-        + (f", at most {tc['max_steps']} steps per epoch" if tc.get("max_steps") else ""),
+        training,
         (
             f"- Mean ± std over seeds {', '.join(map(str, seeds))}."
             if len(seeds) > 1
             else f"- One seed ({seeds[0]}): no spread over seeds."
         )
-        + " Step time: forward + backward "
-        "+ optimizer step, the median over epochs of the mean per step. Time to target: "
-        "training time (evaluation excluded) until the first epoch whose test accuracy "
-        f"reaches {100 * target:g}%.",
+        + f" Best: the best epoch's {label} ("
+        + ("higher" if metric["higher_is_better"] else "lower")
+        + " is better). Step time: forward + backward + optimizer step, the median over epochs "
+        "of the mean per step. Time to target: training time (evaluation excluded) until the "
+        f"first epoch whose {label} {direction} {shown_target}.",
         "",
         tabulate(table, headers="keys", tablefmt="github", showindex=False, disable_numparse=True),
         "",
-        f"![test accuracy vs epoch]({PLOTS[0]})",
-        f"![test accuracy vs time]({PLOTS[1]})",
+        f"![{label} vs epoch]({names[0]})",
+        f"![{label} vs time]({names[1]})",
         "",
     ]
     text = "\n".join(lines)
     (out / "report.md").write_text(text)
     return text
+
+
+def written_plots(out: str | Path) -> tuple[str, str]:
+    """The names of the plots ``make_report`` wrote for the run folder ``out``."""
+    cfg = json.loads((Path(out) / "config.json").read_text())
+    return plot_names(cfg.get("metric", ACCURACY)["key"])

@@ -31,15 +31,16 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
-from . import data, optimizers
+from . import optimizers
 from .tasks import TASKS
 
 # Fields of each metrics.jsonl line. Those in MEASURED_FIELDS depend on the machine and its load.
+# Besides these, a line holds the task's training statistics (``train_acc`` ...) and evaluation
+# metrics (``test_loss``, ``test_acc``, ``test_ppl`` ...: see tasks.Setup).
 METRIC_FIELDS = (
-    "optimizer", "seed", "epoch", "step", "lr", "train_loss", "train_acc", "test_loss", "test_acc",
+    "optimizer", "seed", "epoch", "step", "lr", "train_loss",
     "epoch_time_s", "train_time_s", "wall_time_s", "mean_step_time_s", "peak_memory_mb",
 )  # fmt: skip
 MEASURED_FIELDS = (
@@ -222,7 +223,8 @@ def resolve(
     train = dict(profile_cfg["train"])
     if epochs is not None and epochs != train["epochs"]:
         scale = epochs / train["epochs"]
-        train["milestones"] = sorted({max(1, round(m * scale)) for m in train["milestones"]})
+        if "milestones" in train:
+            train["milestones"] = sorted({max(1, round(m * scale)) for m in train["milestones"]})
         train["epochs"] = epochs
     if batch_size is not None:
         train["batch_size"] = batch_size
@@ -238,10 +240,16 @@ def resolve(
             f"unknown optimizer(s) {', '.join(unknown + missing)}; known: "
             + ", ".join(o for o in optimizers.OPTIMIZERS if o in profile_cfg["optimizers"])
         )
+    schedule = train.setdefault("schedule", "multistep")
+    if schedule not in SCHEDULES:
+        raise ValueError(f"unknown schedule {schedule!r}; known: {', '.join(SCHEDULES)}")
     return {
         "task": task,
         "profile": profile,
+        "metric": TASKS[task].metric.as_dict(),
         "train": train,
+        "model": dict(profile_cfg.get("model", {})),
+        "data": dict(profile_cfg.get("data", {})),
         "optimizers": {o: profile_cfg["optimizers"][o] for o in optimizer_names},
         "seeds": list(range(seeds)),
         "device": device or default_device(),
@@ -251,31 +259,50 @@ def resolve(
 # ----------------------------------------------------------------------------- training
 
 
-def evaluate(model: torch.nn.Module, batches: data.Batches) -> tuple[float, float]:
-    """Mean cross-entropy and accuracy over a whole (test) set."""
-    model.eval()
-    loss_sum, correct, n = 0.0, 0, 0
-    with torch.no_grad():
-        for x, y in batches:
-            out = model(x)
-            loss_sum += F.cross_entropy(out, y, reduction="sum").item()
-            correct += int((out.argmax(1) == y).sum().item())
-            n += len(y)
-    return loss_sum / n, correct / n
+SCHEDULES = ("multistep", "inverse_sqrt", "cosine", "constant")
 
 
-def subset(images: torch.Tensor, labels: np.ndarray, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-    if n and n < len(labels):
-        idx = data.balanced_subset(labels, n, seed=0)  # the same subset for every run
-        return images[torch.from_numpy(idx)], torch.from_numpy(labels[idx])
-    return images, torch.from_numpy(labels)
+def make_scheduler(
+    optimizer: torch.optim.Optimizer, tc: dict[str, Any], steps_per_epoch: int
+) -> tuple[torch.optim.lr_scheduler.LRScheduler, bool]:
+    """The profile's learning-rate schedule; the flag says whether it steps per step (else per
+    epoch).
+
+    - ``multistep``: lr x ``gamma`` after each epoch in ``milestones`` (the paper's image recipe);
+    - ``inverse_sqrt``: linear warm-up over ``warmup_steps``, then lr * sqrt(warmup / step) (the
+      Transformer recipe of fairseq, which the paper's translation experiments use);
+    - ``cosine``: linear warm-up over ``warmup_steps`` (default 0), then cosine decay to 0 at the
+      last step;
+    - ``constant``: the optimizer's lr throughout.
+    """
+    schedule = tc.get("schedule", "multistep")
+    if schedule == "multistep":
+        sched = torch.optim.lr_scheduler.MultiStepLR(optimizer, tc["milestones"], tc["gamma"])
+        return sched, False
+    warmup = int(tc.get("warmup_steps", 0))
+    total = max(1, tc["epochs"] * steps_per_epoch)
+
+    def factor(step: int) -> float:  # step = number of optimizer steps taken so far
+        s = step + 1
+        if schedule == "constant":
+            return 1.0
+        if warmup and s <= warmup:
+            return s / warmup
+        if schedule == "inverse_sqrt":
+            return math.sqrt(warmup / s) if warmup else 1.0 / math.sqrt(s)
+        progress = min(1.0, (s - warmup) / max(1, total - warmup))
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    if schedule not in SCHEDULES:
+        raise ValueError(f"unknown schedule {schedule!r}; known: {', '.join(SCHEDULES)}")
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor), True
 
 
 def train_one(
     cfg: dict[str, Any],
     opt_name: str,
     seed: int,
-    arrays: data.Arrays,
+    dataset: Any,
     run_dir: Path,
     resume: bool,
     progress: bool = True,
@@ -284,7 +311,8 @@ def train_one(
     task = TASKS[cfg["task"]]
     tc = cfg["train"]
     device = torch.device(cfg["device"])
-    run_cfg = {"task": cfg["task"], "train": tc, "optimizer": opt_name, "seed": seed,
+    run_cfg = {"task": cfg["task"], "train": tc, "model": cfg.get("model", {}),
+               "data": cfg.get("data", {}), "optimizer": opt_name, "seed": seed,
                "hyperparameters": cfg["optimizers"][opt_name]}  # fmt: skip
     ckpt_path = run_dir / "checkpoint.pt"
     metrics_path = run_dir / "metrics.jsonl"
@@ -295,31 +323,29 @@ def train_one(
     torch.manual_seed(seed)
     rank, world_size = world()
     gen = torch.Generator().manual_seed(seed)  # data order and augmentation
-    model = task.model().to(device)
+    model = task.model(**cfg.get("model", {})).to(device)
     if world_size > 1:
         from adahessian.distributed import broadcast_module
 
         broadcast_module(model)  # the same seed gives the same weights; make sure of it
 
-    x_train, y_train = subset(data.to_nchw32(arrays.x_train), arrays.y_train, tc["train_subset"])
-    x_test, y_test = subset(data.to_nchw32(arrays.x_test), arrays.y_test, tc["test_subset"])
     if world_size > 1:  # each rank its own shard of the data and of each batch
         if tc["batch_size"] % world_size:
             raise ValueError(
                 f"batch size {tc['batch_size']} is not divisible by {world_size} ranks"
             )
-        x_train, y_train = x_train[rank::world_size], y_train[rank::world_size]
         gen.manual_seed(seed * 1000 + rank)
-    train_batches = data.Batches(x_train, y_train, task.mean, task.std,
-                                 tc["batch_size"] // world_size, device,
-                                 augment=True, shuffle=True, generator=gen)  # fmt: skip
-    test_batches = data.Batches(x_test, y_test, task.mean, task.std, tc["eval_batch_size"], device)
+    setup = task.setup(dataset, cfg, device, gen, rank, world_size)
+    train_batches = setup.train_batches
+    steps_per_epoch = len(train_batches)
+    if tc["max_steps"]:
+        steps_per_epoch = min(steps_per_epoch, tc["max_steps"])
 
     group = torch.distributed.group.WORLD if world_size > 1 else None
     optimizer = optimizers.build(
         opt_name, model.parameters(), cfg["optimizers"][opt_name], seed, process_group=group
     )
-    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, tc["milestones"], tc["gamma"])
+    scheduler, per_step = make_scheduler(optimizer, tc, steps_per_epoch)
     is_adahessian = opt_name == "adahessian"
 
     metrics: list[dict[str, Any]] = []
@@ -350,9 +376,6 @@ def train_one(
             shutil.rmtree(run_dir)
         run_dir.mkdir(parents=True)
 
-    steps_per_epoch = len(train_batches)
-    if tc["max_steps"]:
-        steps_per_epoch = min(steps_per_epoch, tc["max_steps"])
     memory = PeakMemory(device)
     bar = tqdm(
         total=tc["epochs"] * steps_per_epoch,
@@ -368,14 +391,13 @@ def train_one(
         epoch_start = time.perf_counter()
         model.train()
         lr = optimizer.param_groups[0]["lr"]
-        loss_sum, correct, seen, step_times = 0.0, 0, 0, []
+        loss_sum, sums, step_times = 0.0, {"n": 0.0}, []
         diverged = False
-        for i, (x, y) in enumerate(train_batches):
+        for i, batch in enumerate(train_batches):
             if i == steps_per_epoch:
                 break
             t0 = time.perf_counter()
-            out = model(x)
-            loss = F.cross_entropy(out, y)
+            loss, stats = setup.loss(model, batch)
             optimizer.zero_grad(set_to_none=True)
             if is_adahessian:
                 # The Hessian-vector product needs the graph of the gradient, when one is due.
@@ -385,6 +407,8 @@ def train_one(
                 if world_size > 1:
                     average_gradients(model)
             optimizer.step()
+            if per_step:
+                scheduler.step()
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             step_times.append(time.perf_counter() - t0)
@@ -394,9 +418,9 @@ def train_one(
                 torch.distributed.all_reduce(loss)
                 loss /= world_size
             loss_value = loss.item()
-            loss_sum += loss_value * len(y)
-            correct += int((out.detach().argmax(1) == y).sum().item())
-            seen += len(y)
+            loss_sum += loss_value * stats["n"]
+            for k, v in stats.items():
+                sums[k] = sums.get(k, 0.0) + v
             bar.update(1)
             if not math.isfinite(loss_value):
                 diverged = True
@@ -406,8 +430,9 @@ def train_one(
             from adahessian.distributed import average_buffers
 
             average_buffers(model)  # BatchNorm statistics, so every rank evaluates one model
-        test_loss, test_acc = evaluate(model, test_batches)
-        scheduler.step()
+        evaluation = setup.evaluate(model)
+        if not per_step:
+            scheduler.step()
         epoch_time = time.perf_counter() - epoch_start
         train_time += epoch_train_time
         wall_time += epoch_time
@@ -417,10 +442,9 @@ def train_one(
             "epoch": epoch + 1,
             "step": step,
             "lr": lr,
-            "train_loss": loss_sum / seen,
-            "train_acc": correct / seen,
-            "test_loss": test_loss,
-            "test_acc": test_acc,
+            "train_loss": loss_sum / sums["n"],
+            **{f"train_{k}": v / sums["n"] for k, v in sums.items() if k != "n"},
+            **evaluation,
             "epoch_time_s": epoch_time,
             "train_time_s": train_time,
             "wall_time_s": wall_time,
@@ -430,7 +454,8 @@ def train_one(
         if diverged:
             record["diverged"] = True
         metrics.append(record)
-        bar.set_postfix(loss=f"{record['train_loss']:.3f}", test_acc=f"{test_acc:.4f}")
+        key = task.metric.key
+        bar.set_postfix({"loss": f"{record['train_loss']:.3f}", key: f"{record[key]:.4f}"})
         finished = diverged or epoch + 1 == tc["epochs"]
         if writes:
             # The metrics first, then the checkpoint: a crash in between is repaired on resume.
@@ -484,7 +509,7 @@ def run(
         atomic_write_text(config_path, json.dumps(cfg, indent=2) + "\n")
         env = environment(device, command)
         atomic_write_text(out / "env.json", json.dumps(env, indent=2) + "\n")
-    arrays = TASKS[cfg["task"]].load()
+    dataset = TASKS[cfg["task"]].load()
     deterministic = torch.are_deterministic_algorithms_enabled()
     try:
         with warnings.catch_warnings():
@@ -494,23 +519,23 @@ def run(
             if device.type == "cpu":
                 # Bitwise repeatable runs (CPU kernels already are; this guards the rest).
                 torch.use_deterministic_algorithms(True, warn_only=True)
-            _run_all(cfg, arrays, out, resume, progress)
+            _run_all(cfg, dataset, out, resume, progress)
     finally:
         torch.use_deterministic_algorithms(deterministic)
 
 
-def _run_all(
-    cfg: dict[str, Any], arrays: data.Arrays, out: Path, resume: bool, progress: bool
-) -> None:
+def _run_all(cfg: dict[str, Any], dataset: Any, out: Path, resume: bool, progress: bool) -> None:
+    metric = TASKS[cfg["task"]].metric
+    pick = max if metric.higher_is_better else min
     for seed in cfg["seeds"]:
         for opt_name in cfg["optimizers"]:
-            metrics = train_one(cfg, opt_name, seed, arrays, out / f"{opt_name}-seed{seed}",
+            metrics = train_one(cfg, opt_name, seed, dataset, out / f"{opt_name}-seed{seed}",
                                 resume, progress)  # fmt: skip
             if metrics and world()[0] == 0:
                 last = metrics[-1]
-                best = max(m["test_acc"] for m in metrics)
+                best = pick(m[metric.key] for m in metrics)
                 print(
                     f"{opt_name} seed {seed}: {last['epoch']} epochs, "
-                    f"final test acc {last['test_acc']:.4f}, best {best:.4f}, "
+                    f"final {metric.key} {last[metric.key]:.4f}, best {best:.4f}, "
                     f"{last['train_time_s']:.0f} s training"
                 )

@@ -34,4 +34,4 @@ def test_torchrun_trains_data_parallel_and_rank_zero_writes(
         ckpt = torch.load(out / f"{opt}-seed0" / "checkpoint.pt", weights_only=False)
         if opt == "adahessian":
             assert ckpt["optimizer"]["adahessian"]["hessian_updates"] == 2
-    assert done.stdout.count("final test acc") == 2, "rank 0 alone reports"
+    assert done.stdout.count("final test_acc") == 2, "rank 0 alone reports"

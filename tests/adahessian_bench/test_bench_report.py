@@ -7,7 +7,7 @@ from pathlib import Path
 
 import matplotlib.image
 
-from adahessian_bench.report import PLOTS, make_report
+from adahessian_bench.report import PLOTS, make_report, plot_names
 
 
 def write_run(out: Path, opt: str, seed: int, accs: list[float], step_time: float) -> None:
@@ -60,9 +60,9 @@ def test_report_table_from_known_metrics(tmp_path: Path) -> None:
     col = {name: header.index(name) for name in header}
     adam, ah = rows["adam"], rows["adahessian"]
     assert adam[col["seeds"]] == "2"
-    assert adam[col["best test acc (%)"]] == "75.00 ± 7.07"  # best 70 and 80
-    assert adam[col["final test acc (%)"]] == "70.00 ± 14.14"  # final 60 and 80
-    assert ah[col["best test acc (%)"]] == "90.00 ± 0.00"
+    assert adam[col["best test accuracy (%)"]] == "75.00 ± 7.07"  # best 70 and 80
+    assert adam[col["final test accuracy (%)"]] == "70.00 ± 14.14"  # final 60 and 80
+    assert ah[col["best test accuracy (%)"]] == "90.00 ± 0.00"
     assert adam[col["step time vs adam"]] == "1.00x"
     assert ah[col["step time vs adam"]] == "3.00x"
     assert ah[col["ms / step"]] == "300 ± 0"
@@ -71,4 +71,42 @@ def test_report_table_from_known_metrics(tmp_path: Path) -> None:
     assert adam[col["time to 80% (s)"]] == "30 (1/2 reached)"
     assert make_report(tmp_path, target=0.95).count("not reached") == 2
     for name in PLOTS:
+        assert matplotlib.image.imread(tmp_path / name).ndim == 3
+
+
+def test_report_of_a_lower_is_better_metric_with_extra_columns(tmp_path: Path) -> None:
+    metric = {"key": "test_ppl", "label": "test perplexity", "higher_is_better": False,
+              "scale": 1.0, "fmt": ".1f", "extra": ["valid_ppl"]}  # fmt: skip
+    cfg = {"task": "some-lm", "profile": "quick", "seeds": [0], "metric": metric,
+           "optimizers": {"adamw": {}, "adahessian": {}},
+           "train": {"epochs": 3, "batch_size": 20, "schedule": "inverse_sqrt",
+                     "warmup_steps": 100, "max_steps": None, "target": 150.0}}  # fmt: skip
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    for opt, ppls in [("adamw", [300.0, 160.0, 170.0]), ("adahessian", [200.0, 140.0, 120.0])]:
+        write_run(tmp_path, opt, 0, [0.0] * 3, 0.1)
+        path = tmp_path / f"{opt}-seed0" / "metrics.jsonl"
+        lines = [json.loads(x) for x in path.read_text().splitlines()]
+        for line, ppl in zip(lines, ppls, strict=True):
+            line["test_ppl"], line["valid_ppl"] = ppl, ppl + 1
+        path.write_text("".join(json.dumps(x) + "\n" for x in lines))
+
+    text = make_report(tmp_path)
+    rows = {
+        line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
+        for line in text.splitlines()
+        if line.startswith("| ")
+    }
+    header = rows.pop("optimizer")
+    col = {name: header.index(name) for name in header}
+    assert rows["adamw"][col["best test perplexity"]] == "160.0"  # the lowest, not the highest
+    assert rows["adahessian"][col["best test perplexity"]] == "120.0"
+    assert rows["adamw"][col["final test perplexity"]] == "170.0"
+    assert rows["adahessian"][col["final valid_ppl"]] == "121"
+    # Without adam in the run, step times are relative to the first optimizer of the config.
+    assert rows["adahessian"][col["step time vs adamw"]] == "1.00x"
+    # Target 150 (lower is better): adahessian at epoch 2 (20 s); adamw never.
+    assert rows["adahessian"][col["time to 150 (s)"]] == "20"
+    assert rows["adamw"][col["time to 150 (s)"]] == "not reached"
+    assert "inverse_sqrt lr schedule, 100 warm-up steps" in text
+    for name in plot_names("test_ppl"):
         assert matplotlib.image.imread(tmp_path / name).ndim == 3

@@ -1,0 +1,112 @@
+"""The training loop with any task: learning-rate schedules, and a task defined in the test."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+
+from adahessian_bench import tasks, train
+
+
+def lrs(schedule: dict[str, Any], steps: int, steps_per_epoch: int = 5) -> list[float]:
+    """The lr of each of ``steps`` optimizer steps under ``schedule``."""
+    opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=2.0)
+    sched, per_step = train.make_scheduler(opt, {"epochs": 4, **schedule}, steps_per_epoch)
+    out = []
+    for i in range(steps):
+        out.append(opt.param_groups[0]["lr"])
+        opt.step()
+        if per_step or (i + 1) % steps_per_epoch == 0:
+            sched.step()
+    return out
+
+
+def test_inverse_sqrt_warms_up_linearly_then_decays_as_one_over_sqrt_step() -> None:
+    got = lrs({"schedule": "inverse_sqrt", "warmup_steps": 4}, 16)
+    want = [2.0 * s / 4 for s in range(1, 5)] + [2.0 * math.sqrt(4 / s) for s in range(5, 17)]
+    assert got == pytest.approx(want)
+
+
+def test_cosine_reaches_zero_at_the_last_step_and_multistep_decays_per_epoch() -> None:
+    got = lrs({"schedule": "cosine", "warmup_steps": 2}, 20)  # 4 epochs x 5 steps
+    assert got[:2] == pytest.approx([1.0, 2.0])
+    assert got[-1] == pytest.approx(0.0, abs=1e-12)
+    assert all(a >= b for a, b in itertools.pairwise(got[1:]))
+    got = lrs({"schedule": "multistep", "milestones": [2], "gamma": 0.5}, 20)
+    assert got == pytest.approx([2.0] * 10 + [1.0] * 10)
+    assert lrs({"schedule": "constant"}, 7) == [2.0] * 7
+
+
+def test_unknown_schedule_is_refused_before_anything_runs() -> None:
+    profile = {"train": {"epochs": 1, "batch_size": 8, "schedule": "linear"},
+               "optimizers": {"adam": {"lr": 1e-3}}}  # fmt: skip
+    with pytest.raises(ValueError, match="unknown schedule 'linear'"):
+        train.resolve("fmnist-resnet20", profile, "quick", ["adam"], 1)
+
+
+class Regression(tasks.Task):
+    """A least-squares task whose metric (test MSE) is lower-is-better."""
+
+    name = "toy-regression"
+    dataset = "none"
+    description = "y = x w + noise"
+    metric = tasks.Metric("test_mse", "test MSE", higher_is_better=False, scale=1.0, fmt=".4f")
+
+    def load(self) -> dict[str, torch.Tensor]:
+        g = torch.Generator().manual_seed(0)
+        x = torch.randn(96, 4, generator=g)
+        return {"x": x, "y": x @ torch.tensor([1.0, -2.0, 0.5, 3.0]) + 0.01}
+
+    def model(self, **kwargs: Any) -> nn.Module:
+        return nn.Linear(4, 1)
+
+    def setup(self, dataset, cfg, device, generator, rank=0, world_size=1) -> tasks.Setup:
+        x, y = dataset["x"][:64], dataset["y"][:64]
+        bs = cfg["train"]["batch_size"]
+
+        class Batches:
+            def __len__(self) -> int:
+                return len(x) // bs
+
+            def __iter__(self):
+                order = torch.randperm(len(x), generator=generator)
+                for i in range(len(self)):
+                    idx = order[i * bs : (i + 1) * bs]
+                    yield x[idx], y[idx]
+
+        def loss(model: nn.Module, batch: Any) -> tuple[torch.Tensor, dict[str, float]]:
+            xb, yb = batch
+            return ((model(xb).squeeze(1) - yb) ** 2).mean(), {"n": len(yb)}
+
+        def evaluate(model: nn.Module) -> dict[str, float]:
+            with torch.no_grad():
+                mse = ((model(dataset["x"][64:]).squeeze(1) - dataset["y"][64:]) ** 2).mean()
+            return {"test_mse": mse.item()}
+
+        return tasks.Setup(Batches(), loss, evaluate)
+
+
+def test_a_new_task_runs_through_the_loop_with_its_own_metric(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(tasks.TASKS, "toy-regression", Regression())
+    monkeypatch.setitem(train.TASKS, "toy-regression", tasks.TASKS["toy-regression"])
+    profile = {"train": {"epochs": 10, "batch_size": 16, "schedule": "constant"},
+               "optimizers": {"adam": {"lr": 0.3}, "adahessian": {"lr": 0.5}}}  # fmt: skip
+    cfg = train.resolve("toy-regression", profile, "quick", ["adam", "adahessian"], 1)
+    assert cfg["metric"]["key"] == "test_mse" and cfg["metric"]["higher_is_better"] is False
+    train.run(cfg, tmp_path, progress=False)
+    for opt in ("adam", "adahessian"):
+        lines = (tmp_path / f"{opt}-seed0" / "metrics.jsonl").read_text().splitlines()
+        metrics = [json.loads(line) for line in lines]
+        assert [m["step"] for m in metrics] == [4 * e for e in range(1, 11)]
+        assert "train_acc" not in metrics[0]  # only the statistics the task gives
+        # A well-conditioned least-squares problem: both optimizers cut the error 10-fold.
+        assert metrics[-1]["test_mse"] < 0.1 * metrics[0]["test_mse"]
