@@ -48,9 +48,12 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    names = [o.strip() for o in args.optimizers.split(",") if o.strip()]
     try:
         profile_cfg = config.load(args.task, args.profile, args.config)
+        if args.optimizers is None:  # the profile's, in its order
+            names = [o for o in profile_cfg["optimizers"] if o in optimizers.OPTIMIZERS]
+        else:
+            names = [o.strip() for o in args.optimizers.split(",") if o.strip()]
         cfg = train.resolve(
             args.task,
             profile_cfg,
@@ -102,8 +105,8 @@ def parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("run", help="train every optimizer and seed on a task")
     s.add_argument("task", choices=list(TASKS))
-    s.add_argument("--optimizers", default=",".join(optimizers.OPTIMIZERS),
-                   help="comma-separated (default: all)")  # fmt: skip
+    s.add_argument("--optimizers", default=None,
+                   help="comma-separated (default: every optimizer of the profile)")  # fmt: skip
     s.add_argument("--seeds", type=int, default=1, help="seeds 0..N-1 (default: 1)")
     s.add_argument("--profile", default="quick", choices=config.PROFILES,
                    help="a shipped TOML profile (default: quick)")  # fmt: skip
