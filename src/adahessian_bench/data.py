@@ -42,7 +42,7 @@ CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
 CIFAR10_TARBALL = "cifar-10-python.tar.gz"
 
-DATASETS = ("fashion-mnist", "cifar10")
+DATASETS = ("fashion-mnist", "cifar10", "brown", "bible-es-en")  # the last two: corpora.py
 
 
 class DataUnavailable(RuntimeError):
@@ -160,6 +160,10 @@ def fetch(name: str, verbose: bool = True) -> Path:
         return fetch_fashion_mnist(verbose)
     if name == "cifar10":
         return fetch_cifar10(verbose)
+    from adahessian_bench import corpora  # imports this module
+
+    if name in corpora.FETCHERS:
+        return corpora.FETCHERS[name](verbose)
     raise ValueError(f"unknown data set {name!r}; known: {', '.join(DATASETS)}")
 
 
