@@ -44,7 +44,7 @@ CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
 CIFAR10_TARBALL = "cifar-10-python.tar.gz"
 
-DATASETS = ("fashion-mnist", "cifar10", "widedeep")
+DATASETS = ("fashion-mnist", "cifar10", "brown", "bible-es-en", "widedeep")  # see fetch
 
 
 class DataUnavailable(RuntimeError):
@@ -162,10 +162,13 @@ def fetch(name: str, verbose: bool = True) -> Path:
         return fetch_fashion_mnist(verbose)
     if name == "cifar10":
         return fetch_cifar10(verbose)
-    if name == "widedeep":  # imported here, as widedeep imports this module
-        from adahessian_bench.widedeep import fetch_widedeep
+    # Imported here: these modules import this one.
+    from adahessian_bench import corpora, widedeep
 
-        return fetch_widedeep(verbose)
+    if name in corpora.FETCHERS:
+        return corpora.FETCHERS[name](verbose)
+    if name in widedeep.FETCHERS:
+        return widedeep.FETCHERS[name](verbose)
     raise ValueError(f"unknown data set {name!r}; known: {', '.join(DATASETS)}")
 
 
