@@ -64,6 +64,34 @@ def test_memory_is_measured_in_a_subprocess(step_cost: ModuleType) -> None:
     assert "error" not in result, result
     assert result["peak_above_baseline_mib"] >= 0
     assert isinstance(result["peak_reset"], bool)
+    assert "plain_step_peak_above_baseline_mib" not in result  # one kind of step only
+
+
+def test_update_interval_contenders_report_the_plain_steps_memory_apart(
+    step_cost: ModuleType,
+) -> None:
+    result = step_cost.measure_memory("resnet20", "adahessian-int10", quick=True)
+    assert "error" not in result, result
+    plain = result["plain_step_peak_above_baseline_mib"]
+    assert 0 <= plain <= result["peak_above_baseline_mib"]
+
+
+def test_memory_phases_quick_run(capsys: pytest.CaptureFixture[str]) -> None:
+    spec = importlib.util.spec_from_file_location(
+        "memory_phases", SCRIPT.with_name("memory_phases.py")
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    threads = torch.get_num_threads()
+    try:
+        rows = module.main(["--quick", "--rounds", "1"])
+    finally:
+        torch.set_num_threads(threads)
+    assert [r["optimizer"] for r in rows] == ["adam", "adahessian"]
+    for r in rows:
+        assert r["peak through step"] >= r["peak through backward"] >= 0
+    assert "| adahessian |" in capsys.readouterr().out
 
 
 def test_unknown_names_are_refused(step_cost: ModuleType) -> None:
