@@ -193,3 +193,7 @@ TASKS: dict[str, Task] = {
                   "CIFAR-10, ResNet32 (data needs internet access)"),
     ]
 }  # fmt: skip
+
+from .recommendation import MOVIELENS_DLRM  # noqa: E402  (the task modules import Task from here)
+
+TASKS[MOVIELENS_DLRM.name] = MOVIELENS_DLRM

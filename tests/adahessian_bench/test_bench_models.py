@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from adahessian_bench.models import CifarResNet, resnet20, resnet32
-from adahessian_bench.tasks import TASKS
+from adahessian_bench.tasks import TASKS, ImageTask
 
 
 @pytest.mark.parametrize(
@@ -44,8 +44,8 @@ def test_depth_must_be_6n_plus_2() -> None:
         CifarResNet(depth=21)
 
 
-def test_tasks_build_their_models() -> None:
-    for task in TASKS.values():
+def test_image_tasks_build_their_models() -> None:
+    for task in (t for t in TASKS.values() if isinstance(t, ImageTask)):
         model = task.model()
         assert model(torch.zeros(1, task.in_channels, 32, 32)).shape == (1, 10)
         assert len(task.mean) == len(task.std) == task.in_channels
