@@ -66,6 +66,7 @@ def summary(
     (final epoch), step time (absolute and relative to ``reference``), time to ``target``."""
     m = metric or ACCURACY
     key, higher = m["key"], m["higher_is_better"]
+    valid = "valid_" + key.removeprefix("test_")  # e.g. valid_ppl for test_ppl, if evaluated
     per_run = []
     for (opt, seed), g in df.groupby(["optimizer", "seed"]):
         g = g.sort_values("epoch")
@@ -75,6 +76,12 @@ def summary(
                 "optimizer": opt,
                 "seed": seed,
                 "best": g[key].max() if higher else g[key].min(),
+                # The epoch a user would pick without looking at the test set: the best on valid.
+                "at_best_valid": (
+                    g[key].loc[g[valid].idxmax() if higher else g[valid].idxmin()]
+                    if valid in g
+                    else np.nan
+                ),
                 "final": g[key].iloc[-1],
                 **{f"extra:{k}": g[k].iloc[-1] for k in m["extra"] if k in g},
                 "epochs": int(g["epoch"].iloc[-1]),
@@ -99,8 +106,11 @@ def summary(
             )
         rel = r["step_time"].mean() / ref_time if np.isfinite(ref_time) else np.nan
         extra = {
-            f"final {k}": _mean_std(r[f"extra:{k}"], ".4g") for k in m["extra"] if f"extra:{k}" in r
+            f"final {k}": _mean_std(r[f"extra:{k}"], ".4f") for k in m["extra"] if f"extra:{k}" in r
         }
+        if r["at_best_valid"].notna().any():
+            extra = {f"{m['label']} at best valid epoch": _mean_std(r["at_best_valid"], fmt, scale),
+                     **extra}  # fmt: skip
         rows.append(
             {
                 "optimizer": opt + (" (diverged)" if r["diverged"].any() else ""),

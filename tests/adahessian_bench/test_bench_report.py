@@ -88,6 +88,8 @@ def test_report_of_a_lower_is_better_metric_with_extra_columns(tmp_path: Path) -
         lines = [json.loads(x) for x in path.read_text().splitlines()]
         for line, ppl in zip(lines, ppls, strict=True):
             line["test_ppl"], line["valid_ppl"] = ppl, ppl + 1
+        if opt == "adamw":  # valid best at epoch 1, where test is 300
+            lines[0]["valid_ppl"] = 100.0
         path.write_text("".join(json.dumps(x) + "\n" for x in lines))
 
     text = make_report(tmp_path)
@@ -101,7 +103,10 @@ def test_report_of_a_lower_is_better_metric_with_extra_columns(tmp_path: Path) -
     assert rows["adamw"][col["best test perplexity"]] == "160.0"  # the lowest, not the highest
     assert rows["adahessian"][col["best test perplexity"]] == "120.0"
     assert rows["adamw"][col["final test perplexity"]] == "170.0"
-    assert rows["adahessian"][col["final valid_ppl"]] == "121"
+    assert rows["adahessian"][col["final valid_ppl"]] == "121.0000"
+    # The test value at the epoch with the best validation value (no peeking at the test set).
+    assert rows["adamw"][col["test perplexity at best valid epoch"]] == "300.0"
+    assert rows["adahessian"][col["test perplexity at best valid epoch"]] == "120.0"
     # Without adam in the run, step times are relative to the first optimizer of the config.
     assert rows["adahessian"][col["step time vs adamw"]] == "1.00x"
     # Target 150 (lower is better): adahessian at epoch 2 (20 s); adamw never.
