@@ -193,3 +193,7 @@ TASKS: dict[str, Task] = {
                   "CIFAR-10, ResNet32 (data needs internet access)"),
     ]
 }  # fmt: skip
+
+from .classification import REVIEWS_CLASSIFICATION  # noqa: E402  (the task modules import Task from here)
+
+TASKS[REVIEWS_CLASSIFICATION.name] = REVIEWS_CLASSIFICATION
