@@ -193,3 +193,8 @@ TASKS: dict[str, Task] = {
                   "CIFAR-10, ResNet32 (data needs internet access)"),
     ]
 }  # fmt: skip
+
+from .language_model import BROWN_LM, BROWN_LM_LSTM  # noqa: E402  (the task modules import Task from here)
+
+TASKS[BROWN_LM.name] = BROWN_LM
+TASKS[BROWN_LM_LSTM.name] = BROWN_LM_LSTM
