@@ -12,11 +12,13 @@ PROFILES = ("quick", "paper")
 
 
 def profile_names(task: str) -> list[str]:
-    """Profiles shipped for a task."""
+    """Profiles shipped for a task. A profile name holds no "-", so that the profiles of a task
+    named like another plus a suffix (``brown-lm-lstm-quick``) are not taken for the shorter's."""
     files = resources.files("adahessian_bench") / "configs"
     names = sorted(f.name for f in files.iterdir() if f.name.endswith(".toml"))
     prefix = task + "-"
-    return [n[len(prefix) : -len(".toml")] for n in names if n.startswith(prefix)]
+    found = [n[len(prefix) : -len(".toml")] for n in names if n.startswith(prefix)]
+    return [n for n in found if "-" not in n]
 
 
 def load(task: str, profile: str, path: str | Path | None = None) -> dict[str, Any]:

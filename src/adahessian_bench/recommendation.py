@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import widedeep
-from .tasks import Metric, Setup, Task
+from .base import Metric, Setup, Task
 
 # Rows of the embedding tables: the distinct values of each sparse feature in the whole of
 # MovieLens-100k (943 users, 1682 movies, 21 occupations, 795 zip codes, 2 genders) + the unknown

@@ -1,21 +1,13 @@
-"""The benchmark tasks: a data set, a model, a loss and an evaluation.
+"""The benchmark tasks, by name: the image tasks defined here and those of the other modules.
 
-A task is an object with the interface of :class:`Task`. The training loop (``train.py``) knows
-nothing else about it: it asks the task for its data (``load``, once per run), its model (from the
-profile's ``[model]`` table) and a :class:`Setup` holding the training batches, the loss of a
-batch and the evaluation. So a new task is a new ``Task`` subclass, registered in ``TASKS``, plus
-its ``configs/TASK-PROFILE.toml`` files; no change to the loop, the command line or the report.
-
-Every task names its headline metric (``Metric``): the key of the evaluation it is judged by
-(``test_acc``, ``test_ppl``, ``test_bleu`` ...), whether higher is better, and how to print it.
+The interface every task implements is in ``base.py``.
 """
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import torch
@@ -23,79 +15,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import data
+from .base import Setup, Task
+from .classification import REVIEWS_CLASSIFICATION, classification_loss
+from .language_model import BROWN_LM, BROWN_LM_LSTM
 from .models import CifarResNet
-
-
-@dataclass(frozen=True)
-class Metric:
-    """How a task is judged: ``key`` of the evaluation dict, printed as ``label`` (x ``scale``)."""
-
-    key: str = "test_acc"
-    label: str = "test accuracy (%)"
-    higher_is_better: bool = True
-    scale: float = 100.0  # printed value = scale * value (100 for a fraction in percent)
-    fmt: str = ".2f"
-    # Further evaluation keys that the report shows (final value, mean ± std over seeds).
-    extra: tuple[str, ...] = ()
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"key": self.key, "label": self.label, "higher_is_better": self.higher_is_better,
-                "scale": self.scale, "fmt": self.fmt, "extra": list(self.extra)}  # fmt: skip
-
-
-class SizedIterable(Protocol):
-    def __len__(self) -> int: ...
-    def __iter__(self) -> Any: ...
-
-
-@dataclass
-class Setup:
-    """What the training loop needs from a task, for one run (one optimizer, one seed).
-
-    ``train_batches`` is iterated once per epoch (its order must come from the generator handed to
-    ``Task.setup``, so that checkpoints resume the exact sequence). ``loss(model, batch)`` returns
-    the mean loss of the batch (to differentiate) and statistics to sum over the epoch: ``"n"`` (the
-    number of items the loss averages over) and any others, each reported as ``train_KEY`` divided
-    by the summed ``n``. ``evaluate(model)`` returns the evaluation metrics (``test_loss``, the
-    task's metric key, ...), with the model in eval mode and no gradients.
-    """
-
-    train_batches: SizedIterable
-    loss: Callable[[nn.Module, Any], tuple[torch.Tensor, dict[str, float]]]
-    evaluate: Callable[[nn.Module], dict[str, float]]
-
-
-class Task(ABC):
-    """A benchmark task. Subclasses set the attributes and implement the three methods."""
-
-    name: str
-    dataset: str  # a name known to ``data.fetch``
-    description: str
-    metric: Metric = Metric()
-
-    @abstractmethod
-    def load(self) -> Any:
-        """The whole data set, in memory (fetched into the cache first if needed)."""
-
-    @abstractmethod
-    def model(self, **kwargs: Any) -> nn.Module:
-        """The model, built from the profile's ``[model]`` table."""
-
-    @abstractmethod
-    def setup(
-        self,
-        dataset: Any,
-        cfg: dict[str, Any],
-        device: torch.device,
-        generator: torch.Generator,
-        rank: int = 0,
-        world_size: int = 1,
-    ) -> Setup:
-        """Batches, loss and evaluation for one run. ``cfg`` is the resolved configuration (its
-        ``train`` table holds batch_size, eval_batch_size, subsets ...; its ``data`` table the
-        task's own options). Data-parallel runs (``world_size`` > 1) give each rank its own shard
-        of the training data and ``batch_size // world_size`` items per step."""
-
+from .recommendation import MOVIELENS_DLRM
 
 # ----------------------------------------------------------------------------- image classification
 
@@ -105,15 +29,6 @@ def subset(images: torch.Tensor, labels: np.ndarray, n: int) -> tuple[torch.Tens
         idx = data.balanced_subset(labels, n, seed=0)  # the same subset for every run
         return images[torch.from_numpy(idx)], torch.from_numpy(labels[idx])
     return images, torch.from_numpy(labels)
-
-
-def classification_loss(model: nn.Module, batch: Any) -> tuple[torch.Tensor, dict[str, float]]:
-    """Cross-entropy of a batch ``(x, y)``; counts the correct predictions."""
-    x, y = batch
-    out = model(x)
-    loss = F.cross_entropy(out, y)
-    correct = (out.detach().argmax(1) == y).sum().item()
-    return loss, {"n": len(y), "acc": correct}
 
 
 def evaluate_classifier(model: nn.Module, batches: Iterable[Any]) -> dict[str, float]:
@@ -139,8 +54,7 @@ class ImageTask(Task):
     in_channels: int
     mean: tuple[float, ...]  # per-channel normalisation (of the training images, in [0, 1])
     std: tuple[float, ...]
-    description: str
-    metric: Metric = Metric()
+    description: str  # the metric: Task's default, test accuracy
 
     def model(self, **kwargs: Any) -> nn.Module:
         return CifarResNet(kwargs.get("depth", self.depth), self.in_channels, num_classes=10)
@@ -193,10 +107,5 @@ TASKS: dict[str, Task] = {
                   "CIFAR-10, ResNet32 (data needs internet access)"),
     ]
 }  # fmt: skip
-
-# The other tasks live in modules of their own, which import Task and Setup from here.
-from .classification import REVIEWS_CLASSIFICATION  # noqa: E402
-from .recommendation import MOVIELENS_DLRM  # noqa: E402
-
-for _task in (MOVIELENS_DLRM, REVIEWS_CLASSIFICATION):
+for _task in (BROWN_LM, BROWN_LM_LSTM, MOVIELENS_DLRM, REVIEWS_CLASSIFICATION):
     TASKS[_task.name] = _task

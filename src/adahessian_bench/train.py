@@ -38,7 +38,7 @@ from .tasks import TASKS
 
 # Fields of each metrics.jsonl line. Those in MEASURED_FIELDS depend on the machine and its load.
 # Besides these, a line holds the task's training statistics (``train_acc`` ...) and evaluation
-# metrics (``test_loss``, ``test_acc``, ``test_ppl`` ...: see tasks.Setup).
+# metrics (``test_loss``, ``test_acc``, ``test_ppl`` ...: see base.Setup).
 METRIC_FIELDS = (
     "optimizer", "seed", "epoch", "step", "lr", "train_loss",
     "epoch_time_s", "train_time_s", "wall_time_s", "mean_step_time_s", "peak_memory_mb",

@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-from adahessian_bench import tasks, train
+from adahessian_bench import base, tasks, train
 
 
 def lrs(schedule: dict[str, Any], steps: int, steps_per_epoch: int = 5) -> list[float]:
@@ -51,13 +51,13 @@ def test_unknown_schedule_is_refused_before_anything_runs() -> None:
         train.resolve("fmnist-resnet20", profile, "quick", ["adam"], 1)
 
 
-class Regression(tasks.Task):
+class Regression(base.Task):
     """A least-squares task whose metric (test MSE) is lower-is-better."""
 
     name = "toy-regression"
     dataset = "none"
     description = "y = x w + noise"
-    metric = tasks.Metric("test_mse", "test MSE", higher_is_better=False, scale=1.0, fmt=".4f")
+    metric = base.Metric("test_mse", "test MSE", higher_is_better=False, scale=1.0, fmt=".4f")
 
     def load(self) -> dict[str, torch.Tensor]:
         g = torch.Generator().manual_seed(0)
@@ -67,7 +67,7 @@ class Regression(tasks.Task):
     def model(self, **kwargs: Any) -> nn.Module:
         return nn.Linear(4, 1)
 
-    def setup(self, dataset, cfg, device, generator, rank=0, world_size=1) -> tasks.Setup:
+    def setup(self, dataset, cfg, device, generator, rank=0, world_size=1) -> base.Setup:
         x, y = dataset["x"][:64], dataset["y"][:64]
         bs = cfg["train"]["batch_size"]
 
@@ -90,7 +90,7 @@ class Regression(tasks.Task):
                 mse = ((model(dataset["x"][64:]).squeeze(1) - dataset["y"][64:]) ** 2).mean()
             return {"test_mse": mse.item()}
 
-        return tasks.Setup(Batches(), loss, evaluate)
+        return base.Setup(Batches(), loss, evaluate)
 
 
 def test_a_new_task_runs_through_the_loop_with_its_own_metric(
