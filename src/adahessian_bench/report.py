@@ -207,8 +207,8 @@ def make_report(out: Path, target: float | None = None) -> str:
     )
     training = f"- Training: {tc['epochs']} epochs, batch {tc['batch_size']}, {_schedule(tc)}"
     if "train_subset" in tc:
-        training += f", training examples: {tc['train_subset'] or 'all'}"
-        training += f", test examples: {tc.get('test_subset') or 'all'}"
+        training += f", train_subset {tc['train_subset'] or 'all'}"
+        training += f", test_subset {tc.get('test_subset') or 'all'}"
     if tc.get("max_steps"):
         training += f", at most {tc['max_steps']} steps per epoch"
     label = metric["label"]
