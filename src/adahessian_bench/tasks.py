@@ -193,3 +193,7 @@ TASKS: dict[str, Task] = {
                   "CIFAR-10, ResNet32 (data needs internet access)"),
     ]
 }  # fmt: skip
+
+from .translation import BIBLE_TRANSLATION  # noqa: E402  (the task modules import Task from here)
+
+TASKS[BIBLE_TRANSLATION.name] = BIBLE_TRANSLATION
