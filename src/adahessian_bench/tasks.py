@@ -20,6 +20,7 @@ from .classification import REVIEWS_CLASSIFICATION, classification_loss
 from .language_model import BROWN_LM, BROWN_LM_LSTM
 from .models import CifarResNet
 from .recommendation import MOVIELENS_DLRM
+from .translation import BIBLE_TRANSLATION
 
 # ----------------------------------------------------------------------------- image classification
 
@@ -107,5 +108,5 @@ TASKS: dict[str, Task] = {
                   "CIFAR-10, ResNet32 (data needs internet access)"),
     ]
 }  # fmt: skip
-for _task in (BROWN_LM, BROWN_LM_LSTM, MOVIELENS_DLRM, REVIEWS_CLASSIFICATION):
+for _task in (BIBLE_TRANSLATION, BROWN_LM, BROWN_LM_LSTM, MOVIELENS_DLRM, REVIEWS_CLASSIFICATION):
     TASKS[_task.name] = _task
