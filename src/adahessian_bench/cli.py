@@ -5,6 +5,9 @@
     adahessian-bench run fmnist-resnet20 --profile quick --optimizers sgd,adam,adahessian \\
         --seeds 1 --out runs/quick
     adahessian-bench report runs/quick
+    adahessian-bench sweep fmnist-resnet20 --param lr --values 0.25,0.5,1,2,4 \\
+        --optimizers adahessian,adamw --seeds 2 --out runs/sweep-lr
+    adahessian-bench report runs/sweep-lr
 """
 
 from __future__ import annotations
@@ -40,33 +43,42 @@ def cmd_data(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_run(args: argparse.Namespace) -> int:
-    # Imported here: `list` and `data` should not pay for importing torch's training stack.
+def _resolve(args: argparse.Namespace, default_optimizers: list[str] | None = None) -> dict:
+    """The resolved configuration of a `run` or `sweep` command (the options both share)."""
     import torch
 
     from . import train
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    profile_cfg = config.load(args.task, args.profile, args.config)
+    if args.optimizers is not None:
+        names = [o.strip() for o in args.optimizers.split(",") if o.strip()]
+    elif default_optimizers is not None:
+        names = default_optimizers
+    else:  # the profile's, in its order
+        names = [o for o in profile_cfg["optimizers"] if o in optimizers.OPTIMIZERS]
+    return train.resolve(
+        args.task,
+        profile_cfg,
+        args.profile if args.config is None else str(args.config),
+        names,
+        args.seeds,
+        epochs=args.epochs,
+        max_steps=args.max_steps,
+        batch_size=args.batch_size,
+        train_subset=args.train_subset,
+        test_subset=args.test_subset,
+        device=args.device,
+    )
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    # Imported here: `list` and `data` should not pay for importing torch's training stack.
+    from . import train
+
     try:
-        profile_cfg = config.load(args.task, args.profile, args.config)
-        if args.optimizers is None:  # the profile's, in its order
-            names = [o for o in profile_cfg["optimizers"] if o in optimizers.OPTIMIZERS]
-        else:
-            names = [o.strip() for o in args.optimizers.split(",") if o.strip()]
-        cfg = train.resolve(
-            args.task,
-            profile_cfg,
-            args.profile if args.config is None else str(args.config),
-            names,
-            args.seeds,
-            epochs=args.epochs,
-            max_steps=args.max_steps,
-            batch_size=args.batch_size,
-            train_subset=args.train_subset,
-            test_subset=args.test_subset,
-            device=args.device,
-        )
+        cfg = _resolve(args)
         train.run(cfg, Path(args.out), args.resume, not args.no_progress, args.command_line)
     except data.DataUnavailable as e:
         print(f"error: {e}", file=sys.stderr)
@@ -77,36 +89,47 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_report(args: argparse.Namespace) -> int:
-    from . import report
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from . import sweep
 
     try:
-        text = report.make_report(Path(args.dir), target=args.target)
+        # Every check before anything is trained or written.
+        values = sweep.parse_values(args.param, args.values)
+        adahessian_only = sweep.param(args.param).adahessian_only
+        cfg = _resolve(args, [sweep.ADAHESSIAN] if adahessian_only else None)
+        grid = sweep.expand(cfg, args.param, values)
+        sweep.run(grid, Path(args.out), args.resume, not args.no_progress, args.command_line)
+    except data.DataUnavailable as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except (ValueError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from . import report, sweep
+
+    try:
+        if sweep.is_sweep(args.dir):  # a sweep folder: one table and plot over the grid
+            text = sweep.make_report(Path(args.dir))
+            plots: tuple[str, ...] = (sweep.plot_name(sweep.load(args.dir)["param"]),)
+        else:
+            text = report.make_report(Path(args.dir), target=args.target)
+            plots = report.written_plots(args.dir)
     except FileNotFoundError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     print(text)
-    print(f"written: {Path(args.dir) / 'report.md'}, " + ", ".join(report.written_plots(args.dir)))
+    print(f"written: {Path(args.dir) / 'report.md'}, " + ", ".join(plots))
     return 0
 
 
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="adahessian-bench", description=__doc__.split("\n")[0])
-    sub = p.add_subparsers(dest="command", required=True)
-
-    s = sub.add_parser("list", help="the tasks, profiles and optimizers known")
-    s.set_defaults(func=cmd_list)
-
-    s = sub.add_parser("data", help="install a data set into the cache ($ADAHESSIAN_DATA)")
-    dsub = s.add_subparsers(dest="action", required=True)
-    f = dsub.add_parser("fetch", help="fetch a data set (offline from Debian packages if possible)")
-    f.add_argument("name", choices=data.DATASETS)
-    f.set_defaults(func=cmd_data)
-
-    s = sub.add_parser("run", help="train every optimizer and seed on a task")
+def _add_run_options(s: argparse.ArgumentParser, optimizers_help: str) -> None:
+    """The options that `run` and `sweep` share: task, profile, overrides, output."""
     s.add_argument("task", choices=list(TASKS))
-    s.add_argument("--optimizers", default=None,
-                   help="comma-separated (default: every optimizer of the profile)")  # fmt: skip
+    s.add_argument("--optimizers", default=None, help=optimizers_help)
     s.add_argument("--seeds", type=int, default=1, help="seeds 0..N-1 (default: 1)")
     s.add_argument("--profile", default="quick", choices=config.PROFILES,
                    help="a shipped TOML profile (default: quick)")  # fmt: skip
@@ -125,7 +148,37 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--resume", action="store_true",
                    help="continue the runs under --out from their last checkpoint")  # fmt: skip
     s.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="adahessian-bench", description=__doc__.split("\n")[0])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("list", help="the tasks, profiles and optimizers known")
+    s.set_defaults(func=cmd_list)
+
+    s = sub.add_parser("data", help="install a data set into the cache ($ADAHESSIAN_DATA)")
+    dsub = s.add_subparsers(dest="action", required=True)
+    f = dsub.add_parser("fetch", help="fetch a data set (offline from Debian packages if possible)")
+    f.add_argument("name", choices=data.DATASETS)
+    f.set_defaults(func=cmd_data)
+
+    s = sub.add_parser("run", help="train every optimizer and seed on a task")
+    _add_run_options(s, "comma-separated (default: every optimizer of the profile)")
     s.set_defaults(func=cmd_run)
+
+    s = sub.add_parser("sweep", help="one run per value of a hyperparameter (ablations)")
+    _add_run_options(
+        s,
+        "comma-separated. lr: every one is swept (default: the profile's); AdaHessian-only "
+        "parameters: must include adahessian, the others run once as references (default: "
+        "adahessian)",
+    )
+    s.add_argument("--param", required=True,
+                   help="lr (values multiply each optimizer's profile lr), or AdaHessian's "
+                        "hessian_power, block_size, update_interval (absolute values)")  # fmt: skip
+    s.add_argument("--values", required=True, help="comma-separated, e.g. 0.25,0.5,1,2,4")
+    s.set_defaults(func=cmd_sweep)
 
     s = sub.add_parser("report", help="Markdown table and plots of a finished run folder")
     s.add_argument("dir")

@@ -178,6 +178,32 @@ def _schedule(tc: dict[str, Any]) -> str:
     return f"{schedule} lr schedule" + (f", {warmup} warm-up steps" if warmup else "")
 
 
+def machine(env: dict[str, Any]) -> str:
+    """The machine and versions of a run, from its env.json."""
+    cpu = env.get("cpu_model", "?")
+    cores = env.get("cpus_usable", env.get("cpu_count", "?"))
+    hardware = (
+        f"GPU {env['cuda_device']}"
+        if env.get("cuda_device")
+        else f"{cores} CPU cores ({cpu}), torch threads: {env.get('torch_threads', '?')}"
+    )
+    return (
+        f"{hardware}; torch {env.get('torch', '?')}, adahessian {env.get('adahessian', '?')}, "
+        f"{env.get('date_utc', '')}"
+    )
+
+
+def training_line(tc: dict[str, Any]) -> str:
+    """The report's line on the training recipe (the config's ``train`` table)."""
+    training = f"- Training: {tc['epochs']} epochs, batch {tc['batch_size']}, {_schedule(tc)}"
+    if "train_subset" in tc:
+        training += f", train_subset {tc['train_subset'] or 'all'}"
+        training += f", test_subset {tc.get('test_subset') or 'all'}"
+    if tc.get("max_steps"):
+        training += f", at most {tc['max_steps']} steps per epoch"
+    return training
+
+
 def make_report(out: Path, target: float | None = None) -> str:
     """Write ``out/report.md`` and the plots; return the Markdown."""
     out = Path(out)
@@ -198,19 +224,6 @@ def make_report(out: Path, target: float | None = None) -> str:
     names = plot_names(metric["key"])
     plot(df, out, order, title, metric)
 
-    cpu = env.get("cpu_model", "?")
-    cores = env.get("cpus_usable", env.get("cpu_count", "?"))
-    machine = (
-        f"GPU {env['cuda_device']}"
-        if env.get("cuda_device")
-        else f"{cores} CPU cores ({cpu}), torch threads: {env.get('torch_threads', '?')}"
-    )
-    training = f"- Training: {tc['epochs']} epochs, batch {tc['batch_size']}, {_schedule(tc)}"
-    if "train_subset" in tc:
-        training += f", train_subset {tc['train_subset'] or 'all'}"
-        training += f", test_subset {tc.get('test_subset') or 'all'}"
-    if tc.get("max_steps"):
-        training += f", at most {tc['max_steps']} steps per epoch"
     label = metric["label"]
     direction = "reaches" if metric["higher_is_better"] else "falls to"
     shown_target = f"{metric['scale'] * target:g}{_unit(metric)}"
@@ -218,9 +231,8 @@ def make_report(out: Path, target: float | None = None) -> str:
         f"# {cfg['task']}, {cfg['profile']} profile",
         "",
         f"- Command: `{env.get('command', '?')}`",
-        f"- Machine: {machine}; torch {env.get('torch', '?')}, "
-        f"adahessian {env.get('adahessian', '?')}, {env.get('date_utc', '')}",
-        training,
+        f"- Machine: {machine(env)}",
+        training_line(tc),
         (
             f"- Mean ± std over seeds {', '.join(map(str, seeds))}."
             if len(seeds) > 1

@@ -1,0 +1,422 @@
+"""Hyperparameter sweeps: one benchmark run per value of one hyperparameter (the paper's ablations).
+
+    adahessian-bench sweep fmnist-resnet20 --param lr --values 0.25,0.5,1,2,4 \\
+        --optimizers adahessian,adamw --seeds 2 --out runs/sweep-lr
+    adahessian-bench report runs/sweep-lr
+
+Parameters (``PARAMS``):
+
+- ``lr``: the values are multipliers of each optimizer's profile lr, and every optimizer given is
+  swept over the same relative grid (the paper's learning-rate robustness experiment). Only
+  ``lr`` changes: a decoupled weight decay (AdamW, AdaHessian: ``p -= lr * weight_decay * p``)
+  therefore scales with it, as it does for any user of those optimizers who changes lr alone.
+- ``hessian_power``, ``block_size``, ``update_interval``: AdaHessian's own; the values are
+  absolute and only AdaHessian's hyperparameters change. The other optimizers given are run once,
+  at their profile settings, as references.
+
+Output folder layout::
+
+    OUT/sweep.json              the grid: parameter, values, point folders, optimizers, command
+    OUT/PARAM=VALUE/            one ordinary run folder per value (config.json, OPT-seedS/ ...)
+    OUT/reference/              the reference optimizers' run (AdaHessian-only parameters)
+    OUT/report.md, OUT/PARAM.png   from ``adahessian-bench report OUT``
+
+Every grid point is made by ``train.run``, so ``--resume`` continues each point from its
+checkpoints and ``adahessian-bench report OUT/PARAM=VALUE`` reports on one point alone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from tabulate import tabulate
+
+from . import report  # (also selects matplotlib's file-only backend)
+from .report import _mean_std
+
+SWEEP_FILE = "sweep.json"
+REFERENCE_DIR = "reference"
+ADAHESSIAN = "adahessian"
+
+
+@dataclass(frozen=True)
+class Param:
+    """A hyperparameter that can be swept."""
+
+    name: str
+    integer: bool  # the values are integers (else floats)
+    multiplier: bool  # the values multiply each optimizer's profile value (else absolute)
+    adahessian_only: bool
+    log_x: bool  # plot against a log axis
+    valid: str  # the rule the values follow, for error messages
+
+    def check(self, value: float) -> bool:
+        if not math.isfinite(value):
+            return False
+        if self.name == "hessian_power":
+            return 0.0 < value <= 1.0
+        return value > 0
+
+
+PARAMS: dict[str, Param] = {
+    p.name: p
+    for p in [
+        Param("lr", False, True, False, True, "a positive multiplier of the profile's lr"),
+        Param("hessian_power", False, False, True, False, "a number in (0, 1]"),
+        Param("block_size", True, False, True, True, "a positive integer"),
+        Param("update_interval", True, False, True, True, "a positive integer"),
+    ]
+}
+
+
+def param(name: str) -> Param:
+    if name not in PARAMS:
+        raise ValueError(f"unknown sweep parameter {name!r}; known: {', '.join(PARAMS)}")
+    return PARAMS[name]
+
+
+def parse_values(name: str, text: str) -> list[float | int]:
+    """The comma-separated values of ``--values``, checked against the parameter's rule."""
+    p = param(name)
+    items = [s.strip() for s in text.split(",") if s.strip()]
+    if not items:
+        raise ValueError("--values: no values given")
+    values: list[float | int] = []
+    for s in items:
+        try:
+            v: float | int = int(s) if p.integer else float(s)
+        except ValueError:
+            raise ValueError(f"--values: {s!r} is not {p.valid} ({name})") from None
+        if not p.check(v):
+            raise ValueError(f"--values: {s!r} is not {p.valid} ({name})")
+        values.append(v)
+    if len(set(values)) < len(values):
+        raise ValueError(f"--values: a value is repeated in {text!r}")
+    return values
+
+
+def point_dir(name: str, value: float) -> str:
+    """The folder of a grid point: ``PARAM=VALUE`` (``lr=0.5``, ``update_interval=10``)."""
+    return f"{name}={value:g}"
+
+
+@dataclass
+class Grid:
+    """A sweep expanded into run configurations (resolved configs, as ``train.run`` takes)."""
+
+    param: Param
+    values: list[float | int]
+    points: list[dict[str, Any]]  # one resolved configuration per value
+    swept: list[str]  # the optimizers swept
+    reference: dict[str, Any] | None  # the reference optimizers' configuration, if any
+
+    def describe(self, command: str = "") -> dict[str, Any]:
+        """The content of sweep.json."""
+        base = self.points[0]
+        return {
+            "task": base["task"],
+            "profile": base["profile"],
+            "param": self.param.name,
+            "multiplier": self.param.multiplier,
+            "values": self.values,
+            "points": [
+                {
+                    "value": v,
+                    "dir": point_dir(self.param.name, v),
+                    "hyperparameters": cfg["optimizers"],
+                }
+                for v, cfg in zip(self.values, self.points, strict=True)
+            ],
+            "swept": self.swept,
+            "reference": list(self.reference["optimizers"]) if self.reference else [],
+            "reference_dir": REFERENCE_DIR if self.reference else None,
+            "seeds": base["seeds"],
+            "command": command,
+        }
+
+
+def expand(base: dict[str, Any], name: str, values: list[float | int]) -> Grid:
+    """The run configurations of a sweep of ``name`` over ``values``, from the resolved ``base``.
+
+    ``lr``: every optimizer of ``base`` at lr x value. AdaHessian-only parameters: AdaHessian with
+    the parameter set to the value; the other optimizers of ``base`` form the reference run.
+    Raises ValueError for an impossible sweep (nothing is written here)."""
+    p = param(name)
+    opts: dict[str, dict[str, Any]] = base["optimizers"]
+    if not opts:
+        raise ValueError("no optimizers to sweep")
+    for v in values:
+        if not p.check(v) or (p.integer and (isinstance(v, bool) or not isinstance(v, int))):
+            raise ValueError(f"{v!r} is not {p.valid} ({name})")
+    points = []
+    if p.multiplier:
+        missing = [o for o, hp in opts.items() if "lr" not in hp]
+        if missing:
+            raise ValueError(f"the profile gives no lr for {', '.join(missing)}: nothing to scale")
+        for v in values:
+            cfg = copy.deepcopy(base)
+            for hp in cfg["optimizers"].values():
+                hp["lr"] = hp["lr"] * v
+            points.append(cfg)
+        return Grid(p, values, points, list(opts), None)
+    if ADAHESSIAN not in opts:
+        raise ValueError(
+            f"{name} is a hyperparameter of AdaHessian alone: --optimizers must include "
+            f"adahessian (the others given run once, as references); got {', '.join(opts)}"
+        )
+    for v in values:
+        cfg = copy.deepcopy(base)
+        cfg["optimizers"] = {ADAHESSIAN: {**opts[ADAHESSIAN], name: v}}
+        points.append(cfg)
+    reference = None
+    others = {o: hp for o, hp in opts.items() if o != ADAHESSIAN}
+    if others:
+        reference = {**copy.deepcopy(base), "optimizers": copy.deepcopy(others)}
+    return Grid(p, values, points, [ADAHESSIAN], reference)
+
+
+def run(
+    grid: Grid, out: Path, resume: bool = False, progress: bool = True, command: str = ""
+) -> None:
+    """Train every grid point (and the reference run) under ``out``; write ``out/sweep.json``."""
+    from tqdm import tqdm
+
+    from . import train  # torch's training stack: only when something is trained
+
+    out = Path(out)
+    description = grid.describe(command)
+    sweep_path = out / SWEEP_FILE
+    if resume and sweep_path.is_file():
+        previous = json.loads(sweep_path.read_text())
+        same = {k: v for k, v in previous.items() if k != "command"}
+        if same != {k: v for k, v in json.loads(json.dumps(description)).items() if k != "command"}:
+            raise ValueError(
+                f"{sweep_path} describes another sweep than this command's; resume with the "
+                "same options, or use another --out"
+            )
+    out.mkdir(parents=True, exist_ok=True)
+    train.atomic_write_text(sweep_path, json.dumps(description, indent=2) + "\n")
+    jobs = [
+        (point_dir(grid.param.name, v), cfg)
+        for v, cfg in zip(grid.values, grid.points, strict=True)
+    ]
+    if grid.reference is not None:
+        jobs.append((REFERENCE_DIR, grid.reference))
+    bar = tqdm(
+        total=len(jobs),
+        desc=f"sweep {grid.param.name}",
+        unit="point",
+        position=0,
+        disable=not progress,
+        dynamic_ncols=True,
+    )
+    for folder, cfg in jobs:
+        bar.set_postfix_str(folder)
+        tqdm.write(f"== {folder}")
+        train.run(cfg, out / folder, resume, progress, command)
+        bar.update(1)
+    bar.close()
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def is_sweep(folder: str | Path) -> bool:
+    return (Path(folder) / SWEEP_FILE).is_file()
+
+
+def plot_name(param_name: str) -> str:
+    return f"{param_name}.png"
+
+
+def _per_run(df: pd.DataFrame, key: str, higher: bool) -> pd.DataFrame:
+    """Final and best value of the metric per (optimizer, seed), and whether the run diverged."""
+    rows = []
+    for (opt, seed), g in df.groupby(["optimizer", "seed"]):
+        g = g.sort_values("epoch")
+        rows.append(
+            {
+                "optimizer": opt,
+                "seed": seed,
+                "final": g[key].iloc[-1],
+                "best": g[key].max() if higher else g[key].min(),
+                "diverged": "diverged" in g and bool(g["diverged"].eq(True).any()),
+                "wall_time_s": g["wall_time_s"].iloc[-1],
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def _cell(r: pd.DataFrame, column: str, fmt: str, scale: float) -> str:
+    text = _mean_std(r[column], fmt, scale)
+    n_div = int(r["diverged"].sum())
+    return f"{text} ({n_div}/{len(r)} diverged)" if n_div else text
+
+
+def make_report(out: str | Path) -> str:
+    """Write ``out/report.md`` and ``out/PARAM.png`` for the sweep folder ``out``; return the
+    Markdown."""
+    import matplotlib.pyplot as plt  # after report's import chose the file-only backend
+
+    out = Path(out)
+    sweep = load(out)
+    p = param(sweep["param"])
+    name = p.name
+    runs, cfg, env = [], None, {}
+    missing = []
+    for point in sweep["points"]:
+        folder = out / point["dir"]
+        try:
+            df = report.load_metrics(folder)
+        except FileNotFoundError:
+            missing.append(point["dir"])
+            continue
+        runs.append((point["value"], df))
+        if cfg is None:
+            cfg = json.loads((folder / "config.json").read_text())
+            if (folder / "env.json").is_file():
+                env = json.loads((folder / "env.json").read_text())
+    if cfg is None:
+        raise FileNotFoundError(f"no grid point of {out} has metrics: run the sweep first")
+    metric = cfg.get("metric", report.ACCURACY)
+    key, label, scale, fmt = metric["key"], metric["label"], metric["scale"], metric["fmt"]
+    higher = metric["higher_is_better"]
+    swept, refs = sweep["swept"], sweep["reference"]
+
+    per_point = [(v, _per_run(df, key, higher)) for v, df in runs]
+    ref_runs = None
+    if sweep.get("reference_dir") and (out / sweep["reference_dir"]).is_dir():
+        with contextlib.suppress(FileNotFoundError):
+            ref_runs = _per_run(report.load_metrics(out / sweep["reference_dir"]), key, higher)
+
+    # The table: one row per value; per optimizer the final and the best epoch's metric.
+    header = "lr multiplier" if p.multiplier else name
+    hp_by_value = {pt["value"]: pt["hyperparameters"] for pt in sweep["points"]}
+    rows = []
+    for v, r in per_point:
+        row: dict[str, str] = {header: f"{v:g}"}
+        for opt in swept:
+            ro = r[r["optimizer"] == opt]
+            if p.multiplier:
+                row[f"{opt} lr"] = f"{hp_by_value[v][opt]['lr']:.4g}"
+            row[f"{opt} final"] = _cell(ro, "final", fmt, scale) if len(ro) else "n/a"
+            row[f"{opt} best"] = _cell(ro, "best", fmt, scale) if len(ro) else "n/a"
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    ref_table = None
+    if ref_runs is not None:
+        ref_table = pd.DataFrame(
+            [
+                {
+                    "reference (profile settings)": opt,
+                    "final": _cell(ref_runs[ref_runs["optimizer"] == opt], "final", fmt, scale),
+                    "best": _cell(ref_runs[ref_runs["optimizer"] == opt], "best", fmt, scale),
+                }
+                for opt in refs
+                if (ref_runs["optimizer"] == opt).any()
+            ]
+        )
+
+    # The plot: the final metric against the swept value, mean ± std over seeds.
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=110)
+    for opt in swept:
+        xs, means, stds = [], [], []
+        for v, r in sorted(per_point, key=lambda t: t[0]):
+            f = r.loc[r["optimizer"] == opt, "final"].dropna().to_numpy(dtype=float) * scale
+            if len(f):
+                xs.append(v)
+                means.append(f.mean())
+                stds.append(f.std(ddof=1) if len(f) > 1 else 0.0)
+        if xs:
+            ax.errorbar(xs, means, yerr=stds, marker="o", markersize=4, capsize=3, label=opt)
+    if ref_runs is not None:
+        colors = iter(["0.35", "tab:gray", "tab:olive", "tab:cyan", "tab:pink"])
+        for opt in refs:
+            f = ref_runs.loc[ref_runs["optimizer"] == opt, "final"].dropna()
+            if len(f):
+                m = scale * float(f.mean())
+                s = scale * float(f.std(ddof=1)) if len(f) > 1 else 0.0
+                c = next(colors, "0.5")
+                ax.axhline(m, linestyle="--", color=c, label=f"{opt} (profile settings)")
+                if s:
+                    ax.axhspan(m - s, m + s, color=c, alpha=0.12)
+    values = sorted(v for v, _ in per_point)
+    if p.log_x:
+        ax.set_xscale("log", base=2 if p.integer else 10)
+    ax.set_xticks(values)
+    ax.set_xticklabels([f"{v:g}" for v in values])
+    ax.minorticks_off()
+    xlabel = {
+        "lr": "lr multiplier (x each optimizer's profile lr)",
+        "hessian_power": "Hessian power k",
+        "block_size": "block size (2-D weights)",
+        "update_interval": "Hessian update interval (steps)",
+    }[name]
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(f"final {label}")
+    seeds = sweep["seeds"]
+    ax.set_title(
+        f"{sweep['task']} ({sweep['profile']} profile): {name} sweep, {len(seeds)} seed(s)",
+        fontsize=10,
+    )
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / plot_name(name))
+    plt.close(fig)
+
+    tc = cfg["train"]
+    all_runs = [r for _, r in per_point] + ([ref_runs] if ref_runs is not None else [])
+    total_s = float(sum(r["wall_time_s"].sum() for r in all_runs))
+    what = (
+        "each optimizer's profile lr times the multiplier (other hyperparameters unchanged)"
+        if p.multiplier
+        else f"AdaHessian's {name} set to the value (its other hyperparameters as in the profile)"
+    )
+    lines = [
+        f"# {sweep['task']}, {sweep['profile']} profile: {name} sweep",
+        "",
+        f"- Command: `{sweep.get('command') or env.get('command', '?')}`",
+        f"- Machine: {report.machine(env)}",
+        report.training_line(tc),
+        f"- Grid: {name} = {', '.join(f'{v:g}' for v in sweep['values'])}: {what}."
+        + (f" References at their profile settings: {', '.join(refs)}." if refs else ""),
+        (
+            f"- Mean ± std over seeds {', '.join(map(str, seeds))}"
+            if len(seeds) > 1
+            else f"- One seed ({seeds[0]}): no spread over seeds"
+        )
+        + f". Final: the last epoch's {label}; best: the best epoch's ("
+        + ("higher" if higher else "lower")
+        + f" is better). Training + evaluation time of all runs: {total_s / 60:.1f} min.",
+    ]
+    if missing:
+        lines.append(f"- Not run yet: {', '.join(missing)}.")
+    lines += [
+        "",
+        tabulate(table, headers="keys", tablefmt="github", showindex=False, disable_numparse=True),
+        "",
+    ]
+    if ref_table is not None and len(ref_table):
+        lines += [
+            tabulate(
+                ref_table, headers="keys", tablefmt="github", showindex=False, disable_numparse=True
+            ),
+            "",
+        ]
+    lines += [f"![final {label} vs {name}]({plot_name(name)})", ""]
+    text = "\n".join(lines)
+    (out / "report.md").write_text(text)
+    return text
+
+
+def load(folder: str | Path) -> dict[str, Any]:
+    """The sweep.json of a sweep folder."""
+    return json.loads((Path(folder) / SWEEP_FILE).read_text())

@@ -1,0 +1,268 @@
+"""Sweeps: grid expansion, refused input, the sweep report on known metrics, a tiny real sweep."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import matplotlib.image
+import pytest
+
+from adahessian_bench import cli, config, sweep, train
+from adahessian_bench.report import ACCURACY
+
+
+def base_cfg(optimizer_names: list[str], seeds: int = 1) -> dict:
+    profile = config.load("fmnist-resnet20", "quick")
+    return train.resolve("fmnist-resnet20", profile, "quick", optimizer_names, seeds)
+
+
+def table_rows(text: str) -> dict[str, list[str]]:
+    """The Markdown table rows of a report, by their first cell (the header row included)."""
+    return {
+        line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
+        for line in text.splitlines()
+        if line.startswith("| ")
+    }
+
+
+# ----------------------------------------------------------------------------- grid expansion
+
+
+def test_lr_values_multiply_each_optimizers_profile_lr() -> None:
+    base = base_cfg(["adahessian", "adamw"])
+    grid = sweep.expand(base, "lr", [0.5, 2.0])
+    assert grid.swept == ["adahessian", "adamw"] and grid.reference is None
+    for mult, cfg in zip([0.5, 2.0], grid.points, strict=True):
+        for opt in ["adahessian", "adamw"]:
+            hp, base_hp = cfg["optimizers"][opt], base["optimizers"][opt]
+            assert hp["lr"] == pytest.approx(mult * base_hp["lr"])
+            # Only lr changes (weight decay and the rest as in the profile).
+            assert {k: v for k, v in hp.items() if k != "lr"} == {
+                k: v for k, v in base_hp.items() if k != "lr"
+            }
+        assert cfg["train"] == base["train"] and cfg["seeds"] == base["seeds"]
+    assert base["optimizers"]["adahessian"]["lr"] == 0.15  # the base is left alone
+    desc = grid.describe("cmd")
+    assert [p["dir"] for p in desc["points"]] == ["lr=0.5", "lr=2"]
+    assert desc["multiplier"] is True and desc["reference"] == []
+
+
+@pytest.mark.parametrize(
+    ("name", "values"),
+    [("hessian_power", [0.5, 1.0]), ("update_interval", [1, 10]), ("block_size", [1, 32])],
+)
+def test_adahessian_only_params_change_adahessian_alone(name: str, values: list) -> None:
+    base = base_cfg(["adahessian", "adamw", "sgd"])
+    grid = sweep.expand(base, name, values)
+    assert grid.swept == ["adahessian"]
+    for v, cfg in zip(values, grid.points, strict=True):
+        assert list(cfg["optimizers"]) == ["adahessian"]
+        assert cfg["optimizers"]["adahessian"] == {**base["optimizers"]["adahessian"], name: v}
+    # The others run once, at their profile settings.
+    assert grid.reference is not None
+    assert grid.reference["optimizers"] == {
+        "adamw": base["optimizers"]["adamw"],
+        "sgd": base["optimizers"]["sgd"],
+    }
+    assert grid.describe()["reference_dir"] == "reference"
+    assert sweep.expand(base_cfg(["adahessian"]), name, values).reference is None
+
+
+def test_values_are_parsed_per_parameter() -> None:
+    assert sweep.parse_values("lr", "0.25, 1,4") == [0.25, 1.0, 4.0]
+    assert sweep.parse_values("hessian_power", "0.5,1") == [0.5, 1.0]
+    assert sweep.parse_values("update_interval", "1,2,10") == [1, 2, 10]
+    assert sweep.point_dir("update_interval", 10) == "update_interval=10"
+    assert sweep.point_dir("lr", 1.0) == "lr=1"
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "message"),
+    [
+        ("momentum", "0.9", "unknown sweep parameter"),
+        ("hessian_power", "0.5,1.5", "(0, 1]"),
+        ("hessian_power", "0", "(0, 1]"),
+        ("block_size", "2.5", "positive integer"),
+        ("update_interval", "0,2", "positive integer"),
+        ("lr", "-1", "positive"),
+        ("lr", "nan", "positive"),
+        ("lr", "1,1", "repeated"),
+        ("lr", ",", "no values"),
+    ],
+)
+def test_bad_values_are_refused(name: str, text: str, message: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(message)):
+        sweep.parse_values(name, text)
+
+
+def test_adahessian_only_param_without_adahessian_is_refused() -> None:
+    with pytest.raises(ValueError, match="must include adahessian"):
+        sweep.expand(base_cfg(["adamw", "sgd"]), "hessian_power", [0.5])
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--param", "momentum", "--values", "0.9"],
+        ["--param", "hessian_power", "--values", "0.5,2"],
+        ["--param", "update_interval", "--values", "1,0.5"],
+        ["--param", "block_size", "--values", "0"],
+        ["--param", "hessian_power", "--values", "0.5", "--optimizers", "adamw,sgd"],
+        ["--param", "lr", "--values", "1", "--optimizers", "adahessian,lion"],
+    ],
+)
+def test_cli_refuses_bad_sweeps_before_writing_anything(
+    tmp_path: Path, argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "sweep"
+    assert cli.main(["sweep", "fmnist-resnet20", *argv, "--out", str(out)]) == 2
+    assert "error:" in capsys.readouterr().err
+    assert not out.exists()
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def write_point(folder: Path, runs: dict[tuple[str, int], list[float]], diverged: bool = False):
+    """A run folder with the given test accuracies per (optimizer, seed)."""
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text(
+        json.dumps({"task": "fmnist-resnet20", "profile": "quick", "metric": ACCURACY,
+                    "train": {"epochs": 2, "batch_size": 64, "milestones": [1], "gamma": 0.1}})
+    )  # fmt: skip
+    for (opt, seed), accs in runs.items():
+        run = folder / f"{opt}-seed{seed}"
+        run.mkdir()
+        lines = [
+            {"optimizer": opt, "seed": seed, "epoch": i + 1, "test_acc": acc,
+             "wall_time_s": 30.0 * (i + 1), **({"diverged": True} if diverged else {})}
+            for i, acc in enumerate(accs)
+        ]  # fmt: skip
+        (run / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in lines))
+
+
+def write_sweep(out: Path, name: str, values: list, swept: list[str], reference: list[str]):
+    points = []
+    for v in values:
+        hp = {o: {"lr": 0.1 * v if name == "lr" else 0.1} for o in swept}
+        points.append({"value": v, "dir": sweep.point_dir(name, v), "hyperparameters": hp})
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "sweep.json").write_text(
+        json.dumps({"task": "fmnist-resnet20", "profile": "quick", "param": name,
+                    "multiplier": name == "lr", "values": values, "points": points,
+                    "swept": swept, "reference": reference,
+                    "reference_dir": "reference" if reference else None, "seeds": [0, 1],
+                    "command": "adahessian-bench sweep ..."})
+    )  # fmt: skip
+
+
+def test_sweep_report_table_and_plot_from_known_metrics(tmp_path: Path) -> None:
+    write_sweep(tmp_path, "lr", [0.5, 2.0], ["adahessian", "adamw"], [])
+    write_point(
+        tmp_path / "lr=0.5",
+        {
+            ("adahessian", 0): [0.5, 0.8],
+            ("adahessian", 1): [0.9, 0.6],
+            ("adamw", 0): [0.7, 0.7],
+            ("adamw", 1): [0.7, 0.7],
+        },
+    )
+    write_point(
+        tmp_path / "lr=2",
+        {
+            ("adahessian", 0): [0.4, 0.3],
+            ("adahessian", 1): [0.2, 0.1],
+            ("adamw", 0): [0.6, 0.9],
+            ("adamw", 1): [0.6, 0.9],
+        },
+    )
+
+    assert cli.main(["report", str(tmp_path)]) == 0
+    text = (tmp_path / "report.md").read_text()
+    rows = table_rows(text)
+    header = rows.pop("lr multiplier")
+    col = {name: header.index(name) for name in header}
+    assert list(rows) == ["0.5", "2"]
+    # Final: the last epoch, mean ± std (ddof 1) over seeds, in percent; best: the best epoch's.
+    assert rows["0.5"][col["adahessian final"]] == "70.00 ± 14.14"
+    assert rows["0.5"][col["adahessian best"]] == "85.00 ± 7.07"
+    assert rows["0.5"][col["adamw final"]] == "70.00 ± 0.00"
+    assert rows["2"][col["adahessian final"]] == "20.00 ± 14.14"
+    assert rows["2"][col["adamw best"]] == "90.00 ± 0.00"
+    assert rows["0.5"][col["adahessian lr"]] == "0.05"  # the absolute lr of the point
+    assert rows["2"][col["adamw lr"]] == "0.2"
+    assert "Training + evaluation time of all runs: 8.0 min" in text
+    image = matplotlib.image.imread(tmp_path / "lr.png")
+    assert image.ndim == 3 and image.shape[0] > 100 and image.shape[1] > 100
+
+
+def test_sweep_report_draws_references_and_marks_divergence(tmp_path: Path) -> None:
+    write_sweep(tmp_path, "update_interval", [1, 10, 20], ["adahessian"], ["adamw"])
+    write_point(
+        tmp_path / "update_interval=1", {("adahessian", 0): [0.8], ("adahessian", 1): [0.9]}
+    )
+    write_point(
+        tmp_path / "update_interval=10",
+        {("adahessian", 0): [0.1], ("adahessian", 1): [0.1]},
+        diverged=True,
+    )
+    write_point(tmp_path / "reference", {("adamw", 0): [0.85], ("adamw", 1): [0.85]})
+    # update_interval=20 not run (yet): reported as such.
+
+    text = sweep.make_report(tmp_path)
+    rows = table_rows(text)
+    header = rows.pop("update_interval")
+    col = {name: header.index(name) for name in header}
+    assert list(rows) == ["1", "10", "reference (profile settings)", "adamw"]
+    assert rows["1"][col["adahessian final"]] == "85.00 ± 7.07"
+    assert rows["10"][col["adahessian final"]] == "10.00 ± 0.00 (2/2 diverged)"
+    assert rows["adamw"] == ["85.00 ± 0.00", "85.00 ± 0.00"]
+    assert "Not run yet: update_interval=20" in text
+    assert (tmp_path / "update_interval.png").is_file()
+
+
+def test_sweep_report_without_any_metrics_fails(tmp_path: Path) -> None:
+    write_sweep(tmp_path, "lr", [1.0], ["adamw"], [])
+    assert cli.main(["report", str(tmp_path)]) == 1
+
+
+# ----------------------------------------------------------------------------- end to end
+
+
+TINY = ["--max-steps", "2", "--epochs", "1", "--train-subset", "200", "--test-subset", "100",
+        "--batch-size", "32", "--threads", "1", "--no-progress"]  # fmt: skip
+
+
+def test_tiny_real_sweep_end_to_end(data_cache: Path, tmp_path: Path) -> None:
+    out = tmp_path / "sweep"
+    argv = ["sweep", "fmnist-resnet20", "--param", "update_interval", "--values", "1,2",
+            "--optimizers", "adahessian,adamw", *TINY, "--out", str(out)]  # fmt: skip
+    assert cli.main(argv) == 0
+    desc = json.loads((out / "sweep.json").read_text())
+    assert desc["param"] == "update_interval" and desc["values"] == [1, 2]
+    assert desc["reference"] == ["adamw"]
+    for v in [1, 2]:
+        cfg = json.loads((out / f"update_interval={v}" / "config.json").read_text())
+        assert cfg["optimizers"]["adahessian"]["update_interval"] == v
+        assert list(cfg["optimizers"]) == ["adahessian"]
+        metrics = (out / f"update_interval={v}" / "adahessian-seed0" / "metrics.jsonl").read_text()
+        assert [json.loads(line)["step"] for line in metrics.splitlines()] == [2]
+    assert (out / "reference" / "adamw-seed0" / "metrics.jsonl").is_file()
+
+    # Resuming a finished sweep trains nothing more and leaves the metrics as they were.
+    before = (out / "update_interval=2" / "adahessian-seed0" / "metrics.jsonl").read_text()
+    assert cli.main([*argv, "--resume"]) == 0
+    assert (out / "update_interval=2" / "adahessian-seed0" / "metrics.jsonl").read_text() == before
+    # ... but not with another grid.
+    other = [a if a != "1,2" else "1,5" for a in argv]
+    assert cli.main([*other, "--resume"]) == 2
+
+    assert cli.main(["report", str(out)]) == 0
+    rows = table_rows((out / "report.md").read_text())
+    assert list(rows) == ["update_interval", "1", "2", "reference (profile settings)", "adamw"]
+    assert (out / "update_interval.png").is_file()
+    # Each grid point is an ordinary run folder.
+    assert cli.main(["report", str(out / "update_interval=1")]) == 0
+    assert (out / "update_interval=1" / "report.md").is_file()
