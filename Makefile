@@ -11,7 +11,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	# The CPU build of torch; never let another requirement pull a CUDA build.
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[dev,bench,frameworks]'
+	$(PY) -m pip install -q -e '.[dev,bench,frameworks,references]'
 	touch $@
 
 setup: $(VENV)/.installed

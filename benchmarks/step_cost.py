@@ -11,6 +11,9 @@ the first, with the peak reset in between where the kernel allows; glibc's alloc
 freed tensors back at once, see ``MEMORY_ENV``); for ``update_interval=10`` also over the nine
 plain steps that follow the Hessian step.
 
+The PyPI implementations (torch-optimizer, pytorch-optimizer) are contenders when installed:
+``pip install -e '.[references]'`` (``make setup`` does it).
+
 Usage::
 
     python benchmarks/step_cost.py                      # the full run (tens of minutes on 2 cores)
