@@ -141,7 +141,9 @@ class AdaHessian(Optimizer):
         eps: added to the denominator (default 1e-4, as in the reference code).
         weight_decay: decoupled weight decay :math:`\lambda`.
         hessian_power: :math:`k \in [0, 1]`; 1 is the paper's default, 0 turns the curvature off.
-        update_interval: estimate the Hessian every this many steps (1 = every step).
+        update_interval: estimate the Hessian every this many steps (1 = every step). The
+            attribute ``opt.update_interval`` may be changed between steps, e.g. raised after a
+            warm-up of every-step estimates (early curvature goes stale fast).
         n_samples: Rademacher probes averaged per Hessian estimate.
         block_size: block length for rank-2 weights (1 = no block averaging).
         spatial_average: average the estimate over blocks/kernels as above.

@@ -104,6 +104,27 @@ def test_delayed_hessian_equals_every_step_on_constant_hessian():
     assert_trajectories_close(run_optimizer(30, update_interval=3), run_reference(30))
 
 
+def test_raising_update_interval_mid_run_keeps_the_trajectory_on_constant_hessian():
+    """A Hessian every step for a warm-up, then every 4th step (``opt.update_interval = 4``): with
+    a constant Hessian the trajectory is the every-step one, and the Hessian steps follow the new
+    interval."""
+    a, p0 = quadratic()
+    params = [p.clone().requires_grad_(True) for p in p0]
+    opt = AdaHessian(make_groups(params), seed=0)
+    traj, due = [], []
+    for step in range(20):
+        if step == 5:
+            opt.update_interval = 4
+        due.append(opt.hessian_due)
+        opt.zero_grad()
+        quadratic_loss(params, a).backward(create_graph=opt.hessian_due)
+        opt.step()
+        traj.append([p.detach().clone() for p in params])
+    assert due == [True] * 5 + [s % 4 == 0 for s in range(5, 20)]
+    assert opt.state_dict()["adahessian"]["hessian_updates"] == sum(due)
+    assert_trajectories_close(traj, run_reference(20))
+
+
 def test_reference_is_sensitive_to_each_setting():
     """Guards the comparison above: changing any setting changes the reference trajectory."""
     base = run_reference(10)[-1]
