@@ -25,7 +25,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     print("tasks:")
     for t in TASKS.values():
         profiles = ", ".join(config.profile_names(t.name))
-        print(f"  {t.name:<18} {t.description}  [profiles: {profiles}]")
+        print(f"  {t.name:<22} {t.description}  [profiles: {profiles}]")
     print("optimizers:")
     print("  " + ", ".join(optimizers.OPTIMIZERS))
     print("data sets (adahessian-bench data fetch NAME):")
