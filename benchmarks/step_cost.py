@@ -211,10 +211,13 @@ def _first_order(cls: Callable[..., torch.optim.Optimizer], **kw: Any) -> Callab
     return make
 
 
-def _adahessian(interval: int = 1, n: int = 1, fast_bn: bool = False) -> Callable:
+def _adahessian(
+    interval: int = 1, n: int = 1, fast_bn: bool = False, hessian_power: float = 1.0
+) -> Callable:
     def make(task: Task) -> Callable[[], None]:
         model = use_fast_batchnorm(task.model) if fast_bn else task.model
-        opt = AdaHessian(model.parameters(), update_interval=interval, n_samples=n, seed=0)
+        opt = AdaHessian(model.parameters(), update_interval=interval, n_samples=n, seed=0,
+                         hessian_power=hessian_power)  # fmt: skip
 
         def step() -> None:
             opt.zero_grad(set_to_none=True)
@@ -359,6 +362,12 @@ def contenders() -> list[Contender]:
             cycle=10,
             needs=_needs_bn,
             meta={"hvp": fbn, "n": 1, "interval": 10},
+        ),
+        Contender(
+            "adahessian-k05",
+            "AdaHessian, k = 0.5 (torch-optimizer's default)",
+            _adahessian(hessian_power=0.5),
+            meta={"hvp": ror, "n": 1},
         ),
         Contender(
             "torch-optimizer",
