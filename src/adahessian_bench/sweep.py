@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 from tabulate import tabulate
 
@@ -237,10 +238,14 @@ def plot_name(param_name: str) -> str:
 
 
 def _per_run(df: pd.DataFrame, key: str, higher: bool) -> pd.DataFrame:
-    """Final and best value of the metric per (optimizer, seed), and whether the run diverged."""
+    """Final and best value of the metric per (optimizer, seed), and whether the run diverged.
+
+    A diverged run has no value (NaN): the table gives the mean over the others and counts the
+    diverged, and the plot leaves them out."""
     rows = []
     for (opt, seed), g in df.groupby(["optimizer", "seed"]):
         g = g.sort_values("epoch")
+        g = g.assign(**{key: g[key].where(np.isfinite(g[key]))})
         rows.append(
             {
                 "optimizer": opt,

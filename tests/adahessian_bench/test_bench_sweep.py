@@ -266,3 +266,19 @@ def test_tiny_real_sweep_end_to_end(data_cache: Path, tmp_path: Path) -> None:
     # Each grid point is an ordinary run folder.
     assert cli.main(["report", str(out / "update_interval=1")]) == 0
     assert (out / "update_interval=1" / "report.md").is_file()
+
+
+def test_sweep_report_leaves_non_finite_values_of_diverged_runs_out(tmp_path: Path) -> None:
+    write_sweep(tmp_path, "update_interval", [1, 10], ["adahessian"], [])
+    write_point(
+        tmp_path / "update_interval=1", {("adahessian", 0): [0.8], ("adahessian", 1): [0.9]}
+    )
+    write_point(tmp_path / "update_interval=10", {("adahessian", 0): [0.6]})
+    run = tmp_path / "update_interval=10" / "adahessian-seed1"
+    run.mkdir()
+    line = {"optimizer": "adahessian", "seed": 1, "epoch": 1, "test_acc": float("inf"),
+            "wall_time_s": 3.0, "diverged": True}  # fmt: skip
+    (run / "metrics.jsonl").write_text(json.dumps(line) + "\n")
+    rows = table_rows(sweep.make_report(tmp_path))
+    header = rows.pop("update_interval")
+    assert rows["10"][header.index("adahessian final")] == "60.00 (1/2 diverged)"
