@@ -38,7 +38,7 @@ from pathlib import Path
 
 import torch
 
-from adahessian_bench.data import DataUnavailable, _download, cache_dir
+from adahessian_bench.data import DataUnavailable, _download, atomic_write_bytes, cache_dir
 
 Say = Callable[..., None]
 
@@ -590,9 +590,7 @@ def bible_subwords(
             num_threads=1,
             minloglevel=2,
         )
-        tmp = path.with_suffix(".part")
-        tmp.write_bytes(model.getvalue())
-        os.replace(tmp, path)
+        atomic_write_bytes(path, model.getvalue())
     return Subwords(path, spm.SentencePieceProcessor(model_file=str(path)))
 
 

@@ -39,7 +39,7 @@ import numpy as np
 import pandas as pd
 from tabulate import tabulate
 
-from . import report  # (also selects matplotlib's file-only backend)
+from . import data, report  # (report also selects matplotlib's file-only backend)
 from .report import _mean_std
 
 SWEEP_FILE = "sweep.json"
@@ -203,7 +203,7 @@ def run(
                 "same options, or use another --out"
             )
     out.mkdir(parents=True, exist_ok=True)
-    train.atomic_write_text(sweep_path, json.dumps(description, indent=2) + "\n")
+    data.atomic_write_text(sweep_path, json.dumps(description, indent=2) + "\n")
     jobs = [
         (point_dir(grid.param.name, v), cfg)
         for v, cfg in zip(grid.values, grid.points, strict=True)

