@@ -51,6 +51,16 @@ def _mean_std(values: pd.Series, fmt: str, scale: float = 1.0) -> str:
     return f"{format(v.mean(), fmt)} ± {format(v.std(ddof=1), fmt)}"
 
 
+def run_outcome(g: pd.DataFrame, key: str, higher: bool) -> dict[str, Any]:
+    """One run's metrics (sorted by epoch): the final and the best epoch's ``key``, and whether
+    the run diverged."""
+    return {
+        "final": g[key].iloc[-1],
+        "best": g[key].max() if higher else g[key].min(),
+        "diverged": "diverged" in g and bool(g["diverged"].eq(True).any()),
+    }
+
+
 def _unit(metric: dict[str, Any]) -> str:
     return "%" if metric["scale"] == 100 else ""
 
@@ -75,21 +85,19 @@ def summary(
             {
                 "optimizer": opt,
                 "seed": seed,
-                "best": g[key].max() if higher else g[key].min(),
+                **run_outcome(g, key, higher),
                 # The epoch a user would pick without looking at the test set: the best on valid.
                 "at_best_valid": (
                     g[key].loc[g[valid].idxmax() if higher else g[valid].idxmin()]
                     if valid in g
                     else np.nan
                 ),
-                "final": g[key].iloc[-1],
                 **{f"extra:{k}": g[k].iloc[-1] for k in m["extra"] if k in g},
                 "epochs": int(g["epoch"].iloc[-1]),
                 # The median over epochs of the mean step time: robust to a noisy epoch.
                 "step_time": g["mean_step_time_s"].median(),
                 "to_target": reached["train_time_s"].iloc[0] if len(reached) else np.nan,
                 "peak_mem": g["peak_memory_mb"].max(),
-                "diverged": "diverged" in g and bool(g["diverged"].eq(True).any()),
             }
         )
     runs = pd.DataFrame(per_run)

@@ -250,9 +250,7 @@ def _per_run(df: pd.DataFrame, key: str, higher: bool) -> pd.DataFrame:
             {
                 "optimizer": opt,
                 "seed": seed,
-                "final": g[key].iloc[-1],
-                "best": g[key].max() if higher else g[key].min(),
-                "diverged": "diverged" in g and bool(g["diverged"].eq(True).any()),
+                **report.run_outcome(g, key, higher),
                 "wall_time_s": g["wall_time_s"].iloc[-1],
             }
         )
