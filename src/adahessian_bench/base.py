@@ -13,6 +13,7 @@ Every task names its headline metric (``Metric``): the key of the evaluation it 
 
 from __future__ import annotations
 
+import inspect
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -61,13 +62,30 @@ class Setup:
     evaluate: Callable[[nn.Module], dict[str, float]]
 
 
+def init_keys(cls: type, *skip: str) -> tuple[str, ...]:
+    """The arguments of ``cls``'s constructor but ``skip``: the [model] keys of a task."""
+    return tuple(k for k in inspect.signature(cls).parameters if k not in skip)
+
+
 class Task(ABC):
-    """A benchmark task. Subclasses set the attributes and implement the three methods."""
+    """A benchmark task. Subclasses set the attributes and implement the three methods.
+
+    The keys a profile may hold besides the common ``[train]`` keys (``config.TRAIN_KEYS``):
+    ``train_keys`` (of those marked task-only there), ``model_keys`` (the keyword arguments of
+    ``model``) and ``data_keys``. A profile with any other key is refused before anything runs.
+    """
 
     name: str
     dataset: str  # a name known to ``data.fetch``
     description: str
     metric: Metric = Metric()
+    train_keys: tuple[str, ...] = ()
+    model_keys: tuple[str, ...] = ()
+    data_keys: tuple[str, ...] = ()
+
+    def check(self, cfg: dict[str, Any]) -> None:
+        """Raise ValueError if the resolved configuration cannot work (checks that need no data)."""
+        return None
 
     @abstractmethod
     def load(self) -> Any:

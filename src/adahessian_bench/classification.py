@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import widedeep
-from .base import Metric, Setup, Task
+from .base import Metric, Setup, Task, init_keys
 from .transformer import TransformerClassifier
 
 
@@ -167,6 +167,8 @@ class ReviewsClassification(Task):
     description = "Clothing reviews -> recommended (82/18), small Transformer (GLUE analogue)"
     metric = Metric("test_acc", "test accuracy (%)", higher_is_better=True, scale=100.0,
                     fmt=".2f", extra=("test_f1",))  # fmt: skip
+    model_keys = init_keys(TransformerClassifier, "num_classes", "pad_id")
+    data_keys = ("vocab_size", "max_len")
 
     def load(self) -> ReviewsSource:
         return ReviewsSource(widedeep.fetch_widedeep(parts=("reviews",)))

@@ -13,12 +13,106 @@
 from __future__ import annotations
 
 import argparse
+import math
 import shlex
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, NoReturn
 
 from . import config, data, optimizers
 from .tasks import TASKS
+
+# ----------------------------------------------------------------------------- option values
+# Checked by argparse (``type=``), so that a bad value ends as one line of argparse's own form,
+# ``adahessian-bench run: error: argument --epochs: must be an integer >= 1, got 0``, exit code 2,
+# before anything is read, trained or written.
+
+
+def at_least(low: int) -> Callable[[str], int]:
+    """An argparse type: an integer >= ``low``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {low}, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {low}, got {value}")
+        return value
+
+    return parse
+
+
+def finite_number(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+    return value
+
+
+def optimizer_list(text: str) -> list[str]:
+    """``--optimizers``: comma-separated known names, each once."""
+    names = [o.strip() for o in text.split(",") if o.strip()]
+    known = ", ".join(optimizers.OPTIMIZERS)
+    if not names:
+        raise argparse.ArgumentTypeError(f"no optimizer named in {text!r}; known: {known}")
+    for name in names:
+        if name not in optimizers.OPTIMIZERS:
+            hint = config.did_you_mean(name, optimizers.OPTIMIZERS)
+            raise argparse.ArgumentTypeError(f"unknown optimizer {name!r}{hint}; known: {known}")
+        if names.count(name) > 1:
+            raise argparse.ArgumentTypeError(f"{name} is named twice in {text!r}")
+    return names
+
+
+def device(text: str) -> str:
+    """``--device``: a device that torch knows and that this machine has."""
+    import torch
+
+    try:
+        d = torch.device(text)
+    except (RuntimeError, ValueError):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a torch device (e.g. cpu, cuda, cuda:1, mps)"
+        ) from None
+    if d.type != "cpu":
+        backend: Any = getattr(torch, d.type, None)
+        count = 0
+        if hasattr(backend, "is_available") and backend.is_available():
+            count = backend.device_count() if hasattr(backend, "device_count") else 1
+        if (d.index or 0) >= count:
+            have = f"{count} {d.type} device(s)" if count else f"no {d.type} device"
+            raise argparse.ArgumentTypeError(
+                f"{text}: this machine has {have}; use --device cpu (or leave --device out)"
+            )
+    return text
+
+
+def toml_file(text: str) -> Path:
+    path = Path(text)
+    if not path.is_file():
+        raise argparse.ArgumentTypeError(f"no such file: {text}")
+    return path
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, its errors on one line: ``PROG: error: MESSAGE`` (``--help`` gives the usage)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def fail(args: argparse.Namespace, error: BaseException | str, code: int) -> int:
+    """Print an error on stderr as argparse does (``adahessian-bench run: error: ...``)."""
+    print(f"adahessian-bench {args.command}: error: {error}", file=sys.stderr)
+    return code
+
+
+# ----------------------------------------------------------------------------- commands
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -37,8 +131,7 @@ def cmd_data(args: argparse.Namespace) -> int:
     try:
         path = data.fetch(args.name)
     except data.DataUnavailable as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+        return fail(args, e, 1)
     print(f"{args.name}: {path}")
     return 0
 
@@ -53,7 +146,7 @@ def _resolve(args: argparse.Namespace, default_optimizers: list[str] | None = No
         torch.set_num_threads(args.threads)
     profile_cfg = config.load(args.task, args.profile, args.config)
     if args.optimizers is not None:
-        names = [o.strip() for o in args.optimizers.split(",") if o.strip()]
+        names = args.optimizers
     elif default_optimizers is not None:
         names = default_optimizers
     else:  # the profile's, in its order
@@ -81,11 +174,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         cfg = _resolve(args)
         train.run(cfg, Path(args.out), args.resume, not args.no_progress, args.command_line)
     except data.DataUnavailable as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+        return fail(args, e, 1)
     except (ValueError, OSError) as e:  # bad options or config file, or a file problem
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return fail(args, e, 2)
     return 0
 
 
@@ -100,11 +191,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         grid = sweep.expand(cfg, args.param, values)
         sweep.run(grid, Path(args.out), args.resume, not args.no_progress, args.command_line)
     except data.DataUnavailable as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+        return fail(args, e, 1)
     except (ValueError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return fail(args, e, 2)
     return 0
 
 
@@ -129,21 +218,25 @@ def cmd_report(args: argparse.Namespace) -> int:
 def _add_run_options(s: argparse.ArgumentParser, optimizers_help: str) -> None:
     """The options that `run` and `sweep` share: task, profile, overrides, output."""
     s.add_argument("task", choices=list(TASKS))
-    s.add_argument("--optimizers", default=None, help=optimizers_help)
-    s.add_argument("--seeds", type=int, default=1, help="seeds 0..N-1 (default: 1)")
+    s.add_argument("--optimizers", type=optimizer_list, default=None, help=optimizers_help)
+    s.add_argument("--seeds", type=at_least(1), default=1, help="seeds 0..N-1 (default: 1)")
     s.add_argument("--profile", default="quick", choices=config.PROFILES,
                    help="a shipped TOML profile (default: quick)")  # fmt: skip
-    s.add_argument("--config", type=Path, default=None, help="a TOML profile file instead")
-    s.add_argument("--epochs", type=int, default=None,
+    s.add_argument("--config", type=toml_file, default=None, help="a TOML profile file instead")
+    s.add_argument("--epochs", type=at_least(1), default=None,
                    help="override the profile's epochs (lr milestones scale along)")  # fmt: skip
-    s.add_argument("--max-steps", type=int, default=None, help="cap the steps per epoch")
-    s.add_argument("--batch-size", type=int, default=None, help="override the batch size")
-    s.add_argument("--train-subset", type=int, default=None,
-                   help="train on this many images (balanced over classes; 0 = all)")  # fmt: skip
-    s.add_argument("--test-subset", type=int, default=None,
-                   help="evaluate on this many test images (balanced; 0 = all)")  # fmt: skip
-    s.add_argument("--device", default=None, help="default: cuda if available, else cpu")
-    s.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    s.add_argument("--max-steps", type=at_least(1), default=None,
+                   help="cap the steps per epoch")  # fmt: skip
+    s.add_argument("--batch-size", type=at_least(1), default=None, help="override the batch size")
+    s.add_argument("--train-subset", type=at_least(0), default=None,
+                   help="train on this many examples (images: balanced over classes; 0, or more "
+                        "than the data holds, = all)")  # fmt: skip
+    s.add_argument("--test-subset", type=at_least(0), default=None,
+                   help="evaluate on this many test examples (0, or more than there are, "
+                        "= all)")  # fmt: skip
+    s.add_argument("--device", type=device, default=None,
+                   help="default: cuda if available, else cpu")  # fmt: skip
+    s.add_argument("--threads", type=at_least(1), default=None, help="torch.set_num_threads")
     s.add_argument("--out", required=True, help="output folder")
     s.add_argument("--resume", action="store_true",
                    help="continue the runs under --out from their last checkpoint")  # fmt: skip
@@ -151,7 +244,7 @@ def _add_run_options(s: argparse.ArgumentParser, optimizers_help: str) -> None:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="adahessian-bench", description=__doc__.split("\n")[0])
+    p = Parser(prog="adahessian-bench", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("list", help="the tasks, profiles and optimizers known")
@@ -182,7 +275,7 @@ def parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("report", help="Markdown table and plots of a finished run folder")
     s.add_argument("dir")
-    s.add_argument("--target", type=float, default=None,
+    s.add_argument("--target", type=finite_number, default=None,
                    help="target value of the task's metric, e.g. a test accuracy in [0, 1] "
                         "(default: from the profile)")  # fmt: skip
     s.set_defaults(func=cmd_report)
@@ -191,7 +284,10 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    args = parser().parse_args(argv)
+    try:
+        args = parser().parse_args(argv)
+    except SystemExit as e:  # --help, or a bad option (argparse has said why): its exit code
+        return int(e.code or 0)
     args.command_line = shlex.join(["adahessian-bench", *argv])
     return int(args.func(args))
 

@@ -1,7 +1,17 @@
-"""Profiles: small TOML files in ``configs/``, one per task and profile (``TASK-PROFILE.toml``)."""
+"""Profiles: small TOML files in ``configs/``, one per task and profile (``TASK-PROFILE.toml``).
+
+A profile holds ``task`` and the tables ``[train]``, ``[optimizers.NAME]`` (required), ``[model]``
+and ``[data]``. ``load`` checks it whole before anything runs: every key must be known (the
+``[train]`` keys of ``TRAIN_KEYS``, and the task's own ``Task.train_keys``, ``Task.model_keys`` and
+``Task.data_keys``), and the ``[train]`` values must be of the kind each key takes. The model and
+the optimizers are checked by building them (``train.check``).
+"""
 
 from __future__ import annotations
 
+import difflib
+import math
+from collections.abc import Callable, Iterable
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -9,6 +19,95 @@ from typing import Any
 import tomllib
 
 PROFILES = ("quick", "paper")
+TABLES = ("train", "model", "data", "optimizers")
+
+
+def _integer(low: int) -> tuple[Callable[[Any], bool], str]:
+    return (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= low,
+            f"an integer >= {low}" + (" (0 = all)" if low == 0 else ""))  # fmt: skip
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+
+# The [train] keys every task knows, each with the test its value must pass and that test in words.
+# (``schedule``'s names are checked by ``train.resolve``; subsets larger than the data mean all.)
+TRAIN_KEYS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "epochs": _integer(1),
+    "batch_size": _integer(1),
+    "eval_batch_size": _integer(1),
+    "max_steps": _integer(1),
+    "train_subset": _integer(0),
+    "test_subset": _integer(0),
+    "milestones": (
+        lambda v: isinstance(v, list) and all(_integer(1)[0](m) for m in v),
+        "a list of integers >= 1",
+    ),
+    "gamma": (lambda v: _number(v) and v > 0, "a number > 0"),
+    "schedule": (lambda v: isinstance(v, str), "a schedule's name"),
+    "warmup_steps": _integer(0),
+    "target": (_number, "a number"),
+    "target_accuracy": (_number, "a number"),
+    # Task.train_keys: only the tasks that name them take these.
+    "valid_subset": _integer(0),
+    "bptt": _integer(1),
+}
+TASK_TRAIN_KEYS = ("valid_subset", "bptt")  # the keys above that a task must name to take
+
+
+def did_you_mean(word: str, known: Iterable[str]) -> str:
+    """`` (did you mean X?)`` for the closest of ``known``, or nothing."""
+    close = difflib.get_close_matches(word, list(known), n=1)
+    return f" (did you mean {close[0]}?)" if close else ""
+
+
+def unknown_keys(table: str, given: Iterable[str], known: Iterable[str]) -> None:
+    """ValueError naming the first of ``given`` not in ``known``, with a close match."""
+    known = list(known)
+    for key in given:
+        if key not in known:
+            raise ValueError(
+                f"{table} {key}: unknown key{did_you_mean(key, known)}; known: {', '.join(known)}"
+            )
+
+
+def check(cfg: dict[str, Any], task: str) -> None:
+    """Every key of a profile known, the required ones there, the [train] values of their kind."""
+    from .tasks import TASKS  # here: tasks import torch
+
+    t = TASKS[task]
+    unknown_keys("top level:", cfg, ("task", *TABLES))
+    for key in ("train", "optimizers"):
+        if key not in cfg:
+            raise ValueError(f"the config has no [{key}] table")
+    for key in TABLES:
+        if not isinstance(cfg.get(key, {}), dict):
+            raise ValueError(f"{key} must be a table ([{key}])")
+    train = cfg["train"]
+    train_keys = [k for k in TRAIN_KEYS if k not in TASK_TRAIN_KEYS or k in t.train_keys]
+    unknown_keys("[train]", train, train_keys)
+    unknown_keys("[model]", cfg.get("model", {}), t.model_keys)
+    unknown_keys("[data]", cfg.get("data", {}), t.data_keys)
+    from .optimizers import OPTIMIZERS
+
+    for name in cfg["optimizers"]:
+        if name not in OPTIMIZERS:
+            hint = did_you_mean(name, OPTIMIZERS)
+            known = ", ".join(OPTIMIZERS)
+            raise ValueError(f"[optimizers.{name}]: unknown optimizer{hint}; known: {known}")
+        if not isinstance(cfg["optimizers"][name], dict):
+            raise ValueError(f"optimizers.{name} must be a table ([optimizers.{name}])")
+    required = ["epochs", "batch_size", *(k for k in ("bptt",) if k in t.train_keys)]
+    if train.get("schedule", "multistep") == "multistep":
+        required += ["milestones", "gamma"]
+    for key in required:
+        if key not in train:
+            raise ValueError(f"[train] has no {key} (required)")
+    for key, value in train.items():
+        ok, kind = TRAIN_KEYS[key]
+        if not ok(value):
+            raise ValueError(f"[train] {key}: must be {kind}, got {value!r}")
 
 
 def profile_names(task: str) -> list[str]:
@@ -23,18 +122,18 @@ def profile_names(task: str) -> list[str]:
 
 def load(task: str, profile: str, path: str | Path | None = None) -> dict[str, Any]:
     """The profile ``TASK-PROFILE.toml`` shipped with the package, or the TOML file ``path``."""
-    if path is not None:
-        text = Path(path).read_text()
-    else:
-        f = resources.files("adahessian_bench") / "configs" / f"{task}-{profile}.toml"
+    source = str(path) if path is not None else f"{task}-{profile}.toml"
+    if path is None:
+        f = resources.files("adahessian_bench") / "configs" / source
         if not f.is_file():
             known = ", ".join(profile_names(task)) or "none"
             raise ValueError(f"no profile {profile!r} for task {task!r} (known: {known})")
-        text = f.read_text()
-    cfg = tomllib.loads(text)
-    if cfg.get("task", task) != task:
-        raise ValueError(f"the config is for task {cfg['task']!r}, not {task!r}")
-    for key in ("train", "optimizers"):
-        if key not in cfg:
-            raise ValueError(f"the config has no [{key}] table")
+    try:
+        text = Path(path).read_text() if path is not None else f.read_text()
+        cfg = tomllib.loads(text)
+        if cfg.get("task", task) != task:
+            raise ValueError(f"the config is for task {cfg['task']!r}, not {task!r}")
+        check(cfg, task)
+    except ValueError as e:  # tomllib.TOMLDecodeError too: "... (at line 3, column 7)"
+        raise ValueError(f"{source}: {e}") from None
     return cfg

@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import corpora
-from .base import Metric, Setup, Task
+from .base import Metric, Setup, Task, init_keys
 from .transformer import LSTMLM, TransformerLM
 
 ARCHS = ("transformer", "lstm")
@@ -246,6 +246,8 @@ class BrownLM(Task):
     description: str
     dataset: str = "brown"
     metric: Metric = PERPLEXITY
+    train_keys = ("bptt", "valid_subset")
+    model_keys = ("arch", *dict.fromkeys(init_keys(TransformerLM) + init_keys(LSTMLM)))
 
     def load(self) -> corpora.WordCorpus:
         return corpora.load_brown()

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Iterable
 from typing import Any
 
 import torch
 
+from .config import did_you_mean
+
 OPTIMIZERS = ("sgd", "adam", "adamw", "adagrad", "adahessian")
+SET_BY_BUILD = ("params", "seed", "process_group")  # not hyperparameters of a profile
 
 
 def build(
@@ -23,17 +27,44 @@ def build(
     and Hessian estimates across ranks itself; the first-order optimizers get their gradients
     averaged by the training loop (``train.average_gradients``)."""
     kw: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in hp.items()}
-    if name == "sgd":
-        return torch.optim.SGD(params, **kw)
-    if name == "adam":
-        return torch.optim.Adam(params, **kw)
-    if name == "adamw":
-        return torch.optim.AdamW(params, **kw)
-    if name == "adagrad":
-        return torch.optim.Adagrad(params, **kw)
+    if name == "adahessian":
+        # The probe (Rademacher) generator is seeded from the run's seed, so runs are repeatable.
+        kw.update(seed=seed, process_group=process_group)
+    return optimizer_class(name)(params, **kw)
+
+
+def optimizer_class(name: str) -> type[torch.optim.Optimizer]:
     if name == "adahessian":
         from adahessian import AdaHessian  # the library under test
 
-        # The probe (Rademacher) generator is seeded from the run's seed, so runs are repeatable.
-        return AdaHessian(params, seed=seed, process_group=process_group, **kw)
-    raise ValueError(f"unknown optimizer {name!r}; known: {', '.join(OPTIMIZERS)}")
+        return AdaHessian
+    classes = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW,
+               "adagrad": torch.optim.Adagrad}  # fmt: skip
+    if name not in classes:
+        raise ValueError(f"unknown optimizer {name!r}; known: {', '.join(OPTIMIZERS)}")
+    return classes[name]
+
+
+def check(name: str, hp: dict[str, Any]) -> None:
+    """Build the optimizer on a dummy parameter; ValueError ``KEY: what is wrong`` if it fails."""
+    known = [
+        k for k in inspect.signature(optimizer_class(name)).parameters if k not in SET_BY_BUILD
+    ]
+    for key in hp:
+        if key not in known:
+            raise ValueError(
+                f"{key}: unknown key{did_you_mean(key, known)}; known: {', '.join(known)}"
+            )
+
+    def fails(kw: dict[str, Any]) -> Exception | None:
+        try:
+            build(name, [torch.nn.Parameter(torch.zeros(2, 2))], kw, seed=0)
+        except (TypeError, ValueError, RuntimeError) as e:
+            return e
+        return None
+
+    error = fails(hp)
+    if error is not None:
+        # Name the key: the first one that fails alone (torch's messages do not all name it).
+        culprit = next((k for k in hp if fails({k: hp[k]}) is not None), None)
+        raise ValueError(f"{culprit}: {error}" if culprit else str(error))

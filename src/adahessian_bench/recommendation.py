@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import widedeep
-from .base import Metric, Setup, Task
+from .base import Metric, Setup, Task, init_keys
 
 # Rows of the embedding tables: the distinct values of each sparse feature in the whole of
 # MovieLens-100k (943 users, 1682 movies, 21 occupations, 795 zip codes, 2 genders) + the unknown
@@ -217,6 +217,8 @@ class RecommendationTask(Task):
     description = "MovieLens-100k as CTR (rating >= 4), DLRM; test AUC"
     metric = Metric("test_auc", "test AUC", higher_is_better=True, scale=1.0, fmt=".4f",
                     extra=("test_logloss", "test_acc"))  # fmt: skip
+    model_keys = init_keys(DLRM)
+    data_keys = ("split", "split_seed")
 
     def load(self) -> MovieLensSource:
         return MovieLensSource(widedeep.fetch_widedeep(verbose=True, parts=("movielens",)))

@@ -56,9 +56,20 @@ class ImageTask(Task):
     mean: tuple[float, ...]  # per-channel normalisation (of the training images, in [0, 1])
     std: tuple[float, ...]
     description: str  # the metric: Task's default, test accuracy
+    model_keys = ("depth",)
+    classes = 10
 
     def model(self, **kwargs: Any) -> nn.Module:
-        return CifarResNet(kwargs.get("depth", self.depth), self.in_channels, num_classes=10)
+        return CifarResNet(kwargs.get("depth", self.depth), self.in_channels, self.classes)
+
+    def check(self, cfg: dict[str, Any]) -> None:
+        for key in ("train_subset", "test_subset"):
+            n = cfg["train"].get(key, 0)
+            if n % self.classes:
+                raise ValueError(
+                    f"{key} {n} is not a multiple of the {self.classes} classes (the subsets "
+                    "are class-balanced)"
+                )
 
     def load(self) -> data.Arrays:
         if self.dataset == "fashion-mnist":

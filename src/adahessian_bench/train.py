@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from . import optimizers
+from . import config, optimizers
 from .data import atomic_write_text
 from .tasks import TASKS
 
@@ -220,18 +220,24 @@ def resolve(
         train["train_subset"] = train_subset
     if test_subset is not None:
         train["test_subset"] = test_subset
-    train["max_steps"] = max_steps  # per epoch; None = the whole (sub)set
-    missing = [o for o in optimizer_names if o not in profile_cfg["optimizers"]]
+    if max_steps is not None or "max_steps" not in train:
+        train["max_steps"] = max_steps  # per epoch; None = the whole (sub)set
+    source = f"{task}-{profile}.toml" if profile in config.PROFILES else profile
     unknown = [o for o in optimizer_names if o not in optimizers.OPTIMIZERS]
-    if unknown or missing:
+    if unknown:
         raise ValueError(
-            f"unknown optimizer(s) {', '.join(unknown + missing)}; known: "
-            + ", ".join(o for o in optimizers.OPTIMIZERS if o in profile_cfg["optimizers"])
+            f"unknown optimizer(s) {', '.join(unknown)}; known: {', '.join(optimizers.OPTIMIZERS)}"
+        )
+    missing = [o for o in optimizer_names if o not in profile_cfg["optimizers"]]
+    if missing or not optimizer_names:
+        raise ValueError(
+            f"{source} has no [optimizers.{(missing or ['NAME'])[0]}] table; choose --optimizers "
+            f"among those it has: {', '.join(profile_cfg['optimizers']) or 'none'}"
         )
     schedule = train.setdefault("schedule", "multistep")
     if schedule not in SCHEDULES:
         raise ValueError(f"unknown schedule {schedule!r}; known: {', '.join(SCHEDULES)}")
-    return {
+    cfg = {
         "task": task,
         "profile": profile,
         "metric": TASKS[task].metric.as_dict(),
@@ -242,6 +248,28 @@ def resolve(
         "seeds": list(range(seeds)),
         "device": device or default_device(),
     }
+    try:
+        check(cfg)
+    except ValueError as e:
+        raise ValueError(f"{source}: {e}") from None
+    return cfg
+
+
+def check(cfg: dict[str, Any]) -> None:
+    """Build the model (on the meta device: no memory, no time) and every optimizer (on a dummy
+    parameter) of a resolved configuration, so that a bad value fails before anything runs."""
+    task = TASKS[cfg["task"]]
+    task.check(cfg)
+    try:
+        with torch.device("meta"):
+            task.model(**cfg["model"])
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"[model]: {e}") from None
+    for name, hp in cfg["optimizers"].items():
+        try:
+            optimizers.check(name, hp)
+        except ValueError as e:
+            raise ValueError(f"[optimizers.{name}] {e}") from None
 
 
 # ----------------------------------------------------------------------------- training

@@ -44,7 +44,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import corpora
-from .base import Metric, Setup, Task
+from .base import Metric, Setup, Task, init_keys
 from .transformer import Attention, Block, Embedding, Seq2SeqTransformer, label_smoothed_nll
 
 # Decoding stops after ceil(DECODE_LEN_A * source length + DECODE_LEN_B) tokens (if no eos came
@@ -346,6 +346,9 @@ class TranslationTask(Task):
     dataset = "bible-es-en"
     description = "Spanish -> English Bible verses, pre-norm Transformer, BLEU (IWSLT14 analogue)"
     metric = Metric("test_bleu", "test BLEU", True, 1.0, ".2f", ("test_ppl",))
+    model_keys = init_keys(Seq2SeqTransformer, "pad_id")
+    data_keys = ("max_src_len", "max_tgt_len", "filter_eval", "train_pairs", "bleu_subset",
+                 "label_smoothing")  # fmt: skip
 
     def load(self) -> Bible:
         return Bible(corpora.load_bible())
