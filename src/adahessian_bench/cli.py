@@ -129,10 +129,10 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 def cmd_data(args: argparse.Namespace) -> int:
     try:
-        path = data.fetch(args.name)
+        path = data.fetch(args.name, verify=True)
     except data.DataUnavailable as e:
         return fail(args, e, 1)
-    print(f"{args.name}: {path}")
+    print(f"{args.name}: {path} (checked)")
     return 0
 
 

