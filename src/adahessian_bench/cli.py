@@ -108,7 +108,8 @@ class Parser(argparse.ArgumentParser):
 
 def fail(args: argparse.Namespace, error: BaseException | str, code: int) -> int:
     """Print an error on stderr as argparse does (``adahessian-bench run: error: ...``)."""
-    print(f"adahessian-bench {args.command}: error: {error}", file=sys.stderr)
+    command = " ".join(c for c in (args.command, getattr(args, "action", None)) if c)
+    print(f"adahessian-bench {command}: error: {error}", file=sys.stderr)
     return code
 
 

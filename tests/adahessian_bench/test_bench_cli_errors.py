@@ -1,0 +1,335 @@
+"""Bad input to the command line: one line of error that names the culprit and says what to do, a
+non-zero exit code, no traceback, and no file written or changed (run folder, data cache)."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import torch
+
+from adahessian_bench import cli, data
+
+TASK = "fmnist-resnet20"
+TRAIN_IMAGES = data.FMNIST_FILES["train_images"]
+TEST_LABELS = data.FMNIST_FILES["test_labels"]
+
+# A small valid profile; each config case below changes one thing in it.
+GOOD_TOML = f"""task = "{TASK}"
+[train]
+epochs = 1
+batch_size = 16
+milestones = [1]
+gamma = 0.5
+[optimizers.sgd]
+lr = 0.05
+"""
+
+
+@dataclass
+class Case:
+    argv: list[str]  # "{out}", "{cfg}" and "{tmp}" are filled in
+    says: list[str]  # each in the one line of error
+    code: int = 2
+    toml: str | None = None  # the content of {cfg}
+    damage: str | None = None  # a Fashion-MNIST file of the cache to damage: see _damage
+    marks: list[pytest.MarkDecorator] = field(default_factory=list)
+
+
+def _run(*extra: str) -> list[str]:
+    return ["run", TASK, *extra, "--out", "{out}", "--no-progress"]
+
+
+def _config(toml: str, *says: str) -> Case:
+    return Case(_run("--config", "{cfg}", "--optimizers", "sgd"), ["{cfg}", *says], toml=toml)
+
+
+def _sweep(*extra: str) -> list[str]:
+    return ["sweep", TASK, *extra, "--out", "{out}", "--no-progress"]
+
+
+NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+REPAIR = "`adahessian-bench data fetch fashion-mnist` repairs it"
+
+CASES = {
+    # run: option values
+    "run-epochs-0": Case(_run("--epochs", "0"), ["argument --epochs", "integer >= 1, got 0"]),
+    "run-epochs-not-integer": Case(
+        _run("--epochs", "2.5"), ["--epochs", "integer >= 1, got '2.5'"]
+    ),
+    "run-seeds-0": Case(_run("--seeds", "0"), ["argument --seeds", "integer >= 1, got 0"]),
+    "run-max-steps-0": Case(_run("--max-steps", "0"), ["argument --max-steps", ">= 1, got 0"]),
+    "run-batch-size-0": Case(_run("--batch-size", "0"), ["argument --batch-size", ">= 1, got 0"]),
+    "run-train-subset-negative": Case(
+        _run("--train-subset", "-10"), ["argument --train-subset", "integer >= 0, got -10"]
+    ),
+    "run-test-subset-not-a-number": Case(
+        _run("--test-subset", "all"), ["argument --test-subset", "integer >= 0, got 'all'"]
+    ),
+    "run-train-subset-not-balanced": Case(
+        _run("--train-subset", "15"), ["train_subset 15", "multiple of the 10 classes"]
+    ),
+    "run-threads-negative": Case(_run("--threads", "-1"), ["argument --threads", ">= 1, got -1"]),
+    "run-optimizers-none": Case(
+        _run("--optimizers", ","), ["argument --optimizers", "no optimizer named", "known: sgd"]
+    ),
+    "run-optimizers-misspelt": Case(
+        _run("--optimizers", "sgd,adamm"),
+        ["argument --optimizers", "'adamm'", "did you mean adam?", "known: sgd, adam"],
+    ),
+    "run-optimizers-twice": Case(
+        _run("--optimizers", "sgd,sgd"), ["--optimizers", "sgd is named twice"]
+    ),
+    "run-optimizer-not-in-profile": Case(
+        ["run", "brown-lm", "--optimizers", "sgd", "--out", "{out}"],
+        ["brown-lm-quick.toml has no [optimizers.sgd]", "choose --optimizers among", "adamw"],
+    ),
+    "run-device-unknown": Case(
+        _run("--device", "tpu9"), ["argument --device", "'tpu9' is not a torch device"]
+    ),
+    "run-device-cuda-absent": Case(
+        _run("--device", "cuda"),
+        ["argument --device", "no cuda device", "use --device cpu"],
+        marks=[NO_CUDA],
+    ),
+    "run-task-unknown": Case(
+        ["run", "fmnist", "--out", "{out}"], ["argument task", "invalid choice: 'fmnist'"]
+    ),
+    "run-out-missing": Case(["run", TASK], ["required: --out"]),
+    # run --config: the profile file
+    "config-missing-file": Case(
+        _run("--config", "{tmp}/absent.toml"), ["argument --config", "no such file", "absent.toml"]
+    ),
+    "config-malformed-toml": _config(GOOD_TOML.replace("[1]", "[1"), "line 6"),
+    "config-top-level-key-misspelt": _config(
+        GOOD_TOML.replace("[train]", "[trian]"), "trian: unknown key (did you mean train?)"
+    ),
+    "config-train-key-misspelt": _config(
+        GOOD_TOML.replace("epochs = 1", "epoch = 1"),
+        "[train] epoch: unknown key (did you mean epochs?)",
+        "known: epochs, batch_size",
+    ),
+    "config-train-value-of-another-kind": _config(
+        GOOD_TOML.replace("epochs = 1", 'epochs = "1"'),
+        "[train] epochs: must be an integer >= 1, got '1'",
+    ),
+    "config-train-key-missing": _config(
+        GOOD_TOML.replace("batch_size = 16\n", ""), "[train] has no batch_size (required)"
+    ),
+    "config-model-key-unknown": _config(
+        GOOD_TOML + "[model]\nwidth = 2\n", "[model] width: unknown key", "known: depth"
+    ),
+    "config-model-value-impossible": _config(
+        GOOD_TOML + "[model]\ndepth = 21\n", "[model]", "6n+2", "21"
+    ),
+    "config-optimizer-misspelt": _config(
+        GOOD_TOML + "[optimizers.adahesian]\nlr = 0.1\n",
+        "[optimizers.adahesian]",
+        "did you mean adahessian?",
+        "known: sgd",
+    ),
+    "config-hyperparameter-misspelt": _config(
+        GOOD_TOML + "momentun = 0.9\n",
+        "[optimizers.sgd] momentun: unknown key",
+        "did you mean momentum?",
+        "known: lr, momentum",
+    ),
+    "config-hyperparameter-out-of-range": _config(
+        GOOD_TOML.replace("lr = 0.05", "lr = -0.05"),
+        "[optimizers.sgd] lr:",
+        "Invalid learning rate",
+    ),
+    # sweep
+    "sweep-values-not-positive": Case(
+        _sweep("--param", "lr", "--values", "0,1"), ["--values", "'0' is not a positive multiplier"]
+    ),
+    "sweep-values-none": Case(
+        _sweep("--param", "lr", "--values", ","), ["--values", "no values given"]
+    ),
+    "sweep-param-unknown": Case(
+        _sweep("--param", "lrr", "--values", "1"), ["unknown sweep parameter 'lrr'", "known: lr"]
+    ),
+    "sweep-epochs-0": Case(
+        _sweep("--param", "lr", "--values", "1", "--epochs", "0"),
+        ["argument --epochs", ">= 1, got 0"],
+    ),
+    # report
+    "report-target-nan": Case(
+        ["report", "{out}", "--target", "nan"], ["argument --target", "finite number"]
+    ),
+    "report-target-word": Case(
+        ["report", "{out}", "--target", "high"], ["argument --target", "finite number, got 'high'"]
+    ),
+    # data fetch
+    "data-fetch-unknown": Case(
+        ["data", "fetch", "fmnist"], ["argument name", "invalid choice: 'fmnist'", "fashion-mnist"]
+    ),
+    # damaged data files: found before anything is written
+    "run-data-truncated": Case(
+        _run("--max-steps", "1"),
+        [TRAIN_IMAGES, "not a whole gzip file", REPAIR],
+        code=1,
+        damage="truncate",
+    ),
+    "run-data-altered": Case(
+        _run("--max-steps", "1"),
+        [TEST_LABELS, "does not match its SHA-256", REPAIR],
+        code=1,
+        damage="alter",
+    ),
+    "run-data-not-gzip": Case(
+        _run(), [TRAIN_IMAGES, "not a whole gzip file", REPAIR], code=1, damage="junk"
+    ),
+    "sweep-data-truncated": Case(
+        _sweep("--param", "lr", "--values", "1"), [TRAIN_IMAGES, REPAIR], code=1, damage="truncate"
+    ),
+}
+
+
+@pytest.fixture
+def cache(fmnist_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A data cache ($ADAHESSIAN_DATA) of links to the real Fashion-MNIST files, and no other
+    source to fetch from (so a damaged file cannot be repaired behind the test's back)."""
+    d = tmp_path / "cache"
+    (d / "fashion-mnist").mkdir(parents=True)
+    for name in data.FMNIST_FILES.values():
+        (d / "fashion-mnist" / name).symlink_to(fmnist_dir / name)
+    monkeypatch.setenv("ADAHESSIAN_DATA", str(d))
+    monkeypatch.setattr(data, "SYSTEM_FMNIST_DIR", tmp_path / "absent")
+    return d
+
+
+def _damage(cache: Path, how: str) -> None:
+    """Replace one cached file (a link) by a damaged copy."""
+    name = TEST_LABELS if how == "alter" else TRAIN_IMAGES
+    path = cache / "fashion-mnist" / name
+    payload = path.read_bytes()
+    path.unlink()
+    if how == "truncate":
+        payload = payload[: len(payload) // 2]
+    elif how == "alter":  # still a valid gzip file of the right size: only its content differs
+        raw = bytearray(gzip.decompress(payload))
+        raw[-1] = (raw[-1] + 1) % 10
+        payload = gzip.compress(bytes(raw))
+    else:
+        payload = b"not a gzip file\n"
+    path.write_bytes(payload)
+
+
+def snapshot(root: Path) -> dict[str, tuple]:
+    """Every path under ``root``: its kind, size, mtime and content hash (a link: its target)."""
+    out: dict[str, tuple] = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            p = Path(dirpath) / name
+            st = p.lstat()
+            if p.is_symlink():
+                out[str(p.relative_to(root))] = ("link", os.readlink(p))
+            elif p.is_dir():
+                out[str(p.relative_to(root))] = ("dir", st.st_mtime_ns)
+            else:
+                digest = hashlib.sha256(p.read_bytes()).hexdigest()
+                out[str(p.relative_to(root))] = ("file", st.st_size, st.st_mtime_ns, digest)
+    return out
+
+
+def _prepare(case: Case, tmp_path: Path, cache: Path) -> tuple[list[str], list[str]]:
+    """The case's files, and its argv and expected phrases with the paths filled in."""
+    if case.toml is not None:
+        (tmp_path / "profile.toml").write_text(case.toml)
+    if case.damage:
+        _damage(cache, case.damage)
+    paths = {"{out}": str(tmp_path / "out"), "{cfg}": str(tmp_path / "profile.toml"),
+             "{tmp}": str(tmp_path)}  # fmt: skip
+
+    def fill(s: str) -> str:
+        for k, v in paths.items():
+            s = s.replace(k, v)
+        return s
+
+    return [fill(a) for a in case.argv], [fill(s) for s in case.says]
+
+
+def _check_one_line_error(err: str, argv: list[str], says: list[str]) -> None:
+    assert "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    command = " ".join(argv[:2] if argv[0] == "data" else argv[:1])
+    assert lines[0].startswith(f"adahessian-bench {command}: error: "), err
+    for phrase in says:
+        assert phrase in lines[0], f"{phrase!r} not in {lines[0]!r}"
+
+
+@pytest.mark.parametrize(
+    "case", [pytest.param(c, id=name, marks=c.marks) for name, c in CASES.items()]
+)
+def test_bad_input_is_one_line_of_error_and_changes_nothing(
+    case: Case, tmp_path: Path, cache: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv, says = _prepare(case, tmp_path, cache)
+    before = snapshot(tmp_path)
+    assert cli.main(argv) == case.code
+    _check_one_line_error(capsys.readouterr().err, argv, says)
+    assert snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize(
+    "name", ["run-epochs-0", "config-train-key-misspelt", "run-data-truncated"]
+)
+def test_bad_input_through_the_installed_command(name: str, tmp_path: Path, cache: Path) -> None:
+    """The same in a process of its own: nothing reaches the top level as a traceback."""
+    case = CASES[name]
+    argv, says = _prepare(case, tmp_path, cache)
+    before = snapshot(tmp_path)
+    env = {**os.environ, "ADAHESSIAN_DATA": str(cache), "TQDM_DISABLE": "1"}
+    cmd = [sys.executable, "-c", "import sys; from adahessian_bench.cli import main; "
+           "sys.exit(main())", *argv]  # fmt: skip
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == case.code, done.stderr
+    _check_one_line_error(done.stderr, argv, says)
+    assert done.stdout == ""
+    assert snapshot(tmp_path) == before
+
+
+def test_data_fetch_repairs_a_damaged_file_and_says_so(
+    fmnist_dir: Path, tmp_path: Path, cache: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    _damage(cache, "truncate")
+    monkeypatch.setattr(data, "SYSTEM_FMNIST_DIR", fmnist_dir)  # the source to repair from
+    assert cli.main(["data", "fetch", "fashion-mnist"]) == 0
+    out = capsys.readouterr().out
+    assert f"repairing {cache / 'fashion-mnist' / TRAIN_IMAGES}: not a whole gzip file" in out
+    repaired = cache / "fashion-mnist" / TRAIN_IMAGES
+    assert repaired.read_bytes() == (fmnist_dir / TRAIN_IMAGES).read_bytes()
+    assert data.load_fashion_mnist(cache / "fashion-mnist").x_train.shape == (60000, 28, 28)
+    # A second fetch finds nothing to repair and changes nothing.
+    before = snapshot(tmp_path)
+    assert cli.main(["data", "fetch", "fashion-mnist"]) == 0
+    assert "repairing" not in capsys.readouterr().out
+    assert snapshot(tmp_path) == before
+
+
+def test_data_fetch_without_a_source_keeps_the_damaged_file_and_fails(
+    tmp_path: Path, cache: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _damage(cache, "alter")
+    monkeypatch.setattr(data.shutil, "which", lambda name: None)  # no apt-get
+
+    def no_network(url: str, dest: Path, timeout: float = 60.0) -> None:
+        raise OSError("network disabled in this test")
+
+    monkeypatch.setattr(data, "_download", no_network)
+    before = snapshot(tmp_path)
+    assert cli.main(["data", "fetch", "fashion-mnist"]) == 1
+    captured = capsys.readouterr()
+    assert f"repairing {cache / 'fashion-mnist' / TEST_LABELS}" in captured.out
+    assert captured.err.startswith("adahessian-bench data fetch: error: Fashion-MNIST is not")
+    assert "Traceback" not in captured.err
+    assert snapshot(tmp_path) == before
