@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from adahessian_bench import cli, data
+from adahessian_bench import cli, config, data, train
+from adahessian_bench.tasks import TASKS
 
 TASK = "fmnist-resnet20"
 TRAIN_IMAGES = data.FMNIST_FILES["train_images"]
@@ -333,3 +334,19 @@ def test_data_fetch_without_a_source_keeps_the_damaged_file_and_fails(
     assert captured.err.startswith("adahessian-bench data fetch: error: Fashion-MNIST is not")
     assert "Traceback" not in captured.err
     assert snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize("task", list(TASKS))
+def test_every_shipped_profile_passes_the_checks(task: str) -> None:
+    """The keys each task declares (``Task.model_keys`` ...) cover its shipped profiles."""
+    for profile in config.profile_names(task):
+        cfg = config.load(task, profile)
+        resolved = train.resolve(task, cfg, profile, list(cfg["optimizers"]), 1)
+        assert list(resolved["optimizers"]) == list(cfg["optimizers"])
+
+
+def test_a_config_file_may_cap_the_steps_and_the_command_line_overrides_it(tmp_path: Path) -> None:
+    cfg = config.load(TASK, "quick")
+    cfg["train"]["max_steps"] = 5
+    assert train.resolve(TASK, cfg, "quick", ["sgd"], 1)["train"]["max_steps"] == 5
+    assert train.resolve(TASK, cfg, "quick", ["sgd"], 1, max_steps=2)["train"]["max_steps"] == 2

@@ -218,3 +218,24 @@ def test_fetch_without_clients_or_network_says_what_to_do(
         corpora.fetch_brown(verbose=False)
     with pytest.raises(corpora.DataUnavailable, match="apt-get install sword-text-kjv"):
         corpora.fetch_bible(verbose=False)
+
+
+def test_damaged_corpus_files_are_named(brown_dir: Path, bible_dir: Path, tmp_path: Path) -> None:
+    brown = tmp_path / "brown"
+    shutil.copytree(brown_dir / "package", brown / "package")
+    ca01 = brown / "package" / "ca01"
+    ca01.write_bytes(ca01.read_bytes()[:-100])  # truncated
+    with pytest.raises(data.DataCorrupt, match="the Brown files do not match their checksum") as e:
+        corpora.load_brown(brown)
+    assert str(brown / "package") in str(e.value)
+    assert "`adahessian-bench data fetch brown` repairs it" in str(e.value)
+
+    bible = tmp_path / "bible"
+    for module in (corpora.KJV_MODULE, corpora.SPARV_MODULE):
+        shutil.copytree(bible_dir / module, bible / module)
+    nt = bible / corpora.SPARV_MODULE / "nt.bzz"
+    nt.write_bytes(nt.read_bytes()[: nt.stat().st_size // 2])
+    with pytest.raises(data.DataCorrupt, match=r"nt\.bzz are damaged") as e:
+        corpora.load_bible(bible)
+    assert str(bible / corpora.SPARV_MODULE) in str(e.value)
+    assert "`adahessian-bench data fetch bible-es-en` repairs it" in str(e.value)

@@ -204,3 +204,82 @@ def test_cifar10_tarball_in_the_cache_is_checked_unpacked_and_loaded(
     # Channel-first rows of 1024 values per channel become channels-last pixels.
     assert a.x_train[0, 0, 0].tolist() == [0, 1024 % 256, 2048 % 256]
     assert data.to_nchw32(a.x_train).shape == (10, 3, 32, 32)
+
+
+def _idx(path: Path, values: list[int], shape: tuple[int, ...]) -> None:
+    header = (0x0800 + len(shape)).to_bytes(4, "big")
+    header += b"".join(n.to_bytes(4, "big") for n in shape)
+    path.write_bytes(gzip.compress(header + bytes(values)))
+
+
+def test_fashion_mnist_files_are_checked_whenever_read(
+    fmnist_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Four small files in the IDX format: 3 training and 2 test images of 2x2 pixels.
+    files = {name: tmp_path / name for name in data.FMNIST_FILES.values()}
+    f = data.FMNIST_FILES
+    _idx(files[f["train_images"]], list(range(12)), (3, 2, 2))
+    _idx(files[f["train_labels"]], [0, 1, 9], (3,))
+    _idx(files[f["test_images"]], list(range(8)), (2, 2, 2))
+    _idx(files[f["test_labels"]], [2, 3], (2,))
+    with pytest.raises(data.DataCorrupt, match="does not match its SHA-256") as e:
+        data.load_fashion_mnist(tmp_path)  # the real files' digests
+    assert str(tmp_path / f["train_images"]) in str(e.value)
+    assert "`adahessian-bench data fetch fashion-mnist` repairs it" in str(e.value)
+
+    def digests() -> dict[str, str]:
+        return {n: hashlib.sha256(gzip.decompress(p.read_bytes())).hexdigest()
+                for n, p in files.items()}  # fmt: skip
+
+    monkeypatch.setattr(data, "FMNIST_SHA256", digests())
+    assert data.load_fashion_mnist(tmp_path).y_train.tolist() == [0, 1, 9]
+    # Counts that differ, and a label that is not a class: errors naming the files.
+    _idx(files[f["train_labels"]], [0, 1], (2,))
+    monkeypatch.setattr(data, "FMNIST_SHA256", digests())
+    with pytest.raises(data.DataCorrupt, match="holds 3 images") as e:
+        data.load_fashion_mnist(tmp_path)
+    assert f["train_images"] in str(e.value) and f["train_labels"] in str(e.value)
+    _idx(files[f["test_labels"]], [2, 10], (2,))
+    _idx(files[f["train_labels"]], [0, 1, 9], (3,))
+    monkeypatch.setattr(data, "FMNIST_SHA256", digests())
+    with pytest.raises(data.DataCorrupt, match=r"labels outside 0\.\.9") as e:
+        data.load_fashion_mnist(tmp_path)
+    assert str(files[f["test_labels"]]) in str(e.value)
+
+
+def test_the_recorded_fashion_mnist_digests_are_those_of_the_installed_files(
+    fmnist_dir: Path,
+) -> None:
+    # Their content's MD5s are the published ones of the uncompressed files.
+    published = {"train-images": "f4a8712d7a061bf5bd6d2ca38dc4d50a",
+                 "train-labels": "9018921c3c673c538a1fc5bad174d6f9",
+                 "t10k-images": "8181f5470baa50b63fa0f6fddb340f0a",
+                 "t10k-labels": "15d484375f8d13e6eb1aabb0c3f46965"}  # fmt: skip
+    for name, digest in data.FMNIST_SHA256.items():
+        raw = gzip.decompress((fmnist_dir / name).read_bytes())
+        assert hashlib.sha256(raw).hexdigest() == digest
+        assert hashlib.md5(raw).hexdigest() == published[name[: name.index("-idx")]]
+
+
+def test_a_damaged_cifar10_batch_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    batches = tmp_path / data.CIFAR10_DIR
+    batches.mkdir()
+    payloads = {}
+    for i, name in enumerate(data.CIFAR10_BATCHES):
+        labels = [i, 11] if name == "data_batch_3" else [i, i]
+        b = {b"data": np.zeros((2, 3072), np.uint8), b"labels": labels}
+        payloads[name] = pickle.dumps(b)
+    payloads["data_batch_2"] = payloads["data_batch_2"][:100]  # truncated
+    for name, payload in payloads.items():
+        (batches / name).write_bytes(payload)
+    with pytest.raises(data.DataCorrupt, match="data_batch_1: does not match its MD5") as e:
+        data.load_cifar10(tmp_path)
+    assert "`adahessian-bench data fetch cifar10` repairs it" in str(e.value)
+    digests = {n: hashlib.md5(p).hexdigest() for n, p in payloads.items()}
+    monkeypatch.setattr(data, "CIFAR10_BATCHES", digests)
+    with pytest.raises(data.DataCorrupt, match="data_batch_2: not a CIFAR-10 batch"):
+        data.load_cifar10(tmp_path)
+    (batches / "data_batch_2").write_bytes(payloads["data_batch_1"])
+    digests["data_batch_2"] = digests["data_batch_1"]
+    with pytest.raises(data.DataCorrupt, match=r"data_batch_3: labels outside 0\.\.9"):
+        data.load_cifar10(tmp_path)

