@@ -143,8 +143,6 @@ def _resolve(args: argparse.Namespace, default_optimizers: list[str] | None = No
 
     from . import train
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
     profile_cfg = config.load(args.task, args.profile, args.config)
     if args.optimizers is not None:
         names = args.optimizers
@@ -152,7 +150,7 @@ def _resolve(args: argparse.Namespace, default_optimizers: list[str] | None = No
         names = default_optimizers
     else:  # the profile's, in its order
         names = [o for o in profile_cfg["optimizers"] if o in optimizers.OPTIMIZERS]
-    return train.resolve(
+    cfg = train.resolve(
         args.task,
         profile_cfg,
         args.profile if args.config is None else str(args.config),
@@ -165,6 +163,9 @@ def _resolve(args: argparse.Namespace, default_optimizers: list[str] | None = No
         test_subset=args.test_subset,
         device=args.device,
     )
+    if args.threads:  # once everything is checked
+        torch.set_num_threads(args.threads)
+    return cfg
 
 
 def cmd_run(args: argparse.Namespace) -> int:

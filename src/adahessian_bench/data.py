@@ -66,7 +66,7 @@ CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
 CIFAR10_TARBALL = "cifar-10-python.tar.gz"
 CIFAR10_DIR = "cifar-10-batches-py"
 # MD5 of each batch file, as published with the data set (and checked by torchvision), checked
-# whenever a batch is read (0.3 s for the six; reading them costs about as much).
+# whenever a batch is read (about 0.35 s for the six; reading them costs about as much).
 CIFAR10_BATCHES = {
     "data_batch_1": "c99cafc152244af753f735de768cd75f",
     "data_batch_2": "d4bba439e000b95fd0a9bffe97cbabec",
