@@ -555,3 +555,12 @@ def test_the_step_after_a_refused_call_is_the_step_without_it(case: Case):
             opt.step()
         reference.append([p.detach().clone() for p in model.parameters()])
     assert_same(reference[1], reference[0])
+
+
+def test_failure_inside_the_hessian_product_changes_nothing(warm):
+    grads = [p.grad for p in warm.params]
+    torch.autograd.grad(sum(g.sum() for g in grads), warm.params, allow_unused=True)
+    before = snapshot(warm)  # the graph is gone: the product will fail after the draw
+    with pytest.raises(RuntimeError, match="second time"):
+        warm.opt.step()
+    assert_same(snapshot(warm), before)  # probe generator state included
