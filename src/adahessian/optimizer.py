@@ -144,8 +144,17 @@ class AdaHessian(Optimizer):
     the optimizer, which unscales the gradients *and* the Hessian estimate (the Hessian-vector
     product comes from the scaled loss) and skips a step whose gradients or estimate hold inf/NaN
     without touching its state. After ``scaler.unscale_(opt)`` (for clipping) the scale must be
-    passed on: ``scaler.step(opt, loss_scale=scaler.get_scale())``. Moments and the Hessian
-    average are kept in float32 for float16/bfloat16 parameters.
+    passed on: ``scaler.step(opt, loss_scale=scaler.get_scale())``. When only the estimate
+    overflows (the scaler sees finite gradients and would never back off), the step is skipped
+    and ``opt.probe_scale`` halved: the next products are taken on probes scaled by it and
+    divided back, which leaves the estimate unchanged; it doubles again after 2,000 finite
+    Hessian steps. Moments and the Hessian average are kept in float32 for float16/bfloat16
+    parameters.
+
+    A loss linear in the parameters, differentiated with ``create_graph=True``, has zero
+    curvature (the optimizer records whether each backward pass kept the graph, and so tells it
+    from a forgotten ``create_graph=True``, which raises). Bad input raises before anything is
+    changed; ``lr`` and ``betas`` may be 1-element tensors, as in ``torch.optim``.
 
     **Gradient accumulation.** ``opt.backward(loss)`` replaces ``loss.backward(create_graph=...)``:
     on a Hessian step it takes the Hessian-vector product of this micro-batch at once, with probes
