@@ -9,6 +9,7 @@ that trajectories can be compared bit for bit whatever the probes."""
 from __future__ import annotations
 
 import copy
+import gc
 import io
 import pickle
 from collections.abc import Callable
@@ -283,3 +284,15 @@ def test_the_paper_step_goes_downhill_on_a_quadratic():
     start = loss_of(params, a).item()
     run(params, opt, a, 20)
     assert loss_of(params, a).item() < start
+
+
+def test_the_graph_watch_hooks_go_with_the_optimizer():
+    """Each optimizer hooks its parameters to see whether a backward pass kept the graph; the
+    hooks are removed when the optimizer is collected, so re-creating optimizers leaks none."""
+    p = torch.nn.Parameter(torch.randn(3))
+    for _ in range(5):
+        opt = AdaHessian([p], seed=0)
+    assert len(p._post_accumulate_grad_hooks) == 1
+    del opt
+    gc.collect()
+    assert not p._post_accumulate_grad_hooks
