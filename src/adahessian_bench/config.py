@@ -1,7 +1,10 @@
-"""Profiles: small TOML files in ``configs/``, one per task and profile (``TASK-PROFILE.toml``)."""
+"""Profiles: small TOML files in ``configs/``, one per task and profile (``TASK-PROFILE.toml``);
+and what identifies the runs of a resolved configuration in an output folder."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -38,3 +41,21 @@ def load(task: str, profile: str, path: str | Path | None = None) -> dict[str, A
         if key not in cfg:
             raise ValueError(f"the config has no [{key}] table")
     return cfg
+
+
+def config_hash(cfg: dict[str, Any]) -> str:
+    """A short hash of a resolved configuration (as config.json holds it): every metrics line
+    carries the hash of its run's configuration, so that a report never mixes configurations."""
+    return hashlib.sha256(json.dumps(cfg, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def run_dirs(out: Path) -> list[str]:
+    """The run folders under ``out`` (``OPT-seedS``): those holding a metrics.jsonl or a
+    checkpoint.pt."""
+    if not out.is_dir():
+        return []
+    return sorted(
+        d.name
+        for d in out.iterdir()
+        if d.is_dir() and ((d / "metrics.jsonl").exists() or (d / "checkpoint.pt").exists())
+    )
