@@ -10,7 +10,7 @@
     adahessian-bench report runs/sweep-lr
 
 Errors end in one line on stderr and a non-zero exit status (1: data or report, 2: options or
-the output folder, 130: interrupted), and leave the output folder as it was.
+the output folder, 130: interrupted); a refused command leaves the output folder as it was.
 """
 
 from __future__ import annotations

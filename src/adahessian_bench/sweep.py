@@ -185,7 +185,7 @@ def expand(base: dict[str, Any], name: str, values: list[float | int]) -> Grid:
 
 
 def check_out(
-    description: dict[str, Any], jobs: list[tuple[str, dict[str, Any]]], out: Path, resume: bool
+    description: dict[str, Any], jobs: list[tuple[str, dict[str, Any]]], out: Path
 ) -> None:
     """Raise ValueError unless ``out`` is new or holds this sweep alone (see train.check_out)."""
     from . import train
@@ -208,7 +208,7 @@ def check_out(
                 f"{sweep_path} describes another sweep than this command's: {train.START_OVER}"
             )
     for folder, cfg in jobs:
-        train.check_out(cfg, out / folder, resume)
+        train.check_out(cfg, out / folder)
 
 
 def run(
@@ -229,9 +229,9 @@ def run(
     if train.world()[0] > 0:  # rank 0 alone checks, locks and writes the folder
         _run(jobs, out, resume, progress, command, grid.param.name)
         return
-    check_out(description, jobs, out, resume)  # before the lock: a refused call creates nothing
+    check_out(description, jobs, out)  # before the lock: a refused call creates nothing
     with train.hold(out):
-        check_out(description, jobs, out, resume)
+        check_out(description, jobs, out)
         data.atomic_write_text(out / SWEEP_FILE, json.dumps(description, indent=2) + "\n")
         _run(jobs, out, resume, progress, command, grid.param.name)
 

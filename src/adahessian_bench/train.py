@@ -340,7 +340,7 @@ def hold(out: Path) -> Iterator[None]:
             raise
 
 
-def check_out(cfg: dict[str, Any], out: Path, resume: bool) -> None:
+def check_out(cfg: dict[str, Any], out: Path) -> None:
     """Raise ValueError unless ``out`` is new or holds runs of ``cfg`` alone (a run into it may
     start over without --resume, or continue with it)."""
     if not out.exists():
@@ -612,9 +612,9 @@ def run(
     if world()[0] > 0:  # rank 0 alone checks, locks and writes the folder
         _run(cfg, out, resume, progress, command)
         return
-    check_out(cfg, out, resume)  # before the lock: a refused call creates no lock file
+    check_out(cfg, out)  # before the lock: a refused call creates no lock file
     with hold(out):
-        check_out(cfg, out, resume)  # again, now that no other run can write the folder
+        check_out(cfg, out)  # again, now that no other run can write the folder
         _run(cfg, out, resume, progress, command)
 
 
