@@ -248,20 +248,19 @@ def _run(
 
     from . import train
 
-    bar = tqdm(
+    with tqdm(
         total=len(jobs),
         desc=f"sweep {name}",
         unit="point",
         position=0,
         disable=not progress,
         dynamic_ncols=True,
-    )
-    for folder, cfg in jobs:
-        bar.set_postfix_str(folder)
-        tqdm.write(f"== {folder}")
-        train.run(cfg, out / folder, resume, progress, command)
-        bar.update(1)
-    bar.close()
+    ) as bar:
+        for folder, cfg in jobs:
+            bar.set_postfix_str(folder)
+            tqdm.write(f"== {folder}")
+            train.run(cfg, out / folder, resume, progress, command)
+            bar.update(1)
 
 
 # ----------------------------------------------------------------------------- report

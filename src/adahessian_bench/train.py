@@ -483,108 +483,107 @@ def train_one(
         run_dir.mkdir(parents=True)
 
     memory = PeakMemory(device)
-    bar = tqdm(
+    with tqdm(
         total=tc["epochs"] * steps_per_epoch,
         initial=start_epoch * steps_per_epoch,
         desc=f"{opt_name} seed {seed}",
         disable=not progress or not writes,
         dynamic_ncols=True,
         mininterval=1.0,
-    )
-    finished = False
-    for epoch in range(start_epoch, tc["epochs"]):
-        memory.reset()
-        epoch_start = time.perf_counter()
-        model.train()
-        lr = optimizer.param_groups[0]["lr"]
-        loss_sum, sums, step_times = 0.0, {"n": 0.0}, []
-        diverged = False
-        for i, batch in enumerate(train_batches):
-            if i == steps_per_epoch:
-                break
-            t0 = time.perf_counter()
-            loss, stats = setup.loss(model, batch)
-            optimizer.zero_grad(set_to_none=True)
-            if is_adahessian:
-                # The Hessian-vector product needs the graph of the gradient, when one is due.
-                loss.backward(create_graph=optimizer.hessian_due)
-            else:
-                loss.backward()
-                if world_size > 1:
-                    average_gradients(model)
-            optimizer.step()
-            if per_step:
-                scheduler.step()
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            step_times.append(time.perf_counter() - t0)
-            step += 1
-            if world_size > 1:  # the mean over ranks, so that every rank sees a divergence
-                loss = loss.detach().clone()
-                torch.distributed.all_reduce(loss)
-                loss /= world_size
-            loss_value = loss.item()
-            loss_sum += loss_value * stats["n"]
-            for k, v in stats.items():
-                sums[k] = sums.get(k, 0.0) + v
-            bar.update(1)
-            if not math.isfinite(loss_value):
-                diverged = True
-                break
-        epoch_train_time = time.perf_counter() - epoch_start
-        if world_size > 1:
-            from adahessian.distributed import average_buffers
+    ) as bar:  # closed (its line ended) however the loop ends
+        finished = False
+        for epoch in range(start_epoch, tc["epochs"]):
+            memory.reset()
+            epoch_start = time.perf_counter()
+            model.train()
+            lr = optimizer.param_groups[0]["lr"]
+            loss_sum, sums, step_times = 0.0, {"n": 0.0}, []
+            diverged = False
+            for i, batch in enumerate(train_batches):
+                if i == steps_per_epoch:
+                    break
+                t0 = time.perf_counter()
+                loss, stats = setup.loss(model, batch)
+                optimizer.zero_grad(set_to_none=True)
+                if is_adahessian:
+                    # The Hessian-vector product needs the graph of the gradient, when one is due.
+                    loss.backward(create_graph=optimizer.hessian_due)
+                else:
+                    loss.backward()
+                    if world_size > 1:
+                        average_gradients(model)
+                optimizer.step()
+                if per_step:
+                    scheduler.step()
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                step_times.append(time.perf_counter() - t0)
+                step += 1
+                if world_size > 1:  # the mean over ranks, so that every rank sees a divergence
+                    loss = loss.detach().clone()
+                    torch.distributed.all_reduce(loss)
+                    loss /= world_size
+                loss_value = loss.item()
+                loss_sum += loss_value * stats["n"]
+                for k, v in stats.items():
+                    sums[k] = sums.get(k, 0.0) + v
+                bar.update(1)
+                if not math.isfinite(loss_value):
+                    diverged = True
+                    break
+            epoch_train_time = time.perf_counter() - epoch_start
+            if world_size > 1:
+                from adahessian.distributed import average_buffers
 
-            average_buffers(model)  # BatchNorm statistics, so every rank evaluates one model
-        evaluation = setup.evaluate(model)
-        if not per_step:
-            scheduler.step()
-        epoch_time = time.perf_counter() - epoch_start
-        train_time += epoch_train_time
-        wall_time += epoch_time
-        record = {
-            "optimizer": opt_name,
-            "seed": seed,
-            "epoch": epoch + 1,
-            "step": step,
-            "lr": lr,
-            "train_loss": loss_sum / sums["n"],
-            **{f"train_{k}": v / sums["n"] for k, v in sums.items() if k != "n"},
-            **evaluation,
-            "epoch_time_s": epoch_time,
-            "train_time_s": train_time,
-            "wall_time_s": wall_time,
-            "mean_step_time_s": float(np.mean(step_times)),
-            "peak_memory_mb": memory.read(),
-            "config_hash": cfg_hash,
-        }
-        if diverged:
-            record["diverged"] = True
-        metrics.append(record)
-        key = task.metric.key
-        bar.set_postfix({"loss": f"{record['train_loss']:.3f}", key: f"{record[key]:.4f}"})
-        finished = diverged or epoch + 1 == tc["epochs"]
-        if writes:
-            # The metrics first, then the checkpoint: a crash in between is repaired on resume.
-            atomic_write_text(metrics_path, metrics_text(metrics))
-            ckpt = {
-                "run_config": run_cfg,
+                average_buffers(model)  # BatchNorm statistics, so every rank evaluates one model
+            evaluation = setup.evaluate(model)
+            if not per_step:
+                scheduler.step()
+            epoch_time = time.perf_counter() - epoch_start
+            train_time += epoch_train_time
+            wall_time += epoch_time
+            record = {
+                "optimizer": opt_name,
+                "seed": seed,
                 "epoch": epoch + 1,
                 "step": step,
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "rng": rng_states(gen, device),
-                "metrics": metrics,
+                "lr": lr,
+                "train_loss": loss_sum / sums["n"],
+                **{f"train_{k}": v / sums["n"] for k, v in sums.items() if k != "n"},
+                **evaluation,
+                "epoch_time_s": epoch_time,
                 "train_time_s": train_time,
                 "wall_time_s": wall_time,
-                "finished": finished,
+                "mean_step_time_s": float(np.mean(step_times)),
+                "peak_memory_mb": memory.read(),
+                "config_hash": cfg_hash,
             }
-            atomic_torch_save(ckpt, ckpt_path)
-        if diverged:
-            tqdm.write(f"{opt_name} seed {seed}: the loss is not finite at epoch {epoch + 1}")
-            break
-    bar.close()
+            if diverged:
+                record["diverged"] = True
+            metrics.append(record)
+            key = task.metric.key
+            bar.set_postfix({"loss": f"{record['train_loss']:.3f}", key: f"{record[key]:.4f}"})
+            finished = diverged or epoch + 1 == tc["epochs"]
+            if writes:
+                # The metrics first, then the checkpoint: a crash in between is repaired on resume.
+                atomic_write_text(metrics_path, metrics_text(metrics))
+                ckpt = {
+                    "run_config": run_cfg,
+                    "epoch": epoch + 1,
+                    "step": step,
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "rng": rng_states(gen, device),
+                    "metrics": metrics,
+                    "train_time_s": train_time,
+                    "wall_time_s": wall_time,
+                    "finished": finished,
+                }
+                atomic_torch_save(ckpt, ckpt_path)
+            if diverged:
+                tqdm.write(f"{opt_name} seed {seed}: the loss is not finite at epoch {epoch + 1}")
+                break
     return metrics
 
 
