@@ -43,10 +43,18 @@ def load(task: str, profile: str, path: str | Path | None = None) -> dict[str, A
     return cfg
 
 
-def config_hash(cfg: dict[str, Any]) -> str:
-    """A short hash of a resolved configuration (as config.json holds it): every metrics line
-    carries the hash of its run's configuration, so that a report never mixes configurations."""
-    return hashlib.sha256(json.dumps(cfg, sort_keys=True).encode()).hexdigest()[:16]
+def run_config(cfg: dict[str, Any], opt_name: str, seed: int) -> dict[str, Any]:
+    """The configuration of one run (``OPT-seedS``) of the resolved configuration ``cfg``: what
+    its checkpoint must have been written with to be resumed, and what its metrics belong to."""
+    return {"task": cfg["task"], "train": cfg["train"], "model": cfg.get("model", {}),
+            "data": cfg.get("data", {}), "optimizer": opt_name, "seed": seed,
+            "hyperparameters": cfg["optimizers"][opt_name]}  # fmt: skip
+
+
+def config_hash(run_cfg: dict[str, Any]) -> str:
+    """A short hash of a run's configuration: every metrics line carries it (``config_hash``),
+    so that a report never mixes runs of different configurations."""
+    return hashlib.sha256(json.dumps(run_cfg, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def run_dirs(out: Path) -> list[str]:

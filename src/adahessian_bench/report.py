@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 from tabulate import tabulate
 
-from .config import config_hash, run_dirs
+from .config import config_hash, run_config, run_dirs
 from .data import atomic_write_text
 
 # The metric of runs whose config.json names none (written before tasks named their metric).
@@ -73,7 +73,16 @@ def read_runs(out: Path, cfg: dict[str, Any]) -> tuple[pd.DataFrame, list[str], 
     in one frame (null, a non-finite value, read as NaN); the runs that are incomplete; and those
     left out, each with the reason. FileNotFoundError if no run has a finished epoch."""
     ours = [f"{o}-seed{s}" for s in cfg.get("seeds", []) for o in cfg.get("optimizers", {})]
-    epochs, cfg_hash = cfg["train"]["epochs"], config_hash(cfg)
+    epochs = cfg["train"]["epochs"]
+
+    def of_cfg(m: dict[str, Any]) -> bool:
+        """Whether a metrics line is of a run of ``cfg`` (lines of older files carry no hash)."""
+        if "config_hash" not in m:
+            return True
+        if m["optimizer"] not in cfg.get("optimizers", {}):
+            return False
+        return bool(m["config_hash"] == config_hash(run_config(cfg, m["optimizer"], m["seed"])))
+
     rows: list[dict[str, Any]] = []
     incomplete, left_out = [], []
     for name in sorted(set(run_dirs(out)) | set(ours)):
@@ -87,9 +96,7 @@ def read_runs(out: Path, cfg: dict[str, Any]) -> tuple[pd.DataFrame, list[str], 
         except ValueError:
             left_out.append(f"{name} (its metrics.jsonl is damaged)")
             continue
-        if (ours and name not in ours) or any(
-            m.get("config_hash", cfg_hash) != cfg_hash for m in lines
-        ):
+        if (ours and name not in ours) or not all(of_cfg(m) for m in lines):
             left_out.append(f"{name} (another configuration than config.json's)")
         elif not lines:
             started = path.parent.is_dir()

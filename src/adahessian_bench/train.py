@@ -10,7 +10,8 @@ Output folder layout::
 
 A folder holds the runs of one configuration: a run into a folder of another configuration, or
 into a folder another run is writing, is refused before anything is written. Each metrics line
-carries the hash of its configuration (``config_hash``), which the report checks.
+carries the hash of its run's configuration (``config_hash``: see config.run_config), which the
+report checks against config.json.
 
 A run is deterministic for a given seed on CPU: python, numpy and torch are seeded, and the data
 order and augmentation come from their own torch.Generator. Checkpoints hold every state that the
@@ -44,7 +45,7 @@ import torch
 from tqdm import tqdm
 
 from . import optimizers
-from .config import config_hash, run_dirs
+from .config import config_hash, run_config, run_dirs
 from .data import atomic_write_text
 from .tasks import TASKS
 
@@ -122,13 +123,6 @@ def metrics_text(metrics: list[dict[str, Any]]) -> str:
 
 CHECKPOINT_KEYS = ("run_config", "epoch", "step", "model", "optimizer", "scheduler", "rng",
                    "metrics", "train_time_s", "wall_time_s", "finished")  # fmt: skip
-
-
-def run_config(cfg: dict[str, Any], opt_name: str, seed: int) -> dict[str, Any]:
-    """What a checkpoint of one run must have been written with to be resumed."""
-    return {"task": cfg["task"], "train": cfg["train"], "model": cfg.get("model", {}),
-            "data": cfg.get("data", {}), "optimizer": opt_name, "seed": seed,
-            "hyperparameters": cfg["optimizers"][opt_name]}  # fmt: skip
 
 
 def load_checkpoint(path: Path, device: torch.device, run_cfg: dict[str, Any]) -> dict[str, Any]:
@@ -424,7 +418,7 @@ def train_one(
     tc = cfg["train"]
     device = torch.device(cfg["device"])
     run_cfg = run_config(cfg, opt_name, seed)
-    cfg_hash = config_hash(cfg)
+    cfg_hash = config_hash(run_cfg)
     ckpt_path = run_dir / "checkpoint.pt"
     metrics_path = run_dir / "metrics.jsonl"
 

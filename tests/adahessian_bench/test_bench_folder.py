@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from adahessian_bench import cli, train
-from adahessian_bench.config import config_hash
+from adahessian_bench.config import config_hash, run_config
 
 TINY = ["--epochs", "1", "--max-steps", "2", "--batch-size", "16", "--train-subset", "100",
         "--test-subset", "100", "--no-progress"]  # fmt: skip
@@ -147,7 +147,8 @@ def test_a_run_and_a_sweep_do_not_share_a_folder(
     assert [p.name for p in sweep_out.iterdir()] == ["sweep.json"]
 
 
-def test_every_metrics_line_carries_the_hash_of_config_json(finished: Path) -> None:
+def test_every_metrics_line_carries_the_hash_of_its_run_in_config_json(finished: Path) -> None:
     cfg = json.loads((finished / "config.json").read_text())
     lines = (finished / "sgd-seed0" / "metrics.jsonl").read_text().splitlines()
-    assert lines and all(json.loads(x)["config_hash"] == config_hash(cfg) for x in lines)
+    want = config_hash(run_config(cfg, "sgd", 0))
+    assert lines and all(json.loads(x)["config_hash"] == want for x in lines)

@@ -12,7 +12,7 @@ import matplotlib.image
 import pytest
 
 from adahessian_bench import cli, report
-from adahessian_bench.config import config_hash
+from adahessian_bench.config import config_hash, run_config
 from adahessian_bench.report import PLOTS, make_report, plot_names
 from adahessian_bench.train import metrics_text
 
@@ -150,9 +150,12 @@ def test_report_leaves_out_runs_of_another_configuration(tmp_path: Path) -> None
     (tmp_path / "config.json").write_text(json.dumps(CFG))
     for seed in (0, 1):
         write_run(tmp_path, "adam", seed, [0.5, 0.6, 0.7], 0.1)
-        set_hash(tmp_path, f"adam-seed{seed}", config_hash(CFG))
-    write_run(tmp_path, "adahessian", 0, [0.9, 0.9, 0.9], 0.3)  # another lr, say
-    set_hash(tmp_path, "adahessian-seed0", config_hash({**CFG, "seeds": [0]}))
+        # As a run of seed S alone writes it (the runs of a folder may come from parallel runs).
+        one_seed = {**CFG, "seeds": [seed]}
+        set_hash(tmp_path, f"adam-seed{seed}", config_hash(run_config(one_seed, "adam", seed)))
+    write_run(tmp_path, "adahessian", 0, [0.9, 0.9, 0.9], 0.3)  # another lr
+    other = {**CFG, "optimizers": {"adahessian": {"lr": 0.3}}}
+    set_hash(tmp_path, "adahessian-seed0", config_hash(run_config(other, "adahessian", 0)))
     write_run(tmp_path, "sgd", 0, [0.2, 0.2, 0.2], 0.1)  # not in config.json
     write_run(tmp_path, "adahessian", 1, [0.8, 0.8, 0.8], 0.3)  # no hash (older files): kept
 
