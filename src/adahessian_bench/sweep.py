@@ -40,7 +40,7 @@ import numpy as np
 import pandas as pd
 from tabulate import tabulate
 
-from . import data, report  # (report also selects matplotlib's file-only backend)
+from . import config, data, report  # (report also selects matplotlib's file-only backend)
 from .report import _mean_std
 
 SWEEP_FILE = "sweep.json"
@@ -192,7 +192,7 @@ def check_out(
 
     if not out.exists():
         return
-    if (out / "config.json").is_file():
+    if (out / "config.json").is_file() or config.run_dirs(out):
         raise ValueError(f"{out} is a run folder, not a sweep's: use another --out")
     sweep_path = out / SWEEP_FILE
     if sweep_path.is_file():

@@ -136,6 +136,8 @@ def test_a_run_and_a_sweep_do_not_share_a_folder(
     before = folder_state(finished)
     assert "is a run folder" in refused([*SWEEP, "--out", str(finished)], capsys)
     assert folder_state(finished) == before
+    (finished / "config.json").unlink()  # its runs alone
+    assert "is a run folder" in refused([*SWEEP, "--out", str(finished)], capsys)
     sweep_out = tmp_path / "sweep"
     sweep_out.mkdir()
     (sweep_out / "sweep.json").write_text(json.dumps({"param": "lr", "values": [4]}))
