@@ -27,6 +27,7 @@ GROUP_KEYS = (
     "block_size",
     "spatial_average",
     "foreach",
+    "update_clip",
 )
 
 MAX_SEED = 2**63 - 2**16  # the generator takes 64 bits; room is left for the rank offset
@@ -79,6 +80,11 @@ def check_group(group: dict[str, Any]) -> None:
         raise ValueError(f"Invalid block_size: {block!r} (must be an integer >= 1; 1 = no blocks)")
     if not isinstance(group["spatial_average"], bool):
         raise ValueError(f"spatial_average must be True or False, got {group['spatial_average']!r}")
+    clip = group.get("update_clip")
+    if clip is not None:
+        c = scalar("update_clip", "update_clip", clip)
+        if not 0.0 < c < math.inf:
+            raise ValueError(f"Invalid update_clip: {c} (must be None or a finite number > 0)")
     if group["foreach"] not in (None, True, False):
         raise ValueError(f"foreach must be None, True or False, got {group['foreach']!r}")
 
@@ -86,6 +92,12 @@ def check_group(group: dict[str, Any]) -> None:
 def check_count(name: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"Invalid {name}: {value!r} (must be an integer >= 1)")
+    return value
+
+
+def check_warmup(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"Invalid hessian_warmup: {value!r} (must be an integer >= 0)")
     return value
 
 
@@ -227,6 +239,7 @@ def check_extra(extra: Any) -> dict[str, Any]:
     out["skipped_steps"] = _count(where, "skipped_steps", extra.get("skipped_steps", 0))
     out["update_interval"] = check_count("update_interval", extra["update_interval"])
     out["n_samples"] = check_count("n_samples", extra["n_samples"])
+    out["hessian_warmup"] = check_warmup(extra.get("hessian_warmup", 0))
     seed = check_seed(extra["seed"])
     if seed is None:
         raise ValueError(f"{where}: seed is None; load the state_dict that was saved")

@@ -68,7 +68,8 @@ class AdaHessian(Optimizer):
     r"""AdaHessian (Yao et al., AAAI 2021): Adam with the squared gradient replaced by a
     root-mean-square moving average of the Hessian diagonal, estimated by Hutchinson's method.
 
-    On a *Hessian step* (steps :math:`1, 1+N, 1+2N, \dots` for ``update_interval`` :math:`N`),
+    On a *Hessian step* (steps :math:`1, \dots, W` of the warm-up ``hessian_warmup`` :math:`W`,
+    then :math:`W+1, W+1+N, W+1+2N, \dots` for ``update_interval`` :math:`N`),
     for each parameter :math:`p` with gradient :math:`g` and Hessian :math:`H`, with Rademacher
     probes :math:`v_1, \dots, v_n` (``n_samples``) drawn from the optimizer's own generator:
 
@@ -92,7 +93,8 @@ class AdaHessian(Optimizer):
             \frac{m / (1-\beta_1^t)}{\bigl(s / (1-\beta_2^h)\bigr)^{k/2} + \epsilon}
             + \lambda\, p \Bigr)
 
-    with :math:`k` = ``hessian_power`` and :math:`\lambda` = ``weight_decay``. The β2 bias
+    with :math:`k` = ``hessian_power`` and :math:`\lambda` = ``weight_decay`` (with
+    ``update_clip`` :math:`c`, the fraction is clipped to :math:`[-c, c]` first). The β2 bias
     correction counts Hessian updates :math:`h`, not steps, so delayed updates
     (``update_interval > 1``) never divide by a nearly empty average.
 
@@ -110,6 +112,13 @@ class AdaHessian(Optimizer):
         update_interval: estimate the Hessian every this many steps (1 = every step). The
             attribute ``opt.update_interval`` may be changed between steps, e.g. raised after a
             warm-up of every-step estimates (early curvature goes stale fast).
+        hessian_warmup: the first this many steps are all Hessian steps; the every-
+            ``update_interval``-th schedule starts after them (0: from the first step). Early
+            curvature changes fast: a lazy schedule from the first step acts on stale estimates.
+        update_clip: when set to :math:`c`, each coordinate of the preconditioned step
+            :math:`\hat m / (\hat s^{k/2} + \epsilon)` is clipped to :math:`[-c, c]` before it
+            is multiplied by ``lr`` (Sophia's guard against near-zero curvature estimates); None
+            (the default) is the paper's update. Can be set per parameter group.
         n_samples: Rademacher probes averaged per Hessian estimate.
         block_size: block length for rank-2 weights (1 = no block averaging).
         spatial_average: average the estimate over blocks/kernels as above.
@@ -125,7 +134,7 @@ class AdaHessian(Optimizer):
             draws its own, and averaging R independent probes lowers the variance for free.
 
     ``lr``, ``betas``, ``eps``, ``weight_decay``, ``hessian_power``, ``block_size``,
-    ``spatial_average`` and ``foreach`` can be set per parameter group.
+    ``spatial_average``, ``update_clip`` and ``foreach`` can be set per parameter group.
 
     Usage::
 
@@ -185,6 +194,8 @@ class AdaHessian(Optimizer):
         seed: int | None = None,
         foreach: bool | None = None,
         *,
+        hessian_warmup: int = 0,
+        update_clip: float | None = None,
         process_group: Any = None,
         shared_probes: bool = False,
     ) -> None:
@@ -197,14 +208,17 @@ class AdaHessian(Optimizer):
             block_size=block_size,
             spatial_average=spatial_average,
             foreach=foreach,
+            update_clip=update_clip,
         )
         _checks.check_group(defaults)
+        _checks.check_warmup(hessian_warmup)
         _checks.check_count("update_interval", update_interval)
         _checks.check_count("n_samples", n_samples)
         _checks.check_seed(seed)
         if not isinstance(shared_probes, bool):
             raise ValueError(f"shared_probes must be True or False, got {shared_probes!r}")
         self._update_interval = update_interval
+        self._hessian_warmup = hessian_warmup
         self._n_samples = n_samples
         self.process_group = process_group
         self.shared_probes = shared_probes
@@ -234,6 +248,15 @@ class AdaHessian(Optimizer):
     @update_interval.setter
     def update_interval(self, value: int) -> None:
         self._update_interval = _checks.check_count("update_interval", value)
+
+    @property
+    def hessian_warmup(self) -> int:
+        """The first this many steps are all Hessian steps; may be changed between steps."""
+        return self._hessian_warmup
+
+    @hessian_warmup.setter
+    def hessian_warmup(self, value: int) -> None:
+        self._hessian_warmup = _checks.check_warmup(value)
 
     @property
     def n_samples(self) -> int:
@@ -286,11 +309,14 @@ class AdaHessian(Optimizer):
     def hessian_due(self) -> bool:
         """True when the next :meth:`step` estimates the Hessian diagonal, so the backward pass
         before it must keep the graph: ``loss.backward(create_graph=opt.hessian_due)``."""
-        return self._steps % self.update_interval == 0
+        if self._steps < self._hessian_warmup:
+            return True
+        return (self._steps - self._hessian_warmup) % self._update_interval == 0
 
     # Attributes that copy.deepcopy, pickle and torch.save(opt) carry besides torch's three.
     _COPIED = (
         "_update_interval",
+        "_hessian_warmup",
         "_n_samples",
         "shared_probes",
         "seed",
@@ -343,6 +369,7 @@ class AdaHessian(Optimizer):
             "steps": self._steps,
             "hessian_updates": self._hessian_updates,
             "update_interval": self.update_interval,
+            "hessian_warmup": self.hessian_warmup,
             "n_samples": self.n_samples,
             "seed": self.seed,
             "skipped_steps": self.skipped_steps,
@@ -394,6 +421,7 @@ class AdaHessian(Optimizer):
                 if name in value and self.state[p][name].dtype != _state_dtype(p):
                     self.state[p][name] = value[name].to(device=p.device, dtype=_state_dtype(p))
         self._update_interval = extra["update_interval"]
+        self._hessian_warmup = extra["hessian_warmup"]
         self._n_samples = extra["n_samples"]
         self.seed = int(extra["seed"])
         self._steps = extra["steps"]
@@ -733,6 +761,7 @@ class AdaHessian(Optimizer):
             hessian_power=float(group["hessian_power"]),
             block_size=group["block_size"],
             spatial_average=group["spatial_average"],
+            update_clip=None if group["update_clip"] is None else float(group["update_clip"]),
         )
         for i, w in zip(active, work, strict=True):
             if w is not params[i]:
@@ -746,6 +775,7 @@ def _remove_hooks(handles: list[Any]) -> None:
 
 # What a copy pickled by an older version lacks.
 _NEW_ATTRIBUTE_DEFAULTS: dict[str, Any] = {
+    "_hessian_warmup": 0,
     "process_group": None,
     "shared_probes": False,
     "_pending": None,

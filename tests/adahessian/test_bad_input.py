@@ -251,6 +251,14 @@ CASES = [
     Case("seed-huge", construct(seed=2**70), ValueError, r"seed: \d+ \(must be None or an integer"),
     Case("seed-float", construct(seed=1.5), ValueError, r"seed: 1\.5 \(must be None or an integer"),
     Case(
+        "clip-zero", construct(update_clip=0), ValueError, r"update_clip: 0\.0 \(must be None or a"
+    ),
+    Case(
+        "clip-string", construct(update_clip="1"), ValueError, r"update_clip: '1' \(update_clip mu"
+    ),
+    Case("warmup-negative", construct(hessian_warmup=-1), ValueError, r"hessian_warmup: -1 \(must"),
+    Case("warmup-float", construct(hessian_warmup=1.5), ValueError, r"hessian_warmup: 1\.5 \(must"),
+    Case(
         "shared-probes-int", construct(shared_probes=1), ValueError, r"shared_probes must be True"
     ),
     # --- parameters
@@ -320,6 +328,7 @@ CASES = [
     Case(
         "set-interval-str", assign("update_interval", "2"), ValueError, r"update_interval: '2' \("
     ),
+    Case("set-warmup-negative", assign("hessian_warmup", -1), ValueError, r"hessian_warmup: -1"),
     Case("set-n-samples-zero", assign("n_samples", 0), ValueError, r"n_samples: 0 \(must be an in"),
     # --- step
     Case(
@@ -451,6 +460,12 @@ CASES = [
         tampered(lambda sd: _set(sd["adahessian"], "update_interval", 0)),
         ValueError,
         r"Invalid update_interval: 0 \(must be an integer >= 1\)",
+    ),
+    Case(
+        "load-warmup-negative",
+        tampered(lambda sd: _set(sd["adahessian"], "hessian_warmup", -2)),
+        ValueError,
+        r"Invalid hessian_warmup: -2 \(must be an integer >= 0\)",
     ),
     Case(
         "load-seed-huge",

@@ -143,8 +143,8 @@ def test_an_older_state_dict_without_later_keys_still_loads():
     run(params, opt, a, 3)
     old = copy.deepcopy(opt.state_dict())
     for group in old["param_groups"]:  # keys added after the first release
-        del group["block_size"], group["spatial_average"], group["foreach"]
-    for key in ("skipped_steps", "probe_scale", "probe_scale_growth"):
+        del group["block_size"], group["spatial_average"], group["foreach"], group["update_clip"]
+    for key in ("skipped_steps", "probe_scale", "probe_scale_growth", "hessian_warmup"):
         del old["adahessian"][key]
     twin = AdaHessian([p.detach().clone().requires_grad_(True) for p in params], seed=1)
     twin.load_state_dict(old)

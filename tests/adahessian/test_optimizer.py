@@ -125,6 +125,116 @@ def test_raising_update_interval_mid_run_keeps_the_trajectory_on_constant_hessia
     assert_trajectories_close(traj, run_reference(20))
 
 
+# ----------------------------------------------------------------------------- warm-up and clip
+# L(p) = sum(a * p**4 / 12 + b * p) is separable with Hessian diag(a * p**2): every probe gives it
+# exactly, and unlike a quadratic's it changes along the way, so the Hessian schedule matters.
+
+
+def quartic_run(steps: int, reference: bool, warmup=0, interval=1, clip=None, foreach=False):
+    g = torch.Generator().manual_seed(1)
+    a = [torch.rand(s, generator=g, dtype=F64) * 2 + 0.1 for s in SHAPES]
+    b = [torch.randn(s, generator=g, dtype=F64) * 0.3 for s in SHAPES]
+    params = [torch.randn(s, generator=g, dtype=F64).requires_grad_(not reference) for s in SHAPES]
+    spec = [(idx, {**opts, "update_clip": clip}) for idx, opts in GROUPS]
+    order = order_of(spec)
+    kwargs = dict(update_interval=interval, hessian_warmup=warmup)
+    if reference:
+        ref = ReferenceAdaHessian(make_groups(params, spec), **kwargs)
+    else:
+        opt = AdaHessian(make_groups(params, spec), seed=0, foreach=foreach, **kwargs)
+    traj, due = [], []
+    for _ in range(steps):
+        if reference:
+            due.append(ref.hessian_due)
+            grads = [a[i] * params[i] ** 3 / 3 + b[i] for i in order]
+            ref.step(grads, [a[i] * params[i] ** 2 for i in order] if ref.hessian_due else None)
+        else:
+            due.append(opt.hessian_due)
+            opt.zero_grad()
+            loss = sum(
+                (ai * p**4 / 12 + bi * p).sum() for ai, bi, p in zip(a, b, params, strict=True)
+            )
+            loss.backward(create_graph=opt.hessian_due)  # type: ignore[union-attr]
+            opt.step()
+        traj.append([p.detach().clone() for p in params])
+    return traj, due
+
+
+@pytest.mark.parametrize("foreach", [False, True], ids=["for-loop", "foreach"])
+@pytest.mark.parametrize(
+    ("warmup", "interval", "clip"),
+    [(0, 3, None), (5, 3, None), (5, 4, 0.5), (0, 1, 0.3)],
+    ids=["lazy", "lazy-after-warmup", "lazy-after-warmup-clipped", "clipped"],
+)
+def test_warmup_and_clip_match_the_reference_on_a_separable_quartic(
+    foreach, warmup, interval, clip
+):
+    traj, due = quartic_run(25, False, warmup, interval, clip, foreach)
+    ref_traj, ref_due = quartic_run(25, True, warmup, interval, clip)
+    assert due == ref_due == [s < warmup or (s - warmup) % interval == 0 for s in range(25)]
+    for got, want in zip(traj, ref_traj, strict=True):
+        for x, y in zip(got, want, strict=True):
+            torch.testing.assert_close(x, y, rtol=1e-9, atol=1e-12)
+    # Each setting changes the trajectory here (so the comparison above can fail).
+    if warmup:
+        assert not torch.equal(quartic_run(25, True, 0, interval, clip)[0][-1][0], ref_traj[-1][0])
+    if clip is not None:
+        assert not torch.equal(quartic_run(25, True, warmup, interval)[0][-1][0], ref_traj[-1][0])
+
+
+def test_warmup_survives_a_state_dict_round_trip_and_can_be_changed():
+    a, p0 = quadratic()
+    params = [p.clone().requires_grad_(True) for p in p0]
+    opt = AdaHessian(make_groups(params), seed=0, update_interval=4, hessian_warmup=3)
+    for _ in range(2):
+        opt.zero_grad()
+        quadratic_loss(params, a).backward(create_graph=opt.hessian_due)
+        opt.step()
+    twin_params = [p.detach().clone().requires_grad_(True) for p in params]
+    twin = AdaHessian(make_groups(twin_params), seed=0)
+    twin.load_state_dict(copy.deepcopy(opt.state_dict()))
+    assert twin.hessian_warmup == 3 and twin.update_interval == 4
+    schedule = []
+    for _ in range(8):
+        schedule.append(twin.hessian_due)
+        twin._steps += 1  # the schedule alone
+    assert schedule == [True, True, False, False, False, True, False, False]  # steps 2..9
+    opt.hessian_warmup = 0  # may be changed between steps; step 2 then follows the interval
+    assert not opt.hessian_due
+
+
+def test_update_clip_bounds_every_step_where_one_probe_sees_almost_no_curvature():
+    """Rank-1 least squares (the problem of torch's goes-right-direction tests): 200 draws,
+    5 steps at lr 0.15. A one-probe estimate can be near zero, and the paper's update then
+    overshoots, ending above the initial loss in some draws; clipped to [-1, 1], none does, and
+    no coordinate moves by more than lr per step."""
+    ends_higher = {None: 0, 1.0: 0}
+    for clip in ends_higher:
+        for draw in range(200):
+            g = torch.Generator().manual_seed(draw)
+            w = torch.randn(10, 5, generator=g, requires_grad=True)
+            b = torch.randn(10, generator=g, requires_grad=True)
+            x = torch.randn(5, generator=g)
+            opt = AdaHessian([w, b], lr=0.15, seed=draw, update_clip=clip)
+
+            def closure(opt=opt, w=w, b=b, x=x) -> Tensor:
+                opt.zero_grad()
+                loss = (w.mv(x) + b).pow(2).sum()
+                loss.backward(create_graph=True)
+                return loss
+
+            initial = closure().item()
+            for _ in range(5):
+                before = torch.cat([w.detach().flatten(), b.detach().flatten()])
+                opt.step(closure)
+                moved = torch.cat([w.detach().flatten(), b.detach().flatten()]) - before
+                if clip is not None:
+                    assert moved.abs().max() <= 0.15 * clip + 1e-6
+            ends_higher[clip] += closure().item() >= initial
+    assert ends_higher[None] > 0, "the problem must show the failure the clip guards against"
+    assert ends_higher[1.0] == 0
+
+
 def test_reference_is_sensitive_to_each_setting():
     """Guards the comparison above: changing any setting changes the reference trajectory."""
     base = run_reference(10)[-1]
