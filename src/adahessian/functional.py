@@ -16,7 +16,13 @@ from torch import Tensor
 
 from .averaging import spatial_average as _spatial_average
 
-__all__ = ["Hyperparameters", "adahessian"]
+__all__ = ["Hyperparameters", "adahessian", "state_dtype"]
+
+
+def state_dtype(t: Tensor) -> torch.dtype:
+    """The dtype of the moments of a parameter: float32 for float16/bfloat16 ones (their
+    squares overflow float16), the parameter's own otherwise."""
+    return torch.float32 if t.dtype in (torch.float16, torch.bfloat16) else t.dtype
 
 
 @dataclass(frozen=True)

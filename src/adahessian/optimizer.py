@@ -11,17 +11,12 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from . import _checks
+from . import _checks, curvature
 from .functional import adahessian
+from .functional import state_dtype as _state_dtype
 from .hutchinson import hutchinson_diagonal, rademacher
 
 __all__ = ["AdaHessian"]
-
-_GRAPH_HINT = (
-    "AdaHessian needs the gradient's graph on Hessian steps: call "
-    "loss.backward(create_graph=opt.hessian_due) (or create_graph=True) before opt.step(). "
-    "Frameworks that call backward() themselves need manual optimisation for this."
-)
 
 
 def _resolve_seed(seed: int | None, process_group: Any) -> int:
@@ -581,17 +576,9 @@ class AdaHessian(Optimizer):
                 "scaler.step(opt, loss_scale=scaler.get_scale())"
             )
 
-        estimates: list[Tensor] | None = None
-        if hessian is not None:
-            _checks.check_hessian(hessian, flat, finite=not under_scaler)
-            estimates = [
-                h.detach().to(device=p.device, dtype=_state_dtype(p))
-                for h, p in zip(hessian, flat, strict=True)
-            ]
-        elif self._pending is not None:
-            estimates = self._pending_estimates(flat)
-        elif self.hessian_due and flat:
-            estimates = self._hutchinson(flat, grads)
+        source = self._curvature_source(hessian, bool(flat), finite=not under_scaler)
+        estimates = None if source is None else source.estimate(flat, grads)
+        from_loss = source is not None and source.from_loss
 
         # From here on nothing can fail on user input.
         self._pending = None
@@ -606,14 +593,14 @@ class AdaHessian(Optimizer):
                 inv_scale = grad_scale.double().reciprocal()
                 for g in grads:
                     g.mul_(inv_scale.to(g.device, g.dtype))
-                if estimates is not None and hessian is None:
+                if estimates is not None and from_loss:
                     estimates = [e * inv_scale.to(e.device, e.dtype) for e in estimates]
-            elif loss_scale is not None and estimates is not None and hessian is None:
+            elif loss_scale is not None and estimates is not None and from_loss:
                 estimates = [e / loss_scale for e in estimates]
             if self.process_group is not None:
                 self._all_reduce(grads, estimates)
             if under_scaler and not _all_finite(grads, estimates, found_inf):
-                self._skip_overflow(_all_finite(grads, None, found_inf) and hessian is None)
+                self._skip_overflow(_all_finite(grads, None, found_inf) and from_loss)
                 return loss
 
             offset = 0
@@ -626,7 +613,7 @@ class AdaHessian(Optimizer):
         self._steps += 1
         if estimates is not None:
             self._hessian_updates += 1
-            if under_scaler and hessian is None:
+            if under_scaler and from_loss:
                 self._grow_probe_scale()
         return loss
 
@@ -645,32 +632,24 @@ class AdaHessian(Optimizer):
                     "the model before creating the optimizer, or load a matching state_dict"
                 )
 
-    def _hutchinson(self, flat: list[Tensor], grads: list[Tensor]) -> list[Tensor]:
-        """The Hutchinson estimate for the parameters ``flat`` from the graph on their grads."""
-        if not any(g.requires_grad for g in grads):
-            if self._graph_kept:  # create_graph=True, yet the gradients are constant
-                return [torch.zeros_like(p) for p in flat]  # a linear loss: no curvature
-            raise RuntimeError(
-                f"step {self._steps + 1} is a Hessian step (opt.hessian_due is True) but no "
-                f"gradient carries a graph. {_GRAPH_HINT}"
+    def _curvature_source(
+        self, hessian: Sequence[Tensor] | None, any_grad: bool, *, finite: bool
+    ) -> curvature.Source | None:
+        """Where this step's estimate comes from; None on a step without one."""
+        if hessian is not None:
+            return curvature.Given(hessian, finite)
+        if self._pending is not None:
+            return curvature.Accumulated(self._pending["params"], self._pending["estimate"])
+        if self.hessian_due and any_grad:
+            return curvature.OnGradientGraph(
+                self._probe_params(),
+                self._probe_generator(),
+                self.n_samples,
+                self.probe_scale,
+                self._graph_kept,
+                self._steps + 1,
             )
-        params = self._probe_params()
-        grad_of = {id(p): g for p, g in zip(flat, grads, strict=True)}
-        all_grads = [grad_of.get(id(p)) for p in params]
-        generator = self._probe_generator()
-        rng_state = generator.get_state()
-        try:
-            all_estimates = hutchinson_diagonal(
-                all_grads,
-                params,
-                n_samples=self.n_samples,
-                generator=generator,
-                scale=self.probe_scale,
-            )
-        except BaseException:
-            generator.set_state(rng_state)  # a failed step changes nothing
-            raise
-        return _select(all_estimates, params, flat)
+        return None
 
     def _skip_overflow(self, estimate_only: bool) -> None:
         """A step under a GradScaler found inf/NaN: skip it. When only the Hutchinson estimate
@@ -698,16 +677,6 @@ class AdaHessian(Optimizer):
         if self._probe_scale_growth >= _PROBE_SCALE_GROWTH_INTERVAL:
             self.probe_scale *= 2
             self._probe_scale_growth = 0
-
-    def _pending_estimates(self, flat: list[Tensor]) -> list[Tensor]:
-        assert self._pending is not None
-        params, estimate = self._pending["params"], self._pending["estimate"]
-        if estimate is None:
-            raise RuntimeError(
-                "backward() ran on this Hessian step but no gradient reached a parameter with a "
-                "graph; check that the loss depends on the optimised parameters"
-            )
-        return _select(estimate, params, flat)
 
     def _all_reduce(self, grads: list[Tensor], estimates: list[Tensor] | None) -> None:
         """Average gradients and estimates over the process group in one collective call."""
@@ -786,25 +755,12 @@ _NEW_ATTRIBUTE_DEFAULTS: dict[str, Any] = {
 }
 
 
-def _select(values: list[Tensor], params: list[Tensor], wanted: list[Tensor]) -> list[Tensor]:
-    """The entries of ``values`` (one per tensor of ``params``) for the tensors of ``wanted``;
-    zeros for one that is not in ``params`` (a frozen parameter given a gradient by hand has no
-    graph, hence no curvature)."""
-    by_param = {id(p): v for p, v in zip(params, values, strict=True)}
-    return [by_param[id(p)] if id(p) in by_param else torch.zeros_like(p) for p in wanted]
-
-
-_LOW_PRECISION = (torch.float16, torch.bfloat16)
 _MIN_PROBE_SCALE = 2.0**-64
 _PROBE_SCALE_GROWTH_INTERVAL = 2000  # GradScaler's default growth_interval
 
 
-def _state_dtype(t: Tensor) -> torch.dtype:
-    return torch.float32 if t.dtype in _LOW_PRECISION else t.dtype
-
-
 def _as_state_dtype(t: Tensor) -> Tensor:
-    return t.float() if t.dtype in _LOW_PRECISION else t
+    return t.float() if t.dtype != _state_dtype(t) else t
 
 
 def _all_finite(grads: list[Tensor], estimates: list[Tensor] | None, found_inf: Any) -> bool:
