@@ -9,13 +9,35 @@ run the same operations in the same order.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from .averaging import spatial_average as _spatial_average
 
-__all__ = ["adahessian"]
+__all__ = ["Hyperparameters", "adahessian", "state_dtype"]
+
+
+def state_dtype(t: Tensor) -> torch.dtype:
+    """The dtype of the moments of a parameter: float32 for float16/bfloat16 ones (their
+    squares overflow float16), the parameter's own otherwise."""
+    return torch.float32 if t.dtype in (torch.float16, torch.bfloat16) else t.dtype
+
+
+@dataclass(frozen=True)
+class Hyperparameters:
+    """The hyperparameters of one AdaHessian update (those of one parameter group)."""
+
+    lr: float
+    beta1: float
+    beta2: float
+    eps: float
+    weight_decay: float
+    hessian_power: float
+    block_size: int
+    spatial_average: bool
+    update_clip: float | None = None
 
 
 def adahessian(
@@ -36,6 +58,7 @@ def adahessian(
     hessian_power: float,
     block_size: int,
     spatial_average: bool,
+    update_clip: float | None = None,
 ) -> None:
     r"""Apply one AdaHessian step to ``params`` in place.
 
@@ -48,11 +71,13 @@ def adahessian(
         D &= \operatorname{avg}(|\hat D|) \quad\text{(spatial averaging, see averaging.py)} \\
         s &\leftarrow \beta_2 s + (1-\beta_2) D^2 \quad\text{(only when an estimate is given)} \\
         m &\leftarrow \beta_1 m + (1-\beta_1) g \\
-        p &\leftarrow p - \mathrm{lr}\left(
-            \frac{m / (1-\beta_1^t)}{(s / (1-\beta_2^h))^{k/2} + \epsilon}
-            + \mathrm{wd}\, p \right)
+        u &= \operatorname{clip}_{[-c, c]}\Bigl(
+            \frac{m / (1-\beta_1^t)}{(s / (1-\beta_2^h))^{k/2} + \epsilon}\Bigr) \\
+        p &\leftarrow p - \mathrm{lr}\,( u + \mathrm{wd}\, p )
 
-    Every parameter passed must have :math:`h \ge 1`.
+    where the clip to :math:`[-c, c]` (``update_clip`` :math:`= c`) is applied only when
+    ``update_clip`` is not None (None is the paper's update). Every parameter passed must have
+    :math:`h \ge 1`.
     """
     n = len(params)
     for name, seq in (
@@ -68,31 +93,20 @@ def adahessian(
         raise ValueError(f"hessians has {len(hessians)} entries for {n} parameters")
     if any(h < 1 for h in hessian_steps):
         raise ValueError("every parameter needs at least one Hessian estimate (hessian_steps >= 1)")
+    if update_clip is not None and not update_clip > 0:
+        raise ValueError(f"update_clip must be None or a number > 0, got {update_clip!r}")
     if n == 0:
         return
-    fn = _multi_tensor if foreach else _single_tensor
-    fn(
-        params,
-        grads,
-        hessians,
-        exp_avgs,
-        exp_hessian_diag_sqs,
-        steps,
-        hessian_steps,
-        lr=lr,
-        beta1=beta1,
-        beta2=beta2,
-        eps=eps,
-        weight_decay=weight_decay,
-        hessian_power=hessian_power,
-        block_size=block_size,
-        spatial_average=spatial_average,
+    hp = Hyperparameters(
+        lr, beta1, beta2, eps, weight_decay, hessian_power, block_size, spatial_average, update_clip
     )
+    fn = _multi_tensor if foreach else _single_tensor
+    fn(params, grads, hessians, exp_avgs, exp_hessian_diag_sqs, steps, hessian_steps, hp)
 
 
-def _curvature(hessian: Tensor, block_size: int, spatial_average: bool) -> Tensor:
+def _curvature(hessian: Tensor, hp: Hyperparameters) -> Tensor:
     d = hessian.abs()
-    return _spatial_average(d, block_size) if spatial_average else d
+    return _spatial_average(d, hp.block_size) if hp.spatial_average else d
 
 
 def _single_tensor(
@@ -103,33 +117,30 @@ def _single_tensor(
     exp_hessian_diag_sqs: Sequence[Tensor],
     steps: Sequence[int],
     hessian_steps: Sequence[int],
-    *,
-    lr: float,
-    beta1: float,
-    beta2: float,
-    eps: float,
-    weight_decay: float,
-    hessian_power: float,
-    block_size: int,
-    spatial_average: bool,
+    hp: Hyperparameters,
 ) -> None:
     for i, param in enumerate(params):
         exp_avg, exp_hess = exp_avgs[i], exp_hessian_diag_sqs[i]
         if hessians is not None:
-            d = _curvature(hessians[i], block_size, spatial_average)
-            exp_hess.mul_(beta2).addcmul_(d, d, value=1 - beta2)
-        exp_avg.lerp_(grads[i], 1 - beta1)
-        bias_correction1 = 1 - beta1 ** steps[i]
-        bias_correction2 = 1 - beta2 ** hessian_steps[i]
+            d = _curvature(hessians[i], hp)
+            exp_hess.mul_(hp.beta2).addcmul_(d, d, value=1 - hp.beta2)
+        exp_avg.lerp_(grads[i], 1 - hp.beta1)
+        bias_correction1 = 1 - hp.beta1 ** steps[i]
+        bias_correction2 = 1 - hp.beta2 ** hessian_steps[i]
         denom = exp_hess.div(bias_correction2)
-        if hessian_power == 1:
+        if hp.hessian_power == 1:
             denom.sqrt_()
         else:
-            denom.pow_(hessian_power / 2)
-        denom.add_(eps)
-        if weight_decay != 0:
-            param.mul_(1 - lr * weight_decay)
-        param.addcdiv_(exp_avg, denom, value=-lr / bias_correction1)
+            denom.pow_(hp.hessian_power / 2)
+        denom.add_(hp.eps)
+        if hp.weight_decay != 0:
+            param.mul_(1 - hp.lr * hp.weight_decay)
+        if hp.update_clip is None:
+            param.addcdiv_(exp_avg, denom, value=-hp.lr / bias_correction1)
+        else:
+            update = exp_avg.div(denom).div_(bias_correction1)
+            update.clamp_(-hp.update_clip, hp.update_clip)
+            param.add_(update, alpha=-hp.lr)
 
 
 def _multi_tensor(
@@ -140,31 +151,30 @@ def _multi_tensor(
     exp_hessian_diag_sqs: Sequence[Tensor],
     steps: Sequence[int],
     hessian_steps: Sequence[int],
-    *,
-    lr: float,
-    beta1: float,
-    beta2: float,
-    eps: float,
-    weight_decay: float,
-    hessian_power: float,
-    block_size: int,
-    spatial_average: bool,
+    hp: Hyperparameters,
 ) -> None:
     params, grads = list(params), list(grads)
     exp_avgs, exp_hess = list(exp_avgs), list(exp_hessian_diag_sqs)
     if hessians is not None:
-        ds = [_curvature(h, block_size, spatial_average) for h in hessians]
-        torch._foreach_mul_(exp_hess, beta2)
-        torch._foreach_addcmul_(exp_hess, ds, ds, value=1 - beta2)
-    torch._foreach_lerp_(exp_avgs, grads, 1 - beta1)
-    bias_correction2 = [1 - beta2**h for h in hessian_steps]
+        ds = [_curvature(h, hp) for h in hessians]
+        torch._foreach_mul_(exp_hess, hp.beta2)
+        torch._foreach_addcmul_(exp_hess, ds, ds, value=1 - hp.beta2)
+    torch._foreach_lerp_(exp_avgs, grads, 1 - hp.beta1)
+    bias_correction2 = [1 - hp.beta2**h for h in hessian_steps]
     denom = torch._foreach_div(exp_hess, bias_correction2)
-    if hessian_power == 1:
+    if hp.hessian_power == 1:
         torch._foreach_sqrt_(denom)
     else:
-        torch._foreach_pow_(denom, hessian_power / 2)
-    torch._foreach_add_(denom, eps)
-    if weight_decay != 0:
-        torch._foreach_mul_(params, 1 - lr * weight_decay)
-    step_sizes = [-lr / (1 - beta1**t) for t in steps]
-    torch._foreach_addcdiv_(params, exp_avgs, denom, step_sizes)
+        torch._foreach_pow_(denom, hp.hessian_power / 2)
+    torch._foreach_add_(denom, hp.eps)
+    if hp.weight_decay != 0:
+        torch._foreach_mul_(params, 1 - hp.lr * hp.weight_decay)
+    if hp.update_clip is None:
+        step_sizes = [-hp.lr / (1 - hp.beta1**t) for t in steps]
+        torch._foreach_addcdiv_(params, exp_avgs, denom, step_sizes)
+    else:
+        updates = torch._foreach_div(exp_avgs, denom)
+        torch._foreach_div_(updates, [1 - hp.beta1**t for t in steps])
+        torch._foreach_clamp_min_(updates, -hp.update_clip)
+        torch._foreach_clamp_max_(updates, hp.update_clip)
+        torch._foreach_add_(params, updates, alpha=-hp.lr)

@@ -79,6 +79,7 @@ def hutchinson_diagonal(
     generator: torch.Generator | None = None,
     retain_graph: bool = False,
     probes: Sequence[Sequence[Tensor]] | None = None,
+    scale: float = 1.0,
 ) -> list[Tensor]:
     """Unbiased estimate of the Hessian diagonal, :math:`\\frac1n \\sum_i v_i \\odot H v_i`.
 
@@ -99,6 +100,10 @@ def hutchinson_diagonal(
             sample; ``n_samples`` and ``generator`` are then ignored. Reusing the same probes for
             several micro-batches makes the sum of their estimates the estimate for the sum of
             their losses.
+        scale: differentiate with the probes multiplied by ``scale`` and divide the products by
+            it. The estimate is the same (exactly, for a power of two); a small scale keeps
+            the intermediate values of a float16 product taken on a scaled loss (mixed
+            precision) from overflowing.
 
     Returns:
         One tensor per parameter, shaped like it: the signed estimate (no absolute value, no
@@ -113,6 +118,8 @@ def hutchinson_diagonal(
         n_samples = len(probes)
         if any(len(v) != len(params) for v in probes):
             raise ValueError("each entry of probes needs one tensor per parameter")
+    if not 0.0 < scale < float("inf"):
+        raise ValueError(f"scale must be a finite number > 0, got {scale!r}")
     live = live_gradients(grads, params, n_samples)
     outputs = [grads[i] for i in live]
     inputs = [params[i] for i in live]
@@ -123,13 +130,13 @@ def hutchinson_diagonal(
         hvps = torch.autograd.grad(
             outputs,  # type: ignore[arg-type]
             inputs,
-            grad_outputs=[v[i] for i in live],
+            grad_outputs=[v[i] for i in live] if scale == 1 else [v[i] * scale for i in live],
             retain_graph=keep,
             allow_unused=True,
         )
         for i, hv in zip(live, hvps, strict=True):
             if hv is not None:
                 estimate[i].addcmul_(v[i], hv.detach())
-    if n_samples > 1:
-        torch._foreach_div_(estimate, float(n_samples))
+    if n_samples * scale != 1:
+        torch._foreach_div_(estimate, float(n_samples) * scale)
     return estimate

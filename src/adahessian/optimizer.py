@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import math
 import warnings
+import weakref
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, cast
 
@@ -11,51 +11,12 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
+from . import _checks, curvature
 from .functional import adahessian
+from .functional import state_dtype as _state_dtype
 from .hutchinson import hutchinson_diagonal, rademacher
 
 __all__ = ["AdaHessian"]
-
-_GRAPH_HINT = (
-    "AdaHessian needs the gradient's graph on Hessian steps: call "
-    "loss.backward(create_graph=opt.hessian_due) (or create_graph=True) before opt.step(). "
-    "Frameworks that call backward() themselves need manual optimisation for this."
-)
-
-
-def _check_group(group: dict[str, Any]) -> None:
-    """Raise ValueError for a hyperparameter a group cannot use."""
-    lr, eps, wd = group["lr"], group["eps"], group["weight_decay"]
-    if isinstance(lr, Tensor):
-        raise ValueError("lr must be a Python float, not a tensor")
-    if not 0.0 <= lr < math.inf:
-        raise ValueError(f"Invalid learning rate: {lr} (must be >= 0)")
-    if not 0.0 <= eps < math.inf:
-        raise ValueError(f"Invalid eps: {eps} (must be >= 0)")
-    if not 0.0 <= wd < math.inf:
-        raise ValueError(f"Invalid weight_decay: {wd} (must be >= 0)")
-    betas = group["betas"]
-    if not (isinstance(betas, (tuple, list)) and len(betas) == 2):
-        raise ValueError(f"betas must be a pair (beta1, beta2), got {betas!r}")
-    for i, beta in enumerate(betas):
-        if not 0.0 <= beta < 1.0:
-            raise ValueError(f"Invalid beta parameter at index {i}: {beta} (must be in [0, 1))")
-    k = group["hessian_power"]
-    if not 0.0 <= k <= 1.0:
-        raise ValueError(f"Invalid hessian_power: {k} (must be in [0, 1])")
-    block = group["block_size"]
-    if isinstance(block, bool) or not isinstance(block, int) or block < 1:
-        raise ValueError(f"Invalid block_size: {block!r} (must be an integer >= 1; 1 = no blocks)")
-    if not isinstance(group["spatial_average"], bool):
-        raise ValueError(f"spatial_average must be True or False, got {group['spatial_average']!r}")
-    if group["foreach"] not in (None, True, False):
-        raise ValueError(f"foreach must be None, True or False, got {group['foreach']!r}")
-
-
-def _check_count(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"Invalid {name}: {value!r} (must be an integer >= 1)")
-    return value
 
 
 def _resolve_seed(seed: int | None, process_group: Any) -> int:
@@ -102,7 +63,8 @@ class AdaHessian(Optimizer):
     r"""AdaHessian (Yao et al., AAAI 2021): Adam with the squared gradient replaced by a
     root-mean-square moving average of the Hessian diagonal, estimated by Hutchinson's method.
 
-    On a *Hessian step* (steps :math:`1, 1+N, 1+2N, \dots` for ``update_interval`` :math:`N`),
+    On a *Hessian step* (steps :math:`1, \dots, W` of the warm-up ``hessian_warmup`` :math:`W`,
+    then :math:`W+1, W+1+N, W+1+2N, \dots` for ``update_interval`` :math:`N`),
     for each parameter :math:`p` with gradient :math:`g` and Hessian :math:`H`, with Rademacher
     probes :math:`v_1, \dots, v_n` (``n_samples``) drawn from the optimizer's own generator:
 
@@ -126,7 +88,8 @@ class AdaHessian(Optimizer):
             \frac{m / (1-\beta_1^t)}{\bigl(s / (1-\beta_2^h)\bigr)^{k/2} + \epsilon}
             + \lambda\, p \Bigr)
 
-    with :math:`k` = ``hessian_power`` and :math:`\lambda` = ``weight_decay``. The β2 bias
+    with :math:`k` = ``hessian_power`` and :math:`\lambda` = ``weight_decay`` (with
+    ``update_clip`` :math:`c`, the fraction is clipped to :math:`[-c, c]` first). The β2 bias
     correction counts Hessian updates :math:`h`, not steps, so delayed updates
     (``update_interval > 1``) never divide by a nearly empty average.
 
@@ -144,6 +107,13 @@ class AdaHessian(Optimizer):
         update_interval: estimate the Hessian every this many steps (1 = every step). The
             attribute ``opt.update_interval`` may be changed between steps, e.g. raised after a
             warm-up of every-step estimates (early curvature goes stale fast).
+        hessian_warmup: the first this many steps are all Hessian steps; the every-
+            ``update_interval``-th schedule starts after them (0: from the first step). Early
+            curvature changes fast: a lazy schedule from the first step acts on stale estimates.
+        update_clip: when set to :math:`c`, each coordinate of the preconditioned step
+            :math:`\hat m / (\hat s^{k/2} + \epsilon)` is clipped to :math:`[-c, c]` before it
+            is multiplied by ``lr`` (Sophia's guard against near-zero curvature estimates); None
+            (the default) is the paper's update. Can be set per parameter group.
         n_samples: Rademacher probes averaged per Hessian estimate.
         block_size: block length for rank-2 weights (1 = no block averaging).
         spatial_average: average the estimate over blocks/kernels as above.
@@ -159,7 +129,7 @@ class AdaHessian(Optimizer):
             draws its own, and averaging R independent probes lowers the variance for free.
 
     ``lr``, ``betas``, ``eps``, ``weight_decay``, ``hessian_power``, ``block_size``,
-    ``spatial_average`` and ``foreach`` can be set per parameter group.
+    ``spatial_average``, ``update_clip`` and ``foreach`` can be set per parameter group.
 
     Usage::
 
@@ -178,8 +148,17 @@ class AdaHessian(Optimizer):
     the optimizer, which unscales the gradients *and* the Hessian estimate (the Hessian-vector
     product comes from the scaled loss) and skips a step whose gradients or estimate hold inf/NaN
     without touching its state. After ``scaler.unscale_(opt)`` (for clipping) the scale must be
-    passed on: ``scaler.step(opt, loss_scale=scaler.get_scale())``. Moments and the Hessian
-    average are kept in float32 for float16/bfloat16 parameters.
+    passed on: ``scaler.step(opt, loss_scale=scaler.get_scale())``. When only the estimate
+    overflows (the scaler sees finite gradients and would never back off), the step is skipped
+    and ``opt.probe_scale`` halved: the next products are taken on probes scaled by it and
+    divided back, which leaves the estimate unchanged; it doubles again after 2,000 finite
+    Hessian steps. Moments and the Hessian average are kept in float32 for float16/bfloat16
+    parameters.
+
+    A loss linear in the parameters, differentiated with ``create_graph=True``, has zero
+    curvature (the optimizer records whether each backward pass kept the graph, and so tells it
+    from a forgotten ``create_graph=True``, which raises). Bad input raises before anything is
+    changed; ``lr`` and ``betas`` may be 1-element tensors, as in ``torch.optim``.
 
     **Gradient accumulation.** ``opt.backward(loss)`` replaces ``loss.backward(create_graph=...)``:
     on a Hessian step it takes the Hessian-vector product of this micro-batch at once, with probes
@@ -210,6 +189,8 @@ class AdaHessian(Optimizer):
         seed: int | None = None,
         foreach: bool | None = None,
         *,
+        hessian_warmup: int = 0,
+        update_clip: float | None = None,
         process_group: Any = None,
         shared_probes: bool = False,
     ) -> None:
@@ -222,14 +203,18 @@ class AdaHessian(Optimizer):
             block_size=block_size,
             spatial_average=spatial_average,
             foreach=foreach,
+            update_clip=update_clip,
         )
-        _check_group(defaults)
-        self.update_interval = _check_count("update_interval", update_interval)
-        self.n_samples = _check_count("n_samples", n_samples)
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
-            raise ValueError(f"Invalid seed: {seed!r} (must be a non-negative integer or None)")
+        _checks.check_group(defaults)
+        _checks.check_warmup(hessian_warmup)
+        _checks.check_count("update_interval", update_interval)
+        _checks.check_count("n_samples", n_samples)
+        _checks.check_seed(seed)
         if not isinstance(shared_probes, bool):
             raise ValueError(f"shared_probes must be True or False, got {shared_probes!r}")
+        self._update_interval = update_interval
+        self._hessian_warmup = hessian_warmup
+        self._n_samples = n_samples
         self.process_group = process_group
         self.shared_probes = shared_probes
         self.seed: int = _resolve_seed(seed, process_group)
@@ -238,34 +223,132 @@ class AdaHessian(Optimizer):
         self._generator: torch.Generator | None = None
         self._pending: dict[str, Any] | None = None  # estimate accumulated by backward()
         self.skipped_steps = 0  # steps skipped for inf/NaN under a GradScaler
+        # Under a GradScaler the Hessian-vector product runs on the scaled loss and can overflow
+        # where the gradient does not; the probes are then scaled down by this power of two
+        # (and the product back up), as GradScaler does for the loss. See _after_overflow.
+        self.probe_scale = 1.0
+        self._probe_scale_growth = 0  # finite scaled Hessian steps since the last change
+        self._graph_kept: bool | None = None  # did the last backward() keep the graph?
         super().__init__(params, defaults)
         _check_not_sharded(self.param_groups)
         _warn_if_unsynchronised(process_group)
 
+    # ------------------------------------------------------------------ settings
+
+    @property
+    def update_interval(self) -> int:
+        """Estimate the Hessian every this many steps; may be changed between steps."""
+        return self._update_interval
+
+    @update_interval.setter
+    def update_interval(self, value: int) -> None:
+        self._update_interval = _checks.check_count("update_interval", value)
+
+    @property
+    def hessian_warmup(self) -> int:
+        """The first this many steps are all Hessian steps; may be changed between steps."""
+        return self._hessian_warmup
+
+    @hessian_warmup.setter
+    def hessian_warmup(self, value: int) -> None:
+        self._hessian_warmup = _checks.check_warmup(value)
+
+    @property
+    def n_samples(self) -> int:
+        """Rademacher probes per Hessian estimate; may be changed between steps."""
+        return self._n_samples
+
+    @n_samples.setter
+    def n_samples(self, value: int) -> None:
+        self._n_samples = _checks.check_count("n_samples", value)
+
     # ------------------------------------------------------------------ groups and state
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
+        if not isinstance(param_group, dict):
+            raise TypeError(f"param_group must be a dict, but got {type(param_group).__name__}")
         merged = {**self.defaults, **{k: v for k, v in param_group.items() if k != "params"}}
         if isinstance(merged.get("betas"), list):
             merged["betas"] = tuple(merged["betas"])
-        _check_group(merged)
+        _checks.check_group(merged)
         params = param_group["params"]
-        params = [params] if isinstance(params, Tensor) else list(params)
-        for p in params:
-            t = p[1] if isinstance(p, tuple) else p
-            if isinstance(t, Tensor) and t.is_complex():
-                raise ValueError(
-                    "AdaHessian does not support complex parameters; "
-                    "optimise torch.view_as_real(p) instead"
-                )
+        if isinstance(params, Tensor):
+            params = [params]
+        elif not isinstance(params, set):  # torch refuses sets (their order is arbitrary)
+            params = list(params)
+            _checks.check_params(params, self.param_groups)
         param_group["params"] = params
         super().add_param_group(param_group)
+        self._watch_graphs(self.param_groups[-1]["params"])
+
+    def _watch_graphs(self, params: list[Any]) -> None:
+        """Record, on each backward pass, whether it kept the graph (``create_graph=True``):
+        the autograd engine runs the hooks under the pass's grad mode. This tells a loss without
+        curvature (its gradient is constant) from a forgotten ``create_graph=True``."""
+        ref = weakref.ref(self)
+
+        def hook(_: Tensor) -> None:
+            opt = ref()
+            if opt is not None:
+                opt._graph_kept = torch.is_grad_enabled()
+
+        handles = self.__dict__.setdefault("_graph_hooks", [])
+        for item in params:
+            p = item[1] if isinstance(item, tuple) else item
+            if isinstance(p, Tensor) and p.requires_grad:
+                handles.append(p.register_post_accumulate_grad_hook(hook))
+        if "_graph_hooks_finalizer" not in self.__dict__:
+            self._graph_hooks_finalizer = weakref.finalize(self, _remove_hooks, handles)
 
     @property
     def hessian_due(self) -> bool:
         """True when the next :meth:`step` estimates the Hessian diagonal, so the backward pass
         before it must keep the graph: ``loss.backward(create_graph=opt.hessian_due)``."""
-        return self._steps % self.update_interval == 0
+        if self._steps < self._hessian_warmup:
+            return True
+        return (self._steps - self._hessian_warmup) % self._update_interval == 0
+
+    # Attributes that copy.deepcopy, pickle and torch.save(opt) carry besides torch's three.
+    _COPIED = (
+        "_update_interval",
+        "_hessian_warmup",
+        "_n_samples",
+        "shared_probes",
+        "seed",
+        "_steps",
+        "_hessian_updates",
+        "_generator",
+        "_pending",
+        "skipped_steps",
+        "probe_scale",
+        "_probe_scale_growth",
+        "_graph_kept",
+    )
+
+    def __getstate__(self) -> dict[str, Any]:
+        if self.process_group is not None:
+            raise TypeError(
+                "an AdaHessian with a process_group cannot be copied or pickled (process groups "
+                "cannot): save opt.state_dict() and load it into a new optimizer"
+            )
+        state = super().__getstate__()
+        state.update({k: self.__dict__[k] for k in self._COPIED})
+        state["process_group"] = None
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # Called by copy/pickle with __getstate__'s dict, and by Optimizer.load_state_dict with
+        # only "state" and "param_groups".
+        super().__setstate__(state)
+        defaults = {k: v for k, v in self.defaults.items() if k in _checks.GROUP_KEYS}
+        for group in self.param_groups:  # groups saved before a key existed get its default
+            for key, value in defaults.items():
+                group.setdefault(key, value)
+        for key, value in _NEW_ATTRIBUTE_DEFAULTS.items():
+            self.__dict__.setdefault(key, value)
+        if "_graph_hooks" not in self.__dict__:  # a copy: its parameters are new tensors
+            for group in self.param_groups:
+                self._watch_graphs(group["params"])
 
     def state_dict(self) -> dict[str, Any]:
         """Like ``torch.optim.Optimizer.state_dict``, plus the step counters and the probe
@@ -281,45 +364,77 @@ class AdaHessian(Optimizer):
             "steps": self._steps,
             "hessian_updates": self._hessian_updates,
             "update_interval": self.update_interval,
+            "hessian_warmup": self.hessian_warmup,
             "n_samples": self.n_samples,
             "seed": self.seed,
             "skipped_steps": self.skipped_steps,
+            "probe_scale": self.probe_scale,
+            "probe_scale_growth": self._probe_scale_growth,
             "generator": generator,
         }
         return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        extra = state_dict.get("adahessian")
-        if not isinstance(extra, dict):
+        """Like ``torch.optim.Optimizer.load_state_dict``; a state_dict that this optimizer could
+        not continue from (another model's, altered counters or moments) is refused, and nothing
+        is changed. Moments of float16/bfloat16 parameters stay float32."""
+        if not isinstance(state_dict, dict) or not {"state", "param_groups"} <= set(state_dict):
             raise ValueError(
-                "this state_dict has no 'adahessian' entry: it was not saved by "
-                "AdaHessian.state_dict() and cannot restore the step counters and probe generator"
+                "state_dict must be a dict with 'state' and 'param_groups', as returned by "
+                "AdaHessian.state_dict()"
             )
-        missing = {"steps", "hessian_updates", "update_interval", "n_samples", "seed"} - set(extra)
-        if missing:
-            raise ValueError(f"the 'adahessian' entry of this state_dict lacks {sorted(missing)}")
-        update_interval = _check_count("update_interval", extra["update_interval"])
-        n_samples = _check_count("n_samples", extra["n_samples"])
-        for group in state_dict["param_groups"]:
-            _check_group({**self.defaults, **{k: v for k, v in group.items() if k != "params"}})
+        extra = _checks.check_extra(state_dict.get("adahessian"))
+        saved_groups = state_dict["param_groups"]
+        if len(saved_groups) != len(self.param_groups):
+            raise ValueError(
+                f"the state_dict has {len(saved_groups)} parameter groups but this optimizer has "
+                f"{len(self.param_groups)}: load the state_dict saved with this model"
+            )
+        param_of: dict[Any, Tensor] = {}
+        for g, (saved, group) in enumerate(zip(saved_groups, self.param_groups, strict=True)):
+            if len(saved["params"]) != len(group["params"]):
+                raise ValueError(
+                    f"parameter group {g} has {len(group['params'])} parameters but the "
+                    f"state_dict's has {len(saved['params'])}: load the state_dict saved with "
+                    "this model"
+                )
+            _checks.check_group({**self.defaults, **{k: saved[k] for k in saved if k != "params"}})
+            param_of.update(zip(saved["params"], group["params"], strict=True))
+        for key, value in state_dict["state"].items():
+            if key not in param_of:
+                raise ValueError(
+                    f"the state_dict has state for parameter {key!r}, which no group lists"
+                )
+            _checks.check_param_state(f"state of parameter {key!r}", param_of[key], value)
+        saved_generator = extra["generator"]
         super().load_state_dict(state_dict)
-        self.update_interval = update_interval
-        self.n_samples = n_samples
+        # Optimizer.load_state_dict casts the moments to the parameter's dtype: keep float32 ones
+        # for float16/bfloat16 parameters.
+        for key, value in state_dict["state"].items():
+            p = param_of[key]
+            for name in _checks.MOMENTS:
+                if name in value and self.state[p][name].dtype != _state_dtype(p):
+                    self.state[p][name] = value[name].to(device=p.device, dtype=_state_dtype(p))
+        self._update_interval = extra["update_interval"]
+        self._hessian_warmup = extra["hessian_warmup"]
+        self._n_samples = extra["n_samples"]
         self.seed = int(extra["seed"])
-        self._steps = int(extra["steps"])
-        self._hessian_updates = int(extra["hessian_updates"])
-        self.skipped_steps = int(extra.get("skipped_steps", 0))
+        self._steps = extra["steps"]
+        self._hessian_updates = extra["hessian_updates"]
+        self.skipped_steps = extra["skipped_steps"]
+        self.probe_scale = extra["probe_scale"]
+        self._probe_scale_growth = extra["probe_scale_growth"]
         self._pending = None
+        self._graph_kept = None
         self._generator = None
-        saved = extra.get("generator")
-        if saved is not None:
+        if saved_generator is not None:
             generator = self._probe_generator()
-            if torch.device(saved["device"]).type == generator.device.type:
-                generator.set_state(saved["state"].cpu())
+            if torch.device(saved_generator["device"]).type == generator.device.type:
+                generator.set_state(saved_generator["state"].cpu())
             else:
                 warnings.warn(
-                    f"the probe generator was saved on {saved['device']} and cannot be restored "
-                    f"on {generator.device}; it is re-seeded deterministically instead",
+                    f"the probe generator was saved on {saved_generator['device']} and cannot be "
+                    f"restored on {generator.device}; it is re-seeded deterministically instead",
                     stacklevel=2,
                 )
                 generator.manual_seed(self.seed + self._hessian_updates)
@@ -370,11 +485,18 @@ class AdaHessian(Optimizer):
         if [id(p) for p in self._pending["params"]] != [id(p) for p in params]:
             raise RuntimeError("the parameters changed between backward() calls of one step")
         if any(g is not None and g.requires_grad for g in grads):
-            estimate = hutchinson_diagonal(grads, params, probes=self._pending["probes"])
+            estimate = hutchinson_diagonal(
+                grads, params, probes=self._pending["probes"], scale=self.probe_scale
+            )
             if self._pending["estimate"] is None:
                 self._pending["estimate"] = estimate
             else:
                 torch._foreach_add_(self._pending["estimate"], estimate)
+        elif any(g is not None for g in grads) and self._pending["estimate"] is None:
+            # The graph was kept, yet no gradient depends on the parameters: the loss is linear
+            # in them and its curvature is exactly zero.
+            self._pending["estimate"] = [torch.zeros_like(p) for p in params]
+        self._graph_kept = True
         with torch.no_grad():
             for p, g in zip(params, grads, strict=True):
                 if g is None:
@@ -413,8 +535,13 @@ class AdaHessian(Optimizer):
             with torch.enable_grad():
                 loss = closure()
 
+        # Every check comes first: a step that fails changes nothing.
         groups: list[list[Tensor]] = []
-        for group in self.param_groups:
+        for index, group in enumerate(self.param_groups):
+            try:
+                _checks.check_group(group)
+            except ValueError as e:
+                raise ValueError(f"parameter group {index}: {e}") from None
             with_grad = [p for p in group["params"] if p.grad is not None]
             for p in with_grad:
                 if p.grad.is_sparse:
@@ -422,9 +549,14 @@ class AdaHessian(Optimizer):
                         "AdaHessian does not support sparse gradients; "
                         "use nn.Embedding(sparse=False)"
                     )
+                self._check_state_matches(p)
             groups.append(with_grad)
         flat = [p for ps in groups for p in ps]
         grads = [cast(Tensor, p.grad) for p in flat]
+        if loss_scale is not None:
+            value = _checks.scalar("loss_scale", "loss_scale", loss_scale, tensor_ok=True)
+            if not 0.0 < value < float("inf"):
+                raise ValueError(f"Invalid loss_scale: {value} (must be finite and > 0)")
 
         # Set by torch.amp.GradScaler.step() (see _step_supports_amp_scaling).
         grad_scale: Tensor | None = getattr(self, "grad_scale", None)
@@ -444,33 +576,13 @@ class AdaHessian(Optimizer):
                 "scaler.step(opt, loss_scale=scaler.get_scale())"
             )
 
-        estimates: list[Tensor] | None = None
-        if hessian is not None:
-            estimates = self._check_hessian(hessian, flat)
-        elif self._pending is not None:
-            estimates = self._pending_estimates(flat)
-        elif self.hessian_due and flat:
-            if not any(g.requires_grad for g in grads):
-                raise RuntimeError(
-                    f"step {self._steps + 1} is a Hessian step (opt.hessian_due is True) but no "
-                    f"gradient carries a graph. {_GRAPH_HINT}"
-                )
-            params = self._probe_params()
-            grad_of = {id(p): g for p, g in zip(flat, grads, strict=True)}
-            all_grads = [grad_of.get(id(p)) for p in params]
-            generator = self._probe_generator()
-            rng_state = generator.get_state()
-            try:
-                all_estimates = hutchinson_diagonal(
-                    all_grads, params, n_samples=self.n_samples, generator=generator
-                )
-            except BaseException:
-                generator.set_state(rng_state)  # a failed step changes nothing
-                raise
-            estimates = _select(all_estimates, params, flat)
+        source = self._curvature_source(hessian, bool(flat), finite=not under_scaler)
+        estimates = None if source is None else source.estimate(flat, grads)
+        from_loss = source is not None and source.from_loss
 
         # From here on nothing can fail on user input.
         self._pending = None
+        self._graph_kept = None
         for p in flat:  # release the graph held by p.grad
             if p.grad is not None and p.grad.grad_fn is not None:
                 p.grad = p.grad.detach()
@@ -481,14 +593,14 @@ class AdaHessian(Optimizer):
                 inv_scale = grad_scale.double().reciprocal()
                 for g in grads:
                     g.mul_(inv_scale.to(g.device, g.dtype))
-                if estimates is not None and hessian is None:
+                if estimates is not None and from_loss:
                     estimates = [e * inv_scale.to(e.device, e.dtype) for e in estimates]
-            elif loss_scale is not None and estimates is not None and hessian is None:
+            elif loss_scale is not None and estimates is not None and from_loss:
                 estimates = [e / loss_scale for e in estimates]
             if self.process_group is not None:
                 self._all_reduce(grads, estimates)
             if under_scaler and not _all_finite(grads, estimates, found_inf):
-                self.skipped_steps += 1
+                self._skip_overflow(_all_finite(grads, None, found_inf) and from_loss)
                 return loss
 
             offset = 0
@@ -501,43 +613,76 @@ class AdaHessian(Optimizer):
         self._steps += 1
         if estimates is not None:
             self._hessian_updates += 1
+            if under_scaler and from_loss:
+                self._grow_probe_scale()
         return loss
 
-    def _pending_estimates(self, flat: list[Tensor]) -> list[Tensor]:
-        assert self._pending is not None
-        params, estimate = self._pending["params"], self._pending["estimate"]
-        if estimate is None:
-            raise RuntimeError(
-                "backward() ran on this Hessian step but no gradient reached a parameter with a "
-                "graph; check that the loss depends on the optimised parameters"
+    def _check_state_matches(self, p: Tensor) -> None:
+        """Refuse a parameter whose state no longer fits it (``model.double()`` after steps)."""
+        state = self.state.get(p)
+        if not state:
+            return
+        for name in _checks.MOMENTS:
+            t = state[name]
+            if t.shape != p.shape or t.dtype != _state_dtype(p) or t.device != p.device:
+                raise RuntimeError(
+                    f"the state of a parameter of shape {tuple(p.shape)} ({p.dtype}, "
+                    f"{p.device}) holds {name} of shape {tuple(t.shape)} ({t.dtype}, {t.device}):"
+                    " the parameter changed after the optimizer last updated it. Move or convert "
+                    "the model before creating the optimizer, or load a matching state_dict"
+                )
+
+    def _curvature_source(
+        self, hessian: Sequence[Tensor] | None, any_grad: bool, *, finite: bool
+    ) -> curvature.Source | None:
+        """Where this step's estimate comes from; None on a step without one."""
+        if hessian is not None:
+            return curvature.Given(hessian, finite)
+        if self._pending is not None:
+            return curvature.Accumulated(self._pending["params"], self._pending["estimate"])
+        if self.hessian_due and any_grad:
+            return curvature.OnGradientGraph(
+                self._probe_params(),
+                self._probe_generator(),
+                self.n_samples,
+                self.probe_scale,
+                self._graph_kept,
+                self._steps + 1,
             )
-        return _select(estimate, params, flat)
+        return None
+
+    def _skip_overflow(self, estimate_only: bool) -> None:
+        """A step under a GradScaler found inf/NaN: skip it. When only the Hutchinson estimate
+        overflowed (the scaler saw finite gradients and does not back off), halve the probe
+        scale so that the next Hessian-vector product stays in range."""
+        self.skipped_steps += 1
+        if not estimate_only:
+            return
+        self._probe_scale_growth = 0
+        if self.probe_scale > _MIN_PROBE_SCALE:
+            self.probe_scale /= 2
+        else:
+            warnings.warn(
+                "the Hessian estimate holds inf/NaN although the gradients are finite, even "
+                f"with probes scaled by {_MIN_PROBE_SCALE}: the steps are skipped. Check the "
+                "model for operations whose second derivative is not finite",
+                stacklevel=3,
+            )
+
+    def _grow_probe_scale(self) -> None:
+        """Like GradScaler's growth: after many finite scaled Hessian steps, try a larger scale."""
+        if self.probe_scale >= 1.0:
+            return
+        self._probe_scale_growth += 1
+        if self._probe_scale_growth >= _PROBE_SCALE_GROWTH_INTERVAL:
+            self.probe_scale *= 2
+            self._probe_scale_growth = 0
 
     def _all_reduce(self, grads: list[Tensor], estimates: list[Tensor] | None) -> None:
         """Average gradients and estimates over the process group in one collective call."""
         from .distributed import all_reduce_mean_
 
         all_reduce_mean_(grads + (estimates or []), self.process_group)
-
-    def _check_hessian(self, hessian: Sequence[Tensor], params: list[Tensor]) -> list[Tensor]:
-        if isinstance(hessian, Tensor) or not isinstance(hessian, Sequence):
-            raise ValueError("hessian must be a list of tensors, one per parameter with a gradient")
-        if len(hessian) != len(params):
-            raise ValueError(
-                f"hessian has {len(hessian)} tensors but {len(params)} parameters have a "
-                "gradient; pass one per parameter with a gradient, in param-group order"
-            )
-        out = []
-        for i, (h, p) in enumerate(zip(hessian, params, strict=True)):
-            if not isinstance(h, Tensor):
-                raise ValueError(f"hessian[{i}] is {type(h).__name__}, not a tensor")
-            if h.shape != p.shape:
-                raise ValueError(
-                    f"hessian[{i}] has shape {tuple(h.shape)} but its parameter has shape "
-                    f"{tuple(p.shape)}"
-                )
-            out.append(h.detach().to(device=p.device, dtype=_state_dtype(p)))
-        return out
 
     def _update_group(
         self,
@@ -566,7 +711,7 @@ class AdaHessian(Optimizer):
         states = [self.state[params[i]] for i in active]
         # float16/bfloat16 parameters are updated through float32 copies of themselves.
         work = [_as_state_dtype(params[i]) for i in active]
-        beta1, beta2 = group["betas"]
+        beta1, beta2 = (float(b) for b in group["betas"])  # 1-element tensors allowed
         foreach = group["foreach"]
         adahessian(
             work,
@@ -577,37 +722,45 @@ class AdaHessian(Optimizer):
             [s["step"] for s in states],
             [s["hessian_step"] for s in states],
             foreach=True if foreach is None else foreach,
-            lr=group["lr"],
+            lr=float(group["lr"]),
             beta1=beta1,
             beta2=beta2,
-            eps=group["eps"],
-            weight_decay=group["weight_decay"],
-            hessian_power=group["hessian_power"],
+            eps=float(group["eps"]),
+            weight_decay=float(group["weight_decay"]),
+            hessian_power=float(group["hessian_power"]),
             block_size=group["block_size"],
             spatial_average=group["spatial_average"],
+            update_clip=None if group["update_clip"] is None else float(group["update_clip"]),
         )
         for i, w in zip(active, work, strict=True):
             if w is not params[i]:
                 params[i].copy_(w)
 
 
-def _select(values: list[Tensor], params: list[Tensor], wanted: list[Tensor]) -> list[Tensor]:
-    """The entries of ``values`` (one per tensor of ``params``) for the tensors of ``wanted``;
-    zeros for one that is not in ``params`` (a frozen parameter given a gradient by hand has no
-    graph, hence no curvature)."""
-    by_param = {id(p): v for p, v in zip(params, values, strict=True)}
-    return [by_param[id(p)] if id(p) in by_param else torch.zeros_like(p) for p in wanted]
+def _remove_hooks(handles: list[Any]) -> None:
+    for handle in handles:
+        handle.remove()
 
 
-_LOW_PRECISION = (torch.float16, torch.bfloat16)
+# What a copy pickled by an older version lacks.
+_NEW_ATTRIBUTE_DEFAULTS: dict[str, Any] = {
+    "_hessian_warmup": 0,
+    "process_group": None,
+    "shared_probes": False,
+    "_pending": None,
+    "skipped_steps": 0,
+    "probe_scale": 1.0,
+    "_probe_scale_growth": 0,
+    "_graph_kept": None,
+}
 
 
-def _state_dtype(t: Tensor) -> torch.dtype:
-    return torch.float32 if t.dtype in _LOW_PRECISION else t.dtype
+_MIN_PROBE_SCALE = 2.0**-64
+_PROBE_SCALE_GROWTH_INTERVAL = 2000  # GradScaler's default growth_interval
 
 
 def _as_state_dtype(t: Tensor) -> Tensor:
-    return t.float() if t.dtype in _LOW_PRECISION else t
+    return t.float() if t.dtype != _state_dtype(t) else t
 
 
 def _all_finite(grads: list[Tensor], estimates: list[Tensor] | None, found_inf: Any) -> bool:

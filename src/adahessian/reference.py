@@ -47,10 +47,11 @@ class _ParamState:
 class ReferenceAdaHessian:
     """Reference AdaHessian over ``groups``: a list of dicts, each with ``params`` (tensors that
     this object owns and updates in place) and any of ``lr``, ``betas``, ``eps``,
-    ``weight_decay``, ``hessian_power``, ``block_size``, ``spatial_average``."""
+    ``weight_decay``, ``hessian_power``, ``block_size``, ``spatial_average``, ``update_clip``."""
 
     groups: list[dict[str, Any]]
     update_interval: int = 1
+    hessian_warmup: int = 0
     steps: int = 0
     states: dict[int, _ParamState] = field(default_factory=dict)
 
@@ -62,11 +63,14 @@ class ReferenceAdaHessian:
         hessian_power=1.0,
         block_size=1,
         spatial_average=True,
+        update_clip=None,
     )
 
     @property
     def hessian_due(self) -> bool:
-        return self.steps % self.update_interval == 0
+        if self.steps < self.hessian_warmup:
+            return True
+        return (self.steps - self.hessian_warmup) % self.update_interval == 0
 
     def step(
         self, grads: Sequence[Tensor | None], diagonals: Sequence[Tensor | None] | None
@@ -103,7 +107,11 @@ class ReferenceAdaHessian:
                 m_hat = st.m / (1 - beta1**st.step)
                 s_hat = st.s / (1 - beta2**st.hessian_step)
                 denom = s_hat ** (opts["hessian_power"] / 2) + opts["eps"]
-                update = m_hat / denom + opts["weight_decay"] * p
+                preconditioned = m_hat / denom
+                if opts["update_clip"] is not None:
+                    c = opts["update_clip"]
+                    preconditioned = torch.clamp(preconditioned, min=-c, max=c)
+                update = preconditioned + opts["weight_decay"] * p
                 with torch.no_grad():
                     p.copy_(p - opts["lr"] * update)
         self.steps += 1

@@ -8,6 +8,9 @@
     adahessian-bench sweep fmnist-resnet20 --param lr --values 0.25,0.5,1,2,4 \\
         --optimizers adahessian,adamw --seeds 2 --out runs/sweep-lr
     adahessian-bench report runs/sweep-lr
+
+Errors end in one line on stderr and a non-zero exit status (1: data or report, 2: options or
+the output folder, 130: interrupted); a refused command leaves the output folder as it was.
 """
 
 from __future__ import annotations
@@ -209,9 +212,11 @@ def cmd_report(args: argparse.Namespace) -> int:
         else:
             text = report.make_report(Path(args.dir), target=args.target)
             plots = report.written_plots(args.dir)
-    except FileNotFoundError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    except report.NotWritten as e:  # a read-only folder: the report all the same
+        print(e.text)
+        return fail(args, f"{e}; the report is printed above", 1)
+    except (ValueError, OSError) as e:  # missing or damaged files
+        return fail(args, e, 1)
     print(text)
     print(f"written: {Path(args.dir) / 'report.md'}, " + ", ".join(plots))
     return 0
@@ -275,7 +280,14 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--values", required=True, help="comma-separated, e.g. 0.25,0.5,1,2,4")
     s.set_defaults(func=cmd_sweep)
 
-    s = sub.add_parser("report", help="Markdown table and plots of a finished run folder")
+    s = sub.add_parser(
+        "report",
+        help="Markdown table and plots of a run or sweep folder",
+        description="Write DIR/report.md and plots, and print the report. Incomplete runs are "
+        "reported as they are and named; runs of another configuration than DIR/config.json's "
+        "are left out and named. If DIR cannot be written (read-only), the report is printed "
+        "all the same, and the exit status is 1.",
+    )
     s.add_argument("dir")
     s.add_argument("--target", type=finite_number, default=None,
                    help="target value of the task's metric, e.g. a test accuracy in [0, 1] "
@@ -291,7 +303,15 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as e:  # --help, or a bad option (argparse has said why): its exit code
         return int(e.code or 0)
     args.command_line = shlex.join(["adahessian-bench", *argv])
-    return int(args.func(args))
+    try:
+        return int(args.func(args))
+    except KeyboardInterrupt:  # Ctrl-C: what to do next, not a traceback
+        hint = ""
+        if args.command in ("run", "sweep"):
+            hint = f": the runs under {args.out} can be continued with the same command"
+            hint += "" if args.resume else " plus --resume"
+        print(f"interrupted{hint}", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""Profiles: small TOML files in ``configs/``, one per task and profile (``TASK-PROFILE.toml``).
+"""Profiles: small TOML files in ``configs/``, one per task and profile (``TASK-PROFILE.toml``);
+and what identifies the runs of a resolved configuration in an output folder.
 
 A profile holds ``task`` and the tables ``[train]``, ``[optimizers.NAME]`` (required), ``[model]``
 and ``[data]``. ``load`` checks it whole before anything runs: every key must be known (the
@@ -10,6 +11,8 @@ the optimizers are checked by building them (``train.check``).
 from __future__ import annotations
 
 import difflib
+import hashlib
+import json
 import math
 from collections.abc import Callable, Iterable
 from importlib import resources
@@ -137,3 +140,29 @@ def load(task: str, profile: str, path: str | Path | None = None) -> dict[str, A
     except ValueError as e:  # tomllib.TOMLDecodeError too: "... (at line 3, column 7)"
         raise ValueError(f"{source}: {e}") from None
     return cfg
+
+
+def run_config(cfg: dict[str, Any], opt_name: str, seed: int) -> dict[str, Any]:
+    """The configuration of one run (``OPT-seedS``) of the resolved configuration ``cfg``: what
+    its checkpoint must have been written with to be resumed, and what its metrics belong to."""
+    return {"task": cfg["task"], "train": cfg["train"], "model": cfg.get("model", {}),
+            "data": cfg.get("data", {}), "optimizer": opt_name, "seed": seed,
+            "hyperparameters": cfg["optimizers"][opt_name]}  # fmt: skip
+
+
+def config_hash(run_cfg: dict[str, Any]) -> str:
+    """A short hash of a run's configuration: every metrics line carries it (``config_hash``),
+    so that a report never mixes runs of different configurations."""
+    return hashlib.sha256(json.dumps(run_cfg, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def run_dirs(out: Path) -> list[str]:
+    """The run folders under ``out`` (``OPT-seedS``): those holding a metrics.jsonl or a
+    checkpoint.pt."""
+    if not out.is_dir():
+        return []
+    return sorted(
+        d.name
+        for d in out.iterdir()
+        if d.is_dir() and ((d / "metrics.jsonl").exists() or (d / "checkpoint.pt").exists())
+    )

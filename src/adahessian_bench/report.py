@@ -2,11 +2,17 @@
 
 The metric is the task's (``config.json``'s ``metric``: test accuracy, perplexity, BLEU ...);
 runs written before tasks named their metric are read as test accuracy.
+
+Only the runs of ``config.json``'s configuration are reported (a run folder of another optimizer
+or seed, or whose metrics carry another ``config_hash``, is left out and named); unfinished runs
+are reported as they are and named too. A folder the report cannot be written into still gets its
+report, printed (``NotWritten``).
 """
 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +23,9 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 from tabulate import tabulate
+
+from .config import config_hash, run_config, run_dirs
+from .data import atomic_write_text
 
 # The metric of runs whose config.json names none (written before tasks named their metric).
 ACCURACY: dict[str, Any] = {"key": "test_acc", "label": "test accuracy (%)",
@@ -32,14 +41,90 @@ def plot_names(metric_key: str = "test_acc") -> tuple[str, str]:
 PLOTS = plot_names()
 
 
-def load_metrics(out: Path) -> pd.DataFrame:
-    """Every metrics line of every run under ``out``, in one frame."""
-    rows = []
-    for f in sorted(out.glob("*/metrics.jsonl")):
-        rows += [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
+class NotWritten(OSError):
+    """The report could not be written into its folder (read-only ...); ``text`` holds it."""
+
+    def __init__(self, out: Path, error: OSError, text: str) -> None:
+        super().__init__(f"the report could not be written into {out} ({error.strerror or error})")
+        self.text = text
+
+
+def read_json(path: Path) -> Any:
+    """A JSON file of a run or sweep folder; FileNotFoundError or ValueError naming the file."""
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path} is missing: not a run or sweep folder") from None
+    except ValueError:
+        raise ValueError(f"{path} is damaged (not JSON): make it again (rerun)") from None
+
+
+def read_env(out: Path) -> dict[str, Any]:
+    """The env.json of a run folder; empty if missing or damaged (it only describes the machine)."""
+    try:
+        env = json.loads((out / "env.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return env if isinstance(env, dict) else {}
+
+
+def read_runs(out: Path, cfg: dict[str, Any]) -> tuple[pd.DataFrame, list[str], list[str]]:
+    """The metrics lines of the runs under ``out`` of the configuration ``cfg`` (config.json's),
+    in one frame (null, a non-finite value, read as NaN); the runs that are incomplete; and those
+    left out, each with the reason. FileNotFoundError if no run has a finished epoch."""
+    ours = [f"{o}-seed{s}" for s in cfg.get("seeds", []) for o in cfg.get("optimizers", {})]
+    epochs = cfg["train"]["epochs"]
+
+    def of_cfg(m: dict[str, Any]) -> bool:
+        """Whether a metrics line is of a run of ``cfg`` (lines of older files carry no hash)."""
+        if "config_hash" not in m:
+            return True
+        if m["optimizer"] not in cfg.get("optimizers", {}):
+            return False
+        return bool(m["config_hash"] == config_hash(run_config(cfg, m["optimizer"], m["seed"])))
+
+    rows: list[dict[str, Any]] = []
+    incomplete, left_out = [], []
+    for name in sorted(set(run_dirs(out)) | set(ours)):
+        path = out / name / "metrics.jsonl"
+        try:
+            text = path.read_text() if path.is_file() else ""
+            lines = [json.loads(x) for x in text.splitlines() if x.strip()]
+            if not all(isinstance(m, dict) and {"optimizer", "seed", "epoch"} <= set(m)
+                       for m in lines):  # fmt: skip
+                raise ValueError
+        except ValueError:
+            left_out.append(f"{name} (its metrics.jsonl is damaged)")
+            continue
+        if (ours and name not in ours) or not all(of_cfg(m) for m in lines):
+            left_out.append(f"{name} (another configuration than config.json's)")
+        elif not lines:
+            started = path.parent.is_dir()
+            incomplete.append(f"{name} ({'no finished epoch' if started else 'not started'})")
+        else:
+            last = lines[-1]
+            if last["epoch"] < epochs and not last.get("diverged"):
+                incomplete.append(f"{name} ({last['epoch']} of {epochs} epochs)")
+            rows += [{k: math.nan if v is None else v for k, v in m.items()} for m in lines]
     if not rows:
-        raise FileNotFoundError(f"no */metrics.jsonl under {out}: run `adahessian-bench run` first")
-    return pd.DataFrame(rows)
+        raise FileNotFoundError(
+            f"no */metrics.jsonl with a finished epoch under {out}: "
+            "run `adahessian-bench run` first"
+        )
+    return pd.DataFrame(rows), incomplete, left_out
+
+
+def notes(incomplete: list[str], left_out: list[str]) -> list[str]:
+    """The report's lines on the incomplete runs and the runs left out."""
+    lines = []
+    if incomplete:
+        lines.append(
+            "- Incomplete (interrupted, or still running; `--resume` continues them): "
+            f"{', '.join(incomplete)}."
+        )
+    if left_out:
+        lines.append(f"- Left out: {', '.join(left_out)}.")
+    return lines
 
 
 def _mean_std(values: pd.Series, fmt: str, scale: float = 1.0) -> str:
@@ -213,13 +298,14 @@ def training_line(tc: dict[str, Any]) -> str:
 
 
 def make_report(out: Path, target: float | None = None) -> str:
-    """Write ``out/report.md`` and the plots; return the Markdown."""
+    """Write ``out/report.md`` and the plots; return the Markdown. NotWritten (holding the
+    Markdown) if they cannot be written."""
     out = Path(out)
-    df = load_metrics(out)
-    cfg: dict[str, Any] = json.loads((out / "config.json").read_text())
-    env: dict[str, Any] = {}
-    if (out / "env.json").is_file():
-        env = json.loads((out / "env.json").read_text())
+    if not (out / "config.json").exists() and not run_dirs(out):
+        raise FileNotFoundError(f"no */metrics.jsonl under {out}: run `adahessian-bench run` first")
+    cfg: dict[str, Any] = read_json(out / "config.json")
+    df, incomplete, left_out = read_runs(out, cfg)
+    env = read_env(out)
     tc = cfg["train"]
     metric = cfg.get("metric", ACCURACY)
     if target is None:
@@ -230,7 +316,6 @@ def make_report(out: Path, target: float | None = None) -> str:
     seeds = sorted(df["seed"].unique())
     title = f"{cfg['task']} ({cfg['profile']} profile), {len(seeds)} seed(s)"
     names = plot_names(metric["key"])
-    plot(df, out, order, title, metric)
 
     label = metric["label"]
     direction = "reaches" if metric["higher_is_better"] else "falls to"
@@ -251,6 +336,7 @@ def make_report(out: Path, target: float | None = None) -> str:
         + " is better). Step time: forward + backward + optimizer step, the median over epochs "
         "of the mean per step. Time to target: training time (evaluation excluded) until the "
         f"first epoch whose {label} {direction} {shown_target}.",
+        *notes(incomplete, left_out),
         "",
         tabulate(table, headers="keys", tablefmt="github", showindex=False, disable_numparse=True),
         "",
@@ -259,11 +345,15 @@ def make_report(out: Path, target: float | None = None) -> str:
         "",
     ]
     text = "\n".join(lines)
-    (out / "report.md").write_text(text)
+    try:
+        plot(df, out, order, title, metric)
+        atomic_write_text(out / "report.md", text)
+    except OSError as e:
+        raise NotWritten(out, e, text) from None
     return text
 
 
 def written_plots(out: str | Path) -> tuple[str, str]:
     """The names of the plots ``make_report`` wrote for the run folder ``out``."""
-    cfg = json.loads((Path(out) / "config.json").read_text())
+    cfg = read_json(Path(out) / "config.json")
     return plot_names(cfg.get("metric", ACCURACY)["key"])

@@ -22,12 +22,13 @@ Output folder layout::
     OUT/report.md, OUT/PARAM.png   from ``adahessian-bench report OUT``
 
 Every grid point is made by ``train.run``, so ``--resume`` continues each point from its
-checkpoints and ``adahessian-bench report OUT/PARAM=VALUE`` reports on one point alone.
+checkpoints and ``adahessian-bench report OUT/PARAM=VALUE`` reports on one point alone. A sweep
+into a folder of another sweep (or a run folder) is refused before anything is written, and so is
+one into a folder another sweep is writing (``OUT/.lock``, as ``train.run``'s).
 """
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import json
 import math
@@ -39,7 +40,7 @@ import numpy as np
 import pandas as pd
 from tabulate import tabulate
 
-from . import data, report  # (report also selects matplotlib's file-only backend)
+from . import config, data, report  # (report also selects matplotlib's file-only backend)
 from .report import _mean_std
 
 SWEEP_FILE = "sweep.json"
@@ -183,49 +184,87 @@ def expand(base: dict[str, Any], name: str, values: list[float | int]) -> Grid:
     return Grid(p, values, points, [ADAHESSIAN], reference)
 
 
+def check_out(
+    description: dict[str, Any], jobs: list[tuple[str, dict[str, Any]]], out: Path
+) -> None:
+    """Raise ValueError unless ``out`` is new or holds this sweep alone (see train.check_out)."""
+    from . import train
+
+    if not out.exists():
+        return
+    if (out / "config.json").is_file() or config.run_dirs(out):
+        raise ValueError(f"{out} is a run folder, not a sweep's: use another --out")
+    sweep_path = out / SWEEP_FILE
+    if sweep_path.is_file():
+        try:
+            previous = json.loads(sweep_path.read_text())
+        except ValueError:
+            raise ValueError(f"{sweep_path} is damaged (not JSON): {train.START_OVER}") from None
+        ours = json.loads(json.dumps(description))
+        if {k: v for k, v in previous.items() if k != "command"} != {
+            k: v for k, v in ours.items() if k != "command"
+        }:
+            raise ValueError(
+                f"{sweep_path} describes another sweep than this command's: {train.START_OVER}"
+            )
+    for folder, cfg in jobs:
+        train.check_out(cfg, out / folder)
+
+
 def run(
     grid: Grid, out: Path, resume: bool = False, progress: bool = True, command: str = ""
 ) -> None:
     """Train every grid point (and the reference run) under ``out``; write ``out/sweep.json``."""
-    from tqdm import tqdm
-
     from . import train  # torch's training stack: only when something is trained
     from .tasks import TASKS
 
-    dataset = TASKS[grid.points[0]["task"]].load()  # once for every point, before any write
+    # Once for every point, and before anything is written (a damaged data file: nothing written).
+    dataset = TASKS[grid.points[0]["task"]].load()
     out = Path(out)
     description = grid.describe(command)
-    sweep_path = out / SWEEP_FILE
-    if resume and sweep_path.is_file():
-        previous = json.loads(sweep_path.read_text())
-        same = {k: v for k, v in previous.items() if k != "command"}
-        if same != {k: v for k, v in json.loads(json.dumps(description)).items() if k != "command"}:
-            raise ValueError(
-                f"{sweep_path} describes another sweep than this command's; resume with the "
-                "same options, or use another --out"
-            )
-    out.mkdir(parents=True, exist_ok=True)
-    data.atomic_write_text(sweep_path, json.dumps(description, indent=2) + "\n")
     jobs = [
         (point_dir(grid.param.name, v), cfg)
         for v, cfg in zip(grid.values, grid.points, strict=True)
     ]
     if grid.reference is not None:
         jobs.append((REFERENCE_DIR, grid.reference))
-    bar = tqdm(
+    jobs = [(folder, train.process_config(cfg)) for folder, cfg in jobs]  # as train.run's
+    if train.world()[0] > 0:  # rank 0 alone checks, locks and writes the folder
+        _run(jobs, out, resume, progress, command, grid.param.name, dataset)
+        return
+    check_out(description, jobs, out)  # before the lock: a refused call creates nothing
+    with train.hold(out):
+        check_out(description, jobs, out)
+        data.atomic_write_text(out / SWEEP_FILE, json.dumps(description, indent=2) + "\n")
+        _run(jobs, out, resume, progress, command, grid.param.name, dataset)
+
+
+def _run(
+    jobs: list[tuple[str, dict[str, Any]]],
+    out: Path,
+    resume: bool,
+    progress: bool,
+    command: str,
+    name: str,
+    dataset: Any,
+) -> None:
+    from tqdm import tqdm
+
+    from . import train
+
+    with tqdm(
         total=len(jobs),
-        desc=f"sweep {grid.param.name}",
+        desc=f"sweep {name}",
         unit="point",
         position=0,
         disable=not progress,
         dynamic_ncols=True,
-    )
-    for folder, cfg in jobs:
-        bar.set_postfix_str(folder)
-        tqdm.write(f"== {folder}")
-        train.run(cfg, out / folder, resume, progress, command, dataset)
-        bar.update(1)
-    bar.close()
+    ) as bar:
+        for folder, cfg in jobs:
+            bar.set_postfix_str(folder)
+            tqdm.write(f"== {folder}")
+            train.run(cfg, out / folder, resume, progress, command, dataset)
+            bar.update(1)
 
 
 # ----------------------------------------------------------------------------- report
@@ -242,19 +281,17 @@ def plot_name(param_name: str) -> str:
 def _per_run(df: pd.DataFrame, key: str, higher: bool) -> pd.DataFrame:
     """Final and best value of the metric per (optimizer, seed), and whether the run diverged.
 
-    A diverged run has no value (NaN): the table gives the mean over the others and counts the
-    diverged, and the plot leaves them out."""
+    A diverged run has no value (NaN), nor has a non-finite one: the table gives the mean over the
+    others and counts the diverged, and the plot leaves them out."""
     rows = []
     for (opt, seed), g in df.groupby(["optimizer", "seed"]):
         g = g.sort_values("epoch")
         g = g.assign(**{key: g[key].where(np.isfinite(g[key]))})
+        outcome = report.run_outcome(g, key, higher)
+        if outcome["diverged"]:
+            outcome.update(final=np.nan, best=np.nan)
         rows.append(
-            {
-                "optimizer": opt,
-                "seed": seed,
-                **report.run_outcome(g, key, higher),
-                "wall_time_s": g["wall_time_s"].iloc[-1],
-            }
+            {"optimizer": opt, "seed": seed, **outcome, "wall_time_s": g["wall_time_s"].iloc[-1]}
         )
     return pd.DataFrame(rows)
 
@@ -275,19 +312,33 @@ def make_report(out: str | Path) -> str:
     p = param(sweep["param"])
     name = p.name
     runs, cfg, env = [], None, {}
-    missing = []
-    for point in sweep["points"]:
-        folder = out / point["dir"]
+    missing: list[str] = []
+    incomplete: list[str] = []
+    left_out: list[str] = []
+
+    def point_runs(folder: str) -> pd.DataFrame | None:
+        """The metrics of a point's runs of its config.json's configuration; None if none has a
+        finished epoch. Notes on its incomplete runs and those left out go to the lists above."""
+        nonlocal cfg, env
         try:
-            df = report.load_metrics(folder)
+            point_cfg = report.read_json(out / folder / "config.json")
+            df, inc, lo = report.read_runs(out / folder, point_cfg)
         except FileNotFoundError:
-            missing.append(point["dir"])
-            continue
-        runs.append((point["value"], df))
+            missing.append(folder)
+            return None
+        except ValueError:
+            left_out.append(f"{folder} (its config.json is damaged)")
+            return None
+        incomplete.extend(f"{folder}/{r}" for r in inc)
+        left_out.extend(f"{folder}/{r}" for r in lo)
         if cfg is None:
-            cfg = json.loads((folder / "config.json").read_text())
-            if (folder / "env.json").is_file():
-                env = json.loads((folder / "env.json").read_text())
+            cfg, env = point_cfg, report.read_env(out / folder)
+        return df
+
+    for point in sweep["points"]:
+        df = point_runs(point["dir"])
+        if df is not None:
+            runs.append((point["value"], df))
     if cfg is None:
         raise FileNotFoundError(f"no grid point of {out} has metrics: run the sweep first")
     metric = cfg.get("metric", report.ACCURACY)
@@ -298,8 +349,9 @@ def make_report(out: str | Path) -> str:
     per_point = [(v, _per_run(df, key, higher)) for v, df in runs]
     ref_runs = None
     if sweep.get("reference_dir") and (out / sweep["reference_dir"]).is_dir():
-        with contextlib.suppress(FileNotFoundError):
-            ref_runs = _per_run(report.load_metrics(out / sweep["reference_dir"]), key, higher)
+        ref_df = point_runs(sweep["reference_dir"])
+        if ref_df is not None:
+            ref_runs = _per_run(ref_df, key, higher)
 
     # The table: one row per value; per optimizer the final and the best epoch's metric.
     header = "lr multiplier" if p.multiplier else name
@@ -374,8 +426,6 @@ def make_report(out: str | Path) -> str:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(out / plot_name(name))
-    plt.close(fig)
 
     tc = cfg["train"]
     all_runs = [r for _, r in per_point] + ([ref_runs] if ref_runs is not None else [])
@@ -404,6 +454,7 @@ def make_report(out: str | Path) -> str:
     ]
     if missing:
         lines.append(f"- Not run yet: {', '.join(missing)}.")
+    lines += report.notes(incomplete, left_out)
     lines += [
         "",
         tabulate(table, headers="keys", tablefmt="github", showindex=False, disable_numparse=True),
@@ -418,10 +469,17 @@ def make_report(out: str | Path) -> str:
         ]
     lines += [f"![final {label} vs {name}]({plot_name(name)})", ""]
     text = "\n".join(lines)
-    (out / "report.md").write_text(text)
+    try:
+        fig.savefig(out / plot_name(name))
+        data.atomic_write_text(out / "report.md", text)
+    except OSError as e:
+        raise report.NotWritten(out, e, text) from None
+    finally:
+        plt.close(fig)
     return text
 
 
 def load(folder: str | Path) -> dict[str, Any]:
     """The sweep.json of a sweep folder."""
-    return json.loads((Path(folder) / SWEEP_FILE).read_text())
+    sweep: dict[str, Any] = report.read_json(Path(folder) / SWEEP_FILE)
+    return sweep

@@ -4,21 +4,31 @@ Output folder layout::
 
     OUT/config.json               the fully resolved configuration
     OUT/env.json                  torch version, device, CPU, threads, platform, command
+    OUT/.lock                     locked (flock) while a run writes the folder
     OUT/OPT-seedS/metrics.jsonl   one JSON object per epoch (see METRIC_FIELDS)
     OUT/OPT-seedS/checkpoint.pt   the state after the last finished epoch (for --resume)
+
+A folder holds the runs of one configuration: a run into a folder of another configuration, or
+into a folder another run is writing, is refused before anything is written. Each metrics line
+carries the hash of its run's configuration (``config_hash``: see config.run_config), which the
+report checks against config.json.
 
 A run is deterministic for a given seed on CPU: python, numpy and torch are seeded, and the data
 order and augmentation come from their own torch.Generator. Checkpoints hold every state that the
 rest of the run depends on (model, optimizer, scheduler, all RNG states, metrics so far), so an
 interrupted run resumed with --resume ends with the same metrics as an uninterrupted one (the
-timing and memory fields excepted).
+timing and memory fields excepted). Checkpoints hold tensors and plain containers only and are
+loaded with ``weights_only=True``: a planted checkpoint cannot run code.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import math
 import os
+import pickle
 import platform
 import random
 import resource
@@ -26,6 +36,7 @@ import shutil
 import sys
 import time
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,15 +45,18 @@ import torch
 from tqdm import tqdm
 
 from . import config, optimizers
+from .config import config_hash, run_config, run_dirs
 from .data import atomic_write_text
 from .tasks import TASKS
 
 # Fields of each metrics.jsonl line. Those in MEASURED_FIELDS depend on the machine and its load.
 # Besides these, a line holds the task's training statistics (``train_acc`` ...) and evaluation
 # metrics (``test_loss``, ``test_acc``, ``test_ppl`` ...: see base.Setup).
+# Non-finite values (a diverged run's loss) are written as null: the lines are strict JSON.
 METRIC_FIELDS = (
     "optimizer", "seed", "epoch", "step", "lr", "train_loss",
     "epoch_time_s", "train_time_s", "wall_time_s", "mean_step_time_s", "peak_memory_mb",
+    "config_hash",
 )  # fmt: skip
 MEASURED_FIELDS = (
     "epoch_time_s", "train_time_s", "wall_time_s", "mean_step_time_s", "peak_memory_mb",
@@ -96,6 +110,42 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def metrics_text(metrics: list[dict[str, Any]]) -> str:
+    """The text of a metrics.jsonl: a strict-JSON line per epoch (non-finite floats as null)."""
+
+    def finite(v: Any) -> Any:
+        return None if isinstance(v, float) and not math.isfinite(v) else v
+
+    return "".join(json.dumps({k: finite(v) for k, v in m.items()}) + "\n" for m in metrics)
+
+
+CHECKPOINT_KEYS = ("run_config", "epoch", "step", "model", "optimizer", "scheduler", "rng",
+                   "metrics", "train_time_s", "wall_time_s", "finished")  # fmt: skip
+
+
+def load_checkpoint(path: Path, device: torch.device, run_cfg: dict[str, Any]) -> dict[str, Any]:
+    """The checkpoint of the run ``run_cfg``, loaded with ``weights_only=True`` (tensors and plain
+    containers only: a file holding other objects is refused, not run). ValueError if the file is
+    not such a checkpoint."""
+    what_to_do = "delete it to train that run from the start, or run without --resume"
+    try:
+        ckpt = torch.load(path, map_location=device, weights_only=True)
+    except pickle.UnpicklingError:
+        raise ValueError(
+            f"{path} holds objects other than tensors and plain containers (written by another "
+            f"program or an older version, or tampered with); not loaded: {what_to_do}"
+        ) from None
+    except Exception as e:  # a truncated or damaged file: zip, EOF, pickle errors
+        raise ValueError(
+            f"{path} is damaged or truncated ({type(e).__name__}): {what_to_do}"
+        ) from None
+    if not isinstance(ckpt, dict) or not set(CHECKPOINT_KEYS) <= set(ckpt):
+        raise ValueError(f"{path} is not a checkpoint of adahessian-bench: {what_to_do}")
+    if ckpt["run_config"] != run_cfg:
+        raise ValueError(f"{path} was written with another configuration: {what_to_do}")
+    return ckpt
 
 
 def cpu_model() -> str:
@@ -166,9 +216,11 @@ class PeakMemory:
 
 
 def rng_states(gen: torch.Generator, device: torch.device) -> dict[str, Any]:
+    """Every RNG state, as tensors and plain containers (what ``weights_only`` loading takes)."""
+    name, key, pos, has_gauss, gauss = np.random.get_state(legacy=True)
     states = {
-        "python": random.getstate(),
-        "numpy": np.random.get_state(),
+        "python": random.getstate(),  # (version, tuple of ints, float or None)
+        "numpy": (name, np.asarray(key).tolist(), pos, has_gauss, gauss),
         "torch": torch.get_rng_state(),
         "data": gen.get_state(),
     }
@@ -179,7 +231,8 @@ def rng_states(gen: torch.Generator, device: torch.device) -> dict[str, Any]:
 
 def set_rng_states(states: dict[str, Any], gen: torch.Generator, device: torch.device) -> None:
     random.setstate(states["python"])
-    np.random.set_state(states["numpy"])
+    name, key, pos, has_gauss, gauss = states["numpy"]
+    np.random.set_state((name, np.array(key, dtype=np.uint32), pos, has_gauss, gauss))
     torch.set_rng_state(states["torch"])
     gen.set_state(states["data"])
     if device.type == "cuda" and "cuda" in states:
@@ -272,6 +325,71 @@ def check(cfg: dict[str, Any]) -> None:
             raise ValueError(f"[optimizers.{name}] {e}") from None
 
 
+# ----------------------------------------------------------------------------- the output folder
+
+LOCK_FILE = ".lock"
+START_OVER = (
+    "use another --out, or delete the folder to start over (--resume continues only the same "
+    "configuration)"
+)
+
+
+class FolderInUse(ValueError):
+    """Another process is writing the output folder."""
+
+
+@contextlib.contextmanager
+def hold(out: Path) -> Iterator[None]:
+    """Lock ``out`` (flock on ``out/.lock``, created with the folder if need be) while the block
+    runs; raise FolderInUse at once if another process holds it. The operating system releases
+    the lock when the process ends, however it ends: a killed run leaves no stale lock. A folder
+    this call created is removed again if the block fails before writing anything into it."""
+    created = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / LOCK_FILE, "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise FolderInUse(
+                f"{out} is in use by another run or sweep: wait until it ends, or use another --out"
+            ) from None
+        try:
+            yield
+        except BaseException:
+            if created and [p.name for p in out.iterdir()] == [LOCK_FILE]:
+                (out / LOCK_FILE).unlink()
+                out.rmdir()
+            raise
+
+
+def check_out(cfg: dict[str, Any], out: Path) -> None:
+    """Raise ValueError unless ``out`` is new or holds runs of ``cfg`` alone (a run into it may
+    start over without --resume, or continue with it)."""
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise ValueError(f"--out {out} is not a folder")
+    if (out / "sweep.json").is_file():  # sweep.SWEEP_FILE
+        raise ValueError(f"{out} is a sweep's folder: use another --out")
+    config_path = out / "config.json"
+    if config_path.is_file():
+        try:
+            previous = json.loads(config_path.read_text())
+        except ValueError:
+            raise ValueError(f"{config_path} is damaged (not JSON): {START_OVER}") from None
+        if previous != json.loads(json.dumps(cfg)):
+            raise ValueError(
+                f"{out} holds runs of another configuration (its config.json differs from this "
+                f"command's): {START_OVER}"
+            )
+    ours = {f"{o}-seed{s}" for s in cfg["seeds"] for o in cfg["optimizers"]}
+    others = [d for d in run_dirs(out) if d not in ours or not config_path.is_file()]
+    if others:
+        raise ValueError(
+            f"{out} holds runs of another configuration ({', '.join(others)}): {START_OVER}"
+        )
+
+
 # ----------------------------------------------------------------------------- training
 
 
@@ -327,9 +445,8 @@ def train_one(
     task = TASKS[cfg["task"]]
     tc = cfg["train"]
     device = torch.device(cfg["device"])
-    run_cfg = {"task": cfg["task"], "train": tc, "model": cfg.get("model", {}),
-               "data": cfg.get("data", {}), "optimizer": opt_name, "seed": seed,
-               "hyperparameters": cfg["optimizers"][opt_name]}  # fmt: skip
+    run_cfg = run_config(cfg, opt_name, seed)
+    cfg_hash = config_hash(run_cfg)
     ckpt_path = run_dir / "checkpoint.pt"
     metrics_path = run_dir / "metrics.jsonl"
 
@@ -370,12 +487,7 @@ def train_one(
         raise ValueError("--resume is not supported for data-parallel (torchrun) runs")
     writes = rank == 0
     if resume and ckpt_path.is_file():
-        ckpt = torch.load(ckpt_path, map_location=device, weights_only=False)
-        if ckpt["run_config"] != run_cfg:
-            raise ValueError(
-                f"{ckpt_path} was written with another configuration; use another --out or "
-                "run without --resume to start over"
-            )
+        ckpt = load_checkpoint(ckpt_path, device, run_cfg)
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
@@ -384,7 +496,7 @@ def train_one(
         start_epoch, step = ckpt["epoch"], ckpt["step"]
         train_time, wall_time = ckpt["train_time_s"], ckpt["wall_time_s"]
         # metrics.jsonl may hold an epoch finished after this checkpoint: rewrite it.
-        atomic_write_text(metrics_path, "".join(json.dumps(m) + "\n" for m in metrics))
+        atomic_write_text(metrics_path, metrics_text(metrics))
         if ckpt["finished"]:
             return metrics
     elif writes:
@@ -393,108 +505,117 @@ def train_one(
         run_dir.mkdir(parents=True)
 
     memory = PeakMemory(device)
-    bar = tqdm(
+    with tqdm(
         total=tc["epochs"] * steps_per_epoch,
         initial=start_epoch * steps_per_epoch,
         desc=f"{opt_name} seed {seed}",
         disable=not progress or not writes,
         dynamic_ncols=True,
         mininterval=1.0,
-    )
-    finished = False
-    for epoch in range(start_epoch, tc["epochs"]):
-        memory.reset()
-        epoch_start = time.perf_counter()
-        model.train()
-        lr = optimizer.param_groups[0]["lr"]
-        loss_sum, sums, step_times = 0.0, {"n": 0.0}, []
-        diverged = False
-        for i, batch in enumerate(train_batches):
-            if i == steps_per_epoch:
-                break
-            t0 = time.perf_counter()
-            loss, stats = setup.loss(model, batch)
-            optimizer.zero_grad(set_to_none=True)
-            if is_adahessian:
-                # The Hessian-vector product needs the graph of the gradient, when one is due.
-                loss.backward(create_graph=optimizer.hessian_due)
-            else:
-                loss.backward()
-                if world_size > 1:
-                    average_gradients(model)
-            optimizer.step()
-            if per_step:
-                scheduler.step()
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            step_times.append(time.perf_counter() - t0)
-            step += 1
-            if world_size > 1:  # the mean over ranks, so that every rank sees a divergence
-                loss = loss.detach().clone()
-                torch.distributed.all_reduce(loss)
-                loss /= world_size
-            loss_value = loss.item()
-            loss_sum += loss_value * stats["n"]
-            for k, v in stats.items():
-                sums[k] = sums.get(k, 0.0) + v
-            bar.update(1)
-            if not math.isfinite(loss_value):
-                diverged = True
-                break
-        epoch_train_time = time.perf_counter() - epoch_start
-        if world_size > 1:
-            from adahessian.distributed import average_buffers
+    ) as bar:  # closed (its line ended) however the loop ends
+        finished = False
+        for epoch in range(start_epoch, tc["epochs"]):
+            memory.reset()
+            epoch_start = time.perf_counter()
+            model.train()
+            lr = optimizer.param_groups[0]["lr"]
+            loss_sum, sums, step_times = 0.0, {"n": 0.0}, []
+            diverged = False
+            for i, batch in enumerate(train_batches):
+                if i == steps_per_epoch:
+                    break
+                t0 = time.perf_counter()
+                loss, stats = setup.loss(model, batch)
+                optimizer.zero_grad(set_to_none=True)
+                if is_adahessian:
+                    # The Hessian-vector product needs the graph of the gradient, when one is due.
+                    loss.backward(create_graph=optimizer.hessian_due)
+                else:
+                    loss.backward()
+                    if world_size > 1:
+                        average_gradients(model)
+                optimizer.step()
+                if per_step:
+                    scheduler.step()
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                step_times.append(time.perf_counter() - t0)
+                step += 1
+                if world_size > 1:  # the mean over ranks, so that every rank sees a divergence
+                    loss = loss.detach().clone()
+                    torch.distributed.all_reduce(loss)
+                    loss /= world_size
+                loss_value = loss.item()
+                loss_sum += loss_value * stats["n"]
+                for k, v in stats.items():
+                    sums[k] = sums.get(k, 0.0) + v
+                bar.update(1)
+                if not math.isfinite(loss_value):
+                    diverged = True
+                    break
+            epoch_train_time = time.perf_counter() - epoch_start
+            if world_size > 1:
+                from adahessian.distributed import average_buffers
 
-            average_buffers(model)  # BatchNorm statistics, so every rank evaluates one model
-        evaluation = setup.evaluate(model)
-        if not per_step:
-            scheduler.step()
-        epoch_time = time.perf_counter() - epoch_start
-        train_time += epoch_train_time
-        wall_time += epoch_time
-        record = {
-            "optimizer": opt_name,
-            "seed": seed,
-            "epoch": epoch + 1,
-            "step": step,
-            "lr": lr,
-            "train_loss": loss_sum / sums["n"],
-            **{f"train_{k}": v / sums["n"] for k, v in sums.items() if k != "n"},
-            **evaluation,
-            "epoch_time_s": epoch_time,
-            "train_time_s": train_time,
-            "wall_time_s": wall_time,
-            "mean_step_time_s": float(np.mean(step_times)),
-            "peak_memory_mb": memory.read(),
-        }
-        if diverged:
-            record["diverged"] = True
-        metrics.append(record)
-        key = task.metric.key
-        bar.set_postfix({"loss": f"{record['train_loss']:.3f}", key: f"{record[key]:.4f}"})
-        finished = diverged or epoch + 1 == tc["epochs"]
-        if writes:
-            # The metrics first, then the checkpoint: a crash in between is repaired on resume.
-            atomic_write_text(metrics_path, "".join(json.dumps(m) + "\n" for m in metrics))
-            ckpt = {
-                "run_config": run_cfg,
+                average_buffers(model)  # BatchNorm statistics, so every rank evaluates one model
+            evaluation = setup.evaluate(model)
+            if not per_step:
+                scheduler.step()
+            epoch_time = time.perf_counter() - epoch_start
+            train_time += epoch_train_time
+            wall_time += epoch_time
+            record = {
+                "optimizer": opt_name,
+                "seed": seed,
                 "epoch": epoch + 1,
                 "step": step,
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "rng": rng_states(gen, device),
-                "metrics": metrics,
+                "lr": lr,
+                "train_loss": loss_sum / sums["n"],
+                **{f"train_{k}": v / sums["n"] for k, v in sums.items() if k != "n"},
+                **evaluation,
+                "epoch_time_s": epoch_time,
                 "train_time_s": train_time,
                 "wall_time_s": wall_time,
-                "finished": finished,
+                "mean_step_time_s": float(np.mean(step_times)),
+                "peak_memory_mb": memory.read(),
+                "config_hash": cfg_hash,
             }
-            atomic_torch_save(ckpt, ckpt_path)
-        if diverged:
-            tqdm.write(f"{opt_name} seed {seed}: the loss is not finite at epoch {epoch + 1}")
-            break
-    bar.close()
+            if diverged:
+                record["diverged"] = True
+            metrics.append(record)
+            key = task.metric.key
+            bar.set_postfix({"loss": f"{record['train_loss']:.3f}", key: f"{record[key]:.4f}"})
+            finished = diverged or epoch + 1 == tc["epochs"]
+            if writes:
+                # The metrics first, then the checkpoint: a crash in between is repaired on resume.
+                atomic_write_text(metrics_path, metrics_text(metrics))
+                ckpt = {
+                    "run_config": run_cfg,
+                    "epoch": epoch + 1,
+                    "step": step,
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "rng": rng_states(gen, device),
+                    "metrics": metrics,
+                    "train_time_s": train_time,
+                    "wall_time_s": wall_time,
+                    "finished": finished,
+                }
+                atomic_torch_save(ckpt, ckpt_path)
+            if diverged:
+                tqdm.write(f"{opt_name} seed {seed}: the loss is not finite at epoch {epoch + 1}")
+                break
     return metrics
+
+
+def process_config(cfg: dict[str, Any]) -> dict[str, Any]:
+    """``cfg`` as this process runs it and config.json holds it: the device of this rank, and the
+    world size under torchrun."""
+    cfg = {**cfg, "device": init_distributed(cfg["device"])}
+    if world()[1] > 1:
+        cfg["world_size"] = world()[1]
+    return cfg
 
 
 def run(
@@ -508,26 +629,32 @@ def run(
     """Train every (seed, optimizer) pair of ``cfg`` and write the results under ``out``.
 
     ``command`` is the command line, recorded in env.json for the report. ``dataset``: the task's
-    data (``Task.load()``), loaded here if not given, before anything is written (a damaged data
-    file fails the command with nothing written)."""
-    if dataset is None:
-        dataset = TASKS[cfg["task"]].load()
-    cfg = {**cfg, "device": init_distributed(cfg["device"])}
-    rank, world_size = world()
-    if world_size > 1:
-        cfg["world_size"] = world_size
+    data (``Task.load()``), loaded here if not given."""
+    cfg = process_config(cfg)
+    out = Path(out)
+    if world()[0] > 0:  # rank 0 alone checks, locks and writes the folder
+        _run(cfg, out, resume, progress, command, dataset)
+        return
+    check_out(cfg, out)  # before the lock: a refused call creates no lock file
+    with hold(out):
+        check_out(cfg, out)  # again, now that no other run can write the folder
+        _run(cfg, out, resume, progress, command, dataset)
+
+
+def _run(
+    cfg: dict[str, Any], out: Path, resume: bool, progress: bool, command: str, dataset: Any
+) -> None:
     device = torch.device(cfg["device"])
-    out.mkdir(parents=True, exist_ok=True)
-    config_path = out / "config.json"
-    if resume and config_path.is_file():
-        previous = json.loads(config_path.read_text())
-        if previous != json.loads(json.dumps(cfg)):
-            raise ValueError(
-                f"{config_path} holds another configuration than this command's; "
-                "resume with the same options, or use another --out"
-            )
-    if rank == 0:
-        atomic_write_text(config_path, json.dumps(cfg, indent=2) + "\n")
+    if dataset is None:
+        dataset = TASKS[cfg["task"]].load()  # before writing: no data, nothing written
+    if resume:  # every checkpoint sound before anything is written (else ValueError)
+        for seed in cfg["seeds"]:
+            for opt_name in cfg["optimizers"]:
+                path = out / f"{opt_name}-seed{seed}" / "checkpoint.pt"
+                if path.is_file():
+                    load_checkpoint(path, torch.device("cpu"), run_config(cfg, opt_name, seed))
+    if world()[0] == 0:
+        atomic_write_text(out / "config.json", json.dumps(cfg, indent=2) + "\n")
         env = environment(device, command)
         atomic_write_text(out / "env.json", json.dumps(env, indent=2) + "\n")
     deterministic = torch.are_deterministic_algorithms_enabled()

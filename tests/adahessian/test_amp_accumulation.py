@@ -140,6 +140,55 @@ def test_non_finite_hessian_skips_the_step_under_a_scaler():
     assert not opt.state or all(s["step"] == 0 for s in opt.state.values())
 
 
+def fp16_mlp_run(steps: int, init_scale: float, **kwargs) -> tuple[list[float], AdaHessian, float]:
+    """A small MLP under float16 autocast on the CPU with a GradScaler: the losses, the
+    optimizer and the scaler's final scale."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(20, 64), nn.Tanh(), nn.Linear(64, 5))
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(128, 20, generator=g), torch.randint(0, 5, (128,), generator=g)
+    opt = AdaHessian(model.parameters(), lr=0.05, seed=0, **kwargs)
+    scaler = torch.amp.GradScaler("cpu", init_scale=init_scale)
+    losses = []
+    for _ in range(steps):
+        opt.zero_grad()
+        with torch.autocast("cpu", dtype=torch.float16):
+            loss = nn.functional.cross_entropy(model(x), y)
+        scaler.scale(loss).backward(create_graph=opt.hessian_due)
+        scaler.step(opt)
+        scaler.update()
+        losses.append(loss.item())
+    return losses, opt, scaler.get_scale()
+
+
+def test_a_hessian_product_that_overflows_where_the_gradient_does_not_lowers_the_probe_scale():
+    """At a loss scale of 2**18 the float16 Hessian-vector product overflows while the gradient
+    does not, so GradScaler never backs off: the optimizer scales its probes down instead
+    (exactly, by powers of two) and training goes on."""
+    losses, opt, scale = fp16_mlp_run(40, 2.0**18)
+    assert scale == 2.0**18, "the gradients never overflowed: the scaler could not have helped"
+    assert 1 <= opt.skipped_steps <= 8
+    assert opt.probe_scale == 2.0**-opt.skipped_steps
+    assert opt.state_dict()["adahessian"]["steps"] == 40 - opt.skipped_steps
+    assert losses[-1] < 0.8 * losses[0]
+    # At a scale where nothing overflows, nothing changes and no step is skipped.
+    _, calm, _ = fp16_mlp_run(5, 2.0**4)
+    assert calm.skipped_steps == 0 and calm.probe_scale == 1.0
+
+
+def test_the_probe_scale_grows_back_and_is_saved(monkeypatch: pytest.MonkeyPatch):
+    from adahessian import optimizer
+
+    monkeypatch.setattr(optimizer, "_PROBE_SCALE_GROWTH_INTERVAL", 5)
+    _, opt, _ = fp16_mlp_run(12, 2.0**18)
+    # backed off on the first steps, then doubled after 5 finite Hessian steps (and maybe
+    # backed off again, as a GradScaler does): the saved state carries both counters.
+    saved = opt.state_dict()["adahessian"]
+    assert saved["probe_scale"] == opt.probe_scale
+    assert saved["probe_scale_growth"] == opt._probe_scale_growth
+    assert opt.probe_scale > 2.0**-opt.skipped_steps, "the scale grew back at least once"
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["float16", "bfloat16"])
 def test_low_precision_parameters_keep_float32_state(dtype):
     """Curvature 1000 in every entry: D**2 = 1e6 overflows float16 (max 65504) unless formed in

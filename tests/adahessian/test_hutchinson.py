@@ -135,6 +135,22 @@ def test_retain_graph_keeps_it():
     torch.autograd.grad(g, p, torch.ones_like(g))
 
 
+@pytest.mark.parametrize("scale", [2.0**-7, 2.0**5], ids=["scale-2^-7", "scale-2^5"])
+def test_scaled_probes_give_the_same_estimate_exactly(case, scale):
+    """A power-of-two probe scale (the optimizer's guard against float16 overflow under a
+    GradScaler) changes no bit of the float64 estimate, for one probe or several."""
+    for n_samples in (1, 3):
+        estimates = []
+        for s in (1.0, scale):
+            grads = torch.autograd.grad(case.loss(), case.params(), create_graph=True)
+            g = torch.Generator().manual_seed(2)
+            estimates.append(
+                hutchinson_diagonal(grads, case.params(), n_samples=n_samples, generator=g, scale=s)
+            )
+        for a, b in zip(*estimates, strict=True):
+            assert torch.equal(a, b)
+
+
 def test_bad_input():
     p = torch.randn(2, requires_grad=True)
     (g,) = torch.autograd.grad((p**3).sum(), p, create_graph=True)
@@ -144,6 +160,8 @@ def test_bad_input():
         hutchinson_diagonal([g, g], [p])
     with pytest.raises(ValueError, match="create_graph=True"):
         hutchinson_diagonal([g.detach()], [p])
+    with pytest.raises(ValueError, match=r"scale must be a finite number > 0, got 0\.0"):
+        hutchinson_diagonal([g], [p], scale=0.0)
     hutchinson_diagonal([g], [p])  # the graph was left intact by the failed calls
 
 

@@ -6,7 +6,7 @@ Tests that need the data skip (with the command to install it) when the files ar
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -55,3 +55,13 @@ def subprocess_env(data_cache: Path) -> dict[str, str]:
     env["ADAHESSIAN_DATA"] = str(data_cache)
     env["TQDM_DISABLE"] = "1"
     return env
+
+
+def _folder_state(folder: Path) -> dict[str, bytes]:
+    return {str(f.relative_to(folder)): f.read_bytes() for f in folder.rglob("*") if f.is_file()}
+
+
+@pytest.fixture
+def folder_state() -> Callable[[Path], dict[str, bytes]]:
+    """Every file under a folder with its content: equal before and after a refused command."""
+    return _folder_state

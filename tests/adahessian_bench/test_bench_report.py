@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 from pathlib import Path
 
+import matplotlib.figure
 import matplotlib.image
+import pytest
 
+from adahessian_bench import cli, report
+from adahessian_bench.config import config_hash, run_config
 from adahessian_bench.report import PLOTS, make_report, plot_names
+from adahessian_bench.train import metrics_text
 
 
 def write_run(out: Path, opt: str, seed: int, accs: list[float], step_time: float) -> None:
@@ -115,3 +122,161 @@ def test_report_of_a_lower_is_better_metric_with_extra_columns(tmp_path: Path) -
     assert "inverse_sqrt lr schedule, 100 warm-up steps" in text
     for name in plot_names("test_ppl"):
         assert matplotlib.image.imread(tmp_path / name).ndim == 3
+
+
+# ----------------------------------------------------------------------------- unfinished folders
+
+CFG = {"task": "fmnist-resnet20", "profile": "quick", "seeds": [0, 1],
+       "optimizers": {"adam": {}, "adahessian": {}},
+       "train": {"epochs": 3, "batch_size": 64, "milestones": [2], "gamma": 0.1,
+                 "max_steps": None, "target_accuracy": 0.8}}  # fmt: skip
+
+
+def rows_of(text: str) -> dict[str, list[str]]:
+    return {
+        line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
+        for line in text.splitlines()
+        if line.startswith("| ")
+    }
+
+
+def set_hash(out: Path, run: str, value: str) -> None:
+    path = out / run / "metrics.jsonl"
+    lines = [{**json.loads(x), "config_hash": value} for x in path.read_text().splitlines()]
+    path.write_text("".join(json.dumps(m) + "\n" for m in lines))
+
+
+def test_report_leaves_out_runs_of_another_configuration(tmp_path: Path) -> None:
+    (tmp_path / "config.json").write_text(json.dumps(CFG))
+    for seed in (0, 1):
+        write_run(tmp_path, "adam", seed, [0.5, 0.6, 0.7], 0.1)
+        # As a run of seed S alone writes it (the runs of a folder may come from parallel runs).
+        one_seed = {**CFG, "seeds": [seed]}
+        set_hash(tmp_path, f"adam-seed{seed}", config_hash(run_config(one_seed, "adam", seed)))
+    write_run(tmp_path, "adahessian", 0, [0.9, 0.9, 0.9], 0.3)  # another lr
+    other = {**CFG, "optimizers": {"adahessian": {"lr": 0.3}}}
+    set_hash(tmp_path, "adahessian-seed0", config_hash(run_config(other, "adahessian", 0)))
+    write_run(tmp_path, "sgd", 0, [0.2, 0.2, 0.2], 0.1)  # not in config.json
+    write_run(tmp_path, "adahessian", 1, [0.8, 0.8, 0.8], 0.3)  # no hash (older files): kept
+
+    text = make_report(tmp_path)
+    rows = rows_of(text)
+    header = rows.pop("optimizer")
+    assert list(rows) == ["adam", "adahessian"]
+    assert rows["adahessian"][header.index("seeds")] == "1"
+    assert rows["adahessian"][header.index("final test accuracy (%)")] == "80.00"
+    assert (
+        "- Left out: adahessian-seed0 (another configuration than config.json's), "
+        "sgd-seed0 (another configuration than config.json's)." in text.splitlines()
+    )
+
+
+def test_report_of_a_half_written_folder_names_what_is_incomplete(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "config.json").write_text(json.dumps(CFG))  # and no env.json
+    write_run(tmp_path, "adam", 0, [0.5, 0.6, 0.7], 0.1)
+    write_run(tmp_path, "adam", 1, [0.5], 0.1)  # interrupted after epoch 1
+    (tmp_path / "adahessian-seed0").mkdir()
+    (tmp_path / "adahessian-seed0" / "metrics.jsonl").write_text("")
+    write_run(tmp_path, "adahessian", 1, [0.5, 0.6], 0.1)
+    path = tmp_path / "adahessian-seed1" / "metrics.jsonl"
+    path.write_text(path.read_text()[:-20])  # a truncated last line
+
+    assert cli.main(["report", str(tmp_path)]) == 0
+    printed = capsys.readouterr().out
+    assert list(rows_of(printed)) == ["optimizer", "adam"]
+    assert (
+        "- Incomplete (interrupted, or still running; `--resume` continues them): "
+        "adahessian-seed0 (no finished epoch), adam-seed1 (1 of 3 epochs)." in printed
+    )
+    assert "- Left out: adahessian-seed1 (its metrics.jsonl is damaged)." in printed
+    assert "- Machine: ?" in printed  # no env.json
+
+
+@pytest.mark.parametrize("damage", ["missing", "not JSON"])
+def test_report_without_a_sound_config_json_is_a_one_line_error(
+    tmp_path: Path, damage: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    write_run(tmp_path, "adam", 0, [0.5], 0.1)
+    if damage == "not JSON":
+        (tmp_path / "config.json").write_text('{"task": "fmnist-res')
+    assert cli.main(["report", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    word = "missing" if damage == "missing" else "damaged"
+    assert err.startswith(f"adahessian-bench report: error: {tmp_path / 'config.json'} is {word}")
+    assert not (tmp_path / "report.md").exists()
+
+
+def test_report_into_a_folder_it_cannot_write_prints_the_report(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "config.json").write_text(json.dumps(CFG))
+    for seed in (0, 1):
+        write_run(tmp_path, "adam", seed, [0.5, 0.6, 0.7], 0.1)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    if os.geteuid() == 0:  # root writes into a read-only folder: fail the writes instead
+
+        def refuse(*args: object, **kwargs: object) -> None:
+            raise PermissionError(errno.EACCES, "Permission denied")
+
+        monkeypatch.setattr(matplotlib.figure.Figure, "savefig", refuse)
+        monkeypatch.setattr(report, "atomic_write_text", refuse)
+    tmp_path.chmod(0o555)
+    try:
+        assert cli.main(["report", str(tmp_path)]) == 1
+    finally:
+        tmp_path.chmod(0o755)
+    captured = capsys.readouterr()
+    assert list(rows_of(captured.out)) == ["optimizer", "adam"]
+    assert captured.err == (
+        "adahessian-bench report: error: "
+        f"the report could not be written into {tmp_path} (Permission denied); "
+        "the report is printed above\n"
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_report_reads_null_and_the_bare_nan_of_older_files(tmp_path: Path) -> None:
+    (tmp_path / "config.json").write_text(json.dumps(CFG))
+    write_run(tmp_path, "adam", 0, [0.5, 0.6, 0.7], 0.1)
+    write_run(tmp_path, "adam", 1, [0.5, 0.6, 0.9], 0.1)
+    for seed, bad in [(0, "null"), (1, "NaN")]:  # the train loss of the last epoch
+        path = tmp_path / f"adam-seed{seed}" / "metrics.jsonl"
+        path.write_text(path.read_text().replace('"train_loss": 1.0', f'"train_loss": {bad}'))
+    rows = rows_of(make_report(tmp_path))
+    header = rows.pop("optimizer")
+    assert rows["adam"][header.index("final test accuracy (%)")] == "80.00 ± 14.14"
+
+
+def strict(line: str) -> dict:
+    def refuse(name: str) -> None:
+        raise ValueError(f"{name} is not JSON")
+
+    return json.loads(line, parse_constant=refuse)
+
+
+def test_metrics_lines_are_strict_json() -> None:
+    text = metrics_text([{"epoch": 1, "train_loss": float("nan"), "test_loss": float("inf"),
+                          "test_acc": 0.1, "diverged": True}])  # fmt: skip
+    assert strict(text) == {"epoch": 1, "train_loss": None, "test_loss": None, "test_acc": 0.1,
+                            "diverged": True}  # fmt: skip
+
+
+def test_a_diverged_run_writes_strict_json_and_reports(data_cache: Path, tmp_path: Path) -> None:
+    toml = tmp_path / "diverge.toml"
+    toml.write_text(
+        'task = "fmnist-resnet20"\n'
+        "[train]\nepochs = 2\nbatch_size = 16\nmilestones = [1]\ngamma = 0.5\n"
+        "train_subset = 100\ntest_subset = 100\neval_batch_size = 50\n"
+        "[optimizers.sgd]\nlr = 1e12\n"
+    )
+    out = tmp_path / "out"
+    argv = ["run", "fmnist-resnet20", "--config", str(toml), "--optimizers", "sgd"]
+    assert cli.main([*argv, "--max-steps", "3", "--no-progress", "--out", str(out)]) == 0
+    (line,) = (out / "sgd-seed0" / "metrics.jsonl").read_text().splitlines()
+    m = strict(line)
+    assert m["diverged"] is True and m["train_loss"] is None
+    rows = rows_of(make_report(out))
+    assert list(rows) == ["optimizer", "sgd (diverged)"]

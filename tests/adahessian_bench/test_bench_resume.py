@@ -1,14 +1,18 @@
-"""--resume: a run killed with SIGKILL and resumed ends with an uninterrupted run's metrics."""
+"""--resume: a run killed (SIGKILL) or interrupted (Ctrl-C) and resumed ends with an uninterrupted
+run's metrics; a checkpoint that is damaged, or would run code when loaded, is refused."""
 
 from __future__ import annotations
 
 import json
+import pickle
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 import torch
 
 from adahessian_bench import cli
@@ -27,40 +31,66 @@ def behaviour(out: Path, run: str) -> list[dict]:
     return [{k: v for k, v in json.loads(x).items() if k not in MEASURED_FIELDS} for x in lines]
 
 
-def test_resume_after_sigkill_matches_an_uninterrupted_run(
-    subprocess_env: dict[str, str], tmp_path: Path
-) -> None:
-    # Interrupted: start in a subprocess, SIGKILL it once the first epoch's checkpoint exists.
-    killed = tmp_path / "killed"
-    cmd = [sys.executable, "-m", "adahessian_bench", *ARGS, "--out", str(killed)]
-    proc = subprocess.Popen(cmd, env=subprocess_env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)  # fmt: skip
-    first_checkpoint = killed / RUNS[0] / "checkpoint.pt"
+@pytest.fixture(scope="module")
+def uninterrupted(data_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    fresh = tmp_path_factory.mktemp("fresh")
+    assert cli.main([*ARGS, "--out", str(fresh)]) == 0
+    return fresh
+
+
+def interrupt(out: Path, env: dict[str, str], sig: signal.Signals) -> subprocess.Popen[bytes]:
+    """Run ARGS into ``out`` in a subprocess; send it ``sig`` once the first epoch's checkpoint
+    exists (the run mid-way); return the ended process."""
+    cmd = [sys.executable, "-m", "adahessian_bench", *ARGS, "--out", str(out)]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    first_checkpoint = out / RUNS[0] / "checkpoint.pt"
     deadline = time.monotonic() + 180
     while not first_checkpoint.exists():
         assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
         assert time.monotonic() < deadline, "no checkpoint after 180 s"
         time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
+    proc.send_signal(sig)
     proc.wait()
-    assert proc.returncode == -signal.SIGKILL
-    ckpt = torch.load(first_checkpoint, weights_only=False)
+    ckpt = torch.load(first_checkpoint, weights_only=True)
     assert not ckpt["finished"] and ckpt["epoch"] < 3, "the run was not interrupted mid-way"
+    return proc
 
-    # Resumed in this process; then an uninterrupted run of the same command.
-    assert cli.main([*ARGS, "--out", str(killed), "--resume"]) == 0
-    fresh = tmp_path / "fresh"
-    assert cli.main([*ARGS, "--out", str(fresh)]) == 0
 
+def assert_resumed_equals(resumed: Path, fresh: Path) -> None:
     for run in RUNS:
-        resumed_metrics = behaviour(killed, run)
+        resumed_metrics = behaviour(resumed, run)
         assert [m["epoch"] for m in resumed_metrics] == [1, 2, 3]
         assert resumed_metrics == behaviour(fresh, run)  # exactly, floats included
-        a = torch.load(killed / run / "checkpoint.pt", weights_only=False)
-        b = torch.load(fresh / run / "checkpoint.pt", weights_only=False)
+        a = torch.load(resumed / run / "checkpoint.pt", weights_only=True)
+        b = torch.load(fresh / run / "checkpoint.pt", weights_only=True)
         assert a["finished"] and b["finished"]
         for name, tensor in b["model"].items():
             assert torch.equal(a["model"][name], tensor), name
+
+
+def test_resume_after_sigkill_matches_an_uninterrupted_run(
+    subprocess_env: dict[str, str], tmp_path: Path, uninterrupted: Path
+) -> None:
+    proc = interrupt(tmp_path, subprocess_env, signal.SIGKILL)
+    assert proc.returncode == -signal.SIGKILL
+    assert cli.main([*ARGS, "--out", str(tmp_path), "--resume"]) == 0  # in this process
+    assert_resumed_equals(tmp_path, uninterrupted)
+
+
+def test_ctrl_c_says_how_to_resume_and_the_resumed_run_matches(
+    subprocess_env: dict[str, str], tmp_path: Path, uninterrupted: Path
+) -> None:
+    proc = interrupt(tmp_path, subprocess_env, signal.SIGINT)
+    assert proc.stderr is not None
+    err = proc.stderr.read().decode()
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    assert err.strip().splitlines()[-1] == (
+        f"interrupted: the runs under {tmp_path} can be continued with the same command plus "
+        "--resume"
+    )
+    assert cli.main([*ARGS, "--out", str(tmp_path), "--resume"]) == 0
+    assert_resumed_equals(tmp_path, uninterrupted)
 
 
 def test_resume_of_a_finished_run_changes_nothing(data_cache: Path, tmp_path: Path) -> None:
@@ -75,3 +105,75 @@ def test_resume_with_other_options_is_refused(data_cache: Path, tmp_path: Path) 
     args = [*ARGS[:3], "sgd", *ARGS[4:6], "--epochs", "1", *ARGS[8:], "--out", str(tmp_path)]
     assert cli.main(args) == 0
     assert cli.main([*args, "--resume", "--batch-size", "16"]) == 2
+
+
+class RunsCode:
+    """Unpickling this calls ``Path.touch(marker)``: a stand-in for arbitrary code."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple:
+        return (Path.touch, (self.marker,))
+
+
+SGD = [*ARGS[:3], "sgd", *ARGS[4:6], "--epochs", "1", *ARGS[8:]]
+
+
+@pytest.fixture
+def sgd_run(data_cache: Path, tmp_path: Path) -> Path:
+    """A run folder with a checkpoint (that --resume loads, finished or not)."""
+    out = tmp_path / "out"
+    assert cli.main([*SGD, "--out", str(out)]) == 0
+    return out
+
+
+def test_a_checkpoint_that_would_run_code_is_refused_unloaded(
+    sgd_run: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    folder_state: Callable[[Path], dict[str, bytes]],
+) -> None:
+    planted = sgd_run / "sgd-seed0" / "checkpoint.pt"
+    marker = tmp_path / "code-ran"
+    torch.save({"model": RunsCode(marker)}, planted)
+    # The planted file does run code when unpickled without weights_only (the danger is real).
+    probe = tmp_path / "probe.pt"
+    torch.save({"model": RunsCode(tmp_path / "probe-ran")}, probe)
+    torch.load(probe, weights_only=False)
+    assert (tmp_path / "probe-ran").exists()
+
+    before = folder_state(sgd_run)
+    capsys.readouterr()
+    assert cli.main([*SGD, "--out", str(sgd_run), "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert not marker.exists()
+    assert err.count("\n") == 1 and err.startswith(
+        f"adahessian-bench run: error: {planted} holds objects other than"
+    )
+    assert "without --resume" in err
+    assert folder_state(sgd_run) == before
+
+
+@pytest.mark.parametrize("damage", ["truncated", "empty", "not a zip"])
+def test_a_damaged_checkpoint_is_named_with_what_to_do(
+    sgd_run: Path,
+    damage: str,
+    capsys: pytest.CaptureFixture[str],
+    folder_state: Callable[[Path], dict[str, bytes]],
+) -> None:
+    path = sgd_run / "sgd-seed0" / "checkpoint.pt"
+    payload = path.read_bytes()
+    path.write_bytes({"truncated": payload[: len(payload) // 2], "empty": b"",
+                      "not a zip": pickle.dumps({"epoch": 1}, protocol=2)}[damage])  # fmt: skip
+    before = folder_state(sgd_run)
+    capsys.readouterr()
+    assert cli.main([*SGD, "--out", str(sgd_run), "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"adahessian-bench run: error: {path} ")
+    assert "delete it" in err and "without --resume" in err
+    assert folder_state(sgd_run) == before
+    # As the message says: without the checkpoint, --resume trains that run from the start.
+    path.unlink()
+    assert cli.main([*SGD, "--out", str(sgd_run), "--resume"]) == 0
+    assert [m["epoch"] for m in behaviour(sgd_run, "sgd-seed0")] == [1]

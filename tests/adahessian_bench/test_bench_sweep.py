@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import re
 from pathlib import Path
 
+import matplotlib.figure
 import matplotlib.image
 import pytest
 
@@ -217,7 +219,8 @@ def test_sweep_report_draws_references_and_marks_divergence(tmp_path: Path) -> N
     col = {name: header.index(name) for name in header}
     assert list(rows) == ["1", "10", "reference (profile settings)", "adamw"]
     assert rows["1"][col["adahessian final"]] == "85.00 ± 7.07"
-    assert rows["10"][col["adahessian final"]] == "10.00 ± 0.00 (2/2 diverged)"
+    # Diverged runs have no value: left out of the mean, counted apart.
+    assert rows["10"][col["adahessian final"]] == "n/a (2/2 diverged)"
     assert rows["adamw"] == ["85.00 ± 0.00", "85.00 ± 0.00"]
     assert "Not run yet: update_interval=20" in text
     assert (tmp_path / "update_interval.png").is_file()
@@ -282,3 +285,39 @@ def test_sweep_report_leaves_non_finite_values_of_diverged_runs_out(tmp_path: Pa
     rows = table_rows(sweep.make_report(tmp_path))
     header = rows.pop("update_interval")
     assert rows["10"][header.index("adahessian final")] == "60.00 (1/2 diverged)"
+
+
+def test_sweep_report_mean_leaves_diverged_runs_out(tmp_path: Path) -> None:
+    write_sweep(tmp_path, "lr", [1.0], ["adahessian"], [])
+    write_point(tmp_path / "lr=1", {("adahessian", 0): [0.6]})
+    # Seed 1 diverged, with a finite (meaningless) test accuracy: not part of the mean.
+    run = tmp_path / "lr=1" / "adahessian-seed1"
+    run.mkdir()
+    line = {"optimizer": "adahessian", "seed": 1, "epoch": 1, "test_acc": 0.1,
+            "train_loss": None, "wall_time_s": 3.0, "diverged": True}  # fmt: skip
+    (run / "metrics.jsonl").write_text(json.dumps(line) + "\n")
+    rows = table_rows(sweep.make_report(tmp_path))
+    header = rows.pop("lr multiplier")
+    assert rows["1"][header.index("adahessian final")] == "60.00 (1/2 diverged)"
+    assert rows["1"][header.index("adahessian best")] == "60.00 (1/2 diverged)"
+
+
+def test_sweep_report_into_a_folder_it_cannot_write_prints_the_report(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write_sweep(tmp_path, "lr", [1.0], ["adamw"], [])
+    write_point(tmp_path / "lr=1", {("adamw", 0): [0.6]})
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise PermissionError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", refuse)
+    assert cli.main(["report", str(tmp_path)]) == 1
+    captured = capsys.readouterr()
+    assert "| 1 " in captured.out
+    assert captured.err == (
+        "adahessian-bench report: error: "
+        f"the report could not be written into {tmp_path} (Read-only file system); "
+        "the report is printed above\n"
+    )
+    assert not (tmp_path / "report.md").exists()

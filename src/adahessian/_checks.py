@@ -1,0 +1,272 @@
+"""Validation of what :class:`adahessian.AdaHessian` is given: hyperparameters, parameters,
+external Hessian estimates and saved state.
+
+Every check raises before anything is changed, with a message that names the argument and says
+what it must be. The wording of the checks that ``torch.optim`` also makes follows torch's
+(``Invalid learning rate: ...``, ``Tensor lr must be 1-element``), so that code written against
+torch's optimizers reads the same errors.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+# The keys of a parameter group and their defaults (the constructor's defaults).
+GROUP_KEYS = (
+    "lr",
+    "betas",
+    "eps",
+    "weight_decay",
+    "hessian_power",
+    "block_size",
+    "spatial_average",
+    "foreach",
+    "update_clip",
+)
+
+MAX_SEED = 2**63 - 2**16  # the generator takes 64 bits; room is left for the rank offset
+
+
+def _is_real(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def scalar(name: str, label: str, value: Any, *, tensor_ok: bool = False) -> float:
+    """``value`` as a float: a real number, or (with ``tensor_ok``) a 1-element float tensor."""
+    if isinstance(value, Tensor):
+        if not tensor_ok:
+            raise ValueError(f"{name} must be a Python number, not a tensor (got {value!r})")
+        if value.numel() != 1:
+            raise ValueError(f"Tensor {name} must be 1-element")
+        if not value.is_floating_point():
+            raise ValueError(f"Tensor {name} must have a floating-point dtype, got {value.dtype}")
+        return float(value.item())
+    if not _is_real(value):
+        raise ValueError(f"Invalid {label}: {value!r} ({name} must be a number)")
+    return float(value)
+
+
+def check_group(group: dict[str, Any]) -> None:
+    """Raise ValueError for a hyperparameter that a parameter group cannot use."""
+    lr = scalar("lr", "learning rate", group["lr"], tensor_ok=True)
+    if not 0.0 <= lr < math.inf:
+        raise ValueError(f"Invalid learning rate: {group['lr']} (lr must be finite and >= 0)")
+    eps = scalar("eps", "epsilon value", group["eps"])
+    if not 0.0 <= eps < math.inf:
+        raise ValueError(f"Invalid epsilon value: {eps} (eps must be finite and >= 0)")
+    wd = scalar("weight_decay", "weight_decay value", group["weight_decay"])
+    if not 0.0 <= wd < math.inf:
+        raise ValueError(f"Invalid weight_decay value: {wd} (weight_decay must be finite and >= 0)")
+    betas = group["betas"]
+    if not (isinstance(betas, (tuple, list)) and len(betas) == 2):
+        raise ValueError(f"betas must be a pair (beta1, beta2), e.g. (0.9, 0.999); got {betas!r}")
+    if isinstance(betas[0], Tensor) != isinstance(betas[1], Tensor):
+        raise ValueError("betas must be either both floats or both Tensors")
+    for i, beta in enumerate(betas):
+        b = scalar(f"betas[{i}]", f"beta parameter at index {i}", beta, tensor_ok=True)
+        if not 0.0 <= b < 1.0:
+            raise ValueError(f"Invalid beta parameter at index {i}: {b} (must be in [0, 1))")
+    k = scalar("hessian_power", "hessian_power", group["hessian_power"])
+    if not 0.0 <= k <= 1.0:
+        raise ValueError(f"Invalid hessian_power: {k} (must be in [0, 1]; 1 is the paper's)")
+    block = group["block_size"]
+    if isinstance(block, bool) or not isinstance(block, int) or block < 1:
+        raise ValueError(f"Invalid block_size: {block!r} (must be an integer >= 1; 1 = no blocks)")
+    if not isinstance(group["spatial_average"], bool):
+        raise ValueError(f"spatial_average must be True or False, got {group['spatial_average']!r}")
+    clip = group.get("update_clip")
+    if clip is not None:
+        c = scalar("update_clip", "update_clip", clip)
+        if not 0.0 < c < math.inf:
+            raise ValueError(f"Invalid update_clip: {c} (must be None or a finite number > 0)")
+    if group["foreach"] not in (None, True, False):
+        raise ValueError(f"foreach must be None, True or False, got {group['foreach']!r}")
+
+
+def check_count(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"Invalid {name}: {value!r} (must be an integer >= 1)")
+    return value
+
+
+def check_warmup(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"Invalid hessian_warmup: {value!r} (must be an integer >= 0)")
+    return value
+
+
+def check_seed(seed: Any) -> int | None:
+    if seed is None:
+        return None
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        raise ValueError(
+            f"Invalid seed: {seed!r} (must be None or an integer in [0, 2**63 - 2**16])"
+        )
+    return seed
+
+
+def check_params(params: list[Any], param_groups: list[dict[str, Any]]) -> None:
+    """Refuse parameters that AdaHessian cannot update, and a parameter listed twice."""
+    seen: dict[int, int] = {}
+    in_groups = {id(p): g for g, group in enumerate(param_groups) for p in group["params"]}
+    for i, item in enumerate(params):
+        p = item[1] if isinstance(item, tuple) else item
+        if not isinstance(p, Tensor):
+            continue  # torch's add_param_group names the type
+        if p.is_complex():
+            raise ValueError(
+                "AdaHessian does not support complex parameters; "
+                "optimise torch.view_as_real(p) instead"
+            )
+        if not p.is_floating_point():
+            raise ValueError(
+                f"parameter {i} of this group has dtype {p.dtype}: AdaHessian optimises "
+                "floating-point tensors only; convert it with .float() or leave it out"
+            )
+        if id(p) in seen:
+            raise ValueError(
+                f"parameter {i} of this group is the same tensor as parameter {seen[id(p)]}: "
+                "list each parameter once (a tensor listed twice would take its step twice)"
+            )
+        if id(p) in in_groups:
+            raise ValueError(
+                f"parameter {i} of this group is already in parameter group {in_groups[id(p)]}: "
+                "each parameter belongs to exactly one group"
+            )
+        seen[id(p)] = i
+
+
+def check_hessian(hessian: Any, params: list[Tensor], *, finite: bool) -> None:
+    """An external Hessian-diagonal estimate: one finite floating tensor per parameter."""
+    if isinstance(hessian, Tensor) or not isinstance(hessian, Sequence):
+        raise ValueError("hessian must be a list of tensors, one per parameter with a gradient")
+    if len(hessian) != len(params):
+        raise ValueError(
+            f"hessian has {len(hessian)} tensors but {len(params)} parameters have a "
+            "gradient; pass one per parameter with a gradient, in param-group order"
+        )
+    for i, (h, p) in enumerate(zip(hessian, params, strict=True)):
+        if not isinstance(h, Tensor):
+            raise ValueError(f"hessian[{i}] is {type(h).__name__}, not a tensor")
+        if h.shape != p.shape:
+            raise ValueError(
+                f"hessian[{i}] has shape {tuple(h.shape)} but its parameter has shape "
+                f"{tuple(p.shape)}"
+            )
+        if h.is_complex() or h.dtype == torch.bool:
+            raise ValueError(f"hessian[{i}] has dtype {h.dtype}: pass a real-valued estimate")
+    if finite:
+        bad = [i for i, h in enumerate(hessian) if not bool(torch.isfinite(h).all())]
+        if bad:
+            raise ValueError(
+                f"hessian[{bad[0]}] holds inf or NaN ({len(bad)} tensor(s) in all): pass a "
+                "finite estimate (under a GradScaler such a step is skipped instead)"
+            )
+
+
+def _count(where: str, name: str, value: Any, *, lowest: int = 0) -> int:
+    if isinstance(value, Tensor) and value.numel() == 1 and not value.is_floating_point():
+        value = int(value.item())
+    if isinstance(value, bool) or not isinstance(value, int) or value < lowest:
+        raise ValueError(
+            f"{where}: {name} is {value!r}, not an integer >= {lowest}. The state_dict was "
+            "altered or does not come from AdaHessian.state_dict(): load the one that was saved"
+        )
+    return value
+
+
+MOMENTS = ("exp_avg", "exp_hessian_diag_sq")
+
+
+def check_param_state(where: str, p: Tensor, state: Any) -> None:
+    """The saved state of one parameter: counters, and moments shaped like it, finite, with a
+    non-negative Hessian average."""
+    hint = "load the state_dict saved with this model"
+    if not isinstance(state, dict):
+        raise ValueError(f"{where}: the state is {type(state).__name__}, not a dict; {hint}")
+    if not state:
+        return
+    missing = [k for k in ("step", "hessian_step", *MOMENTS) if k not in state]
+    if missing:
+        raise ValueError(f"{where}: the state lacks {missing}; {hint}")
+    step = _count(where, "step", state["step"])
+    hessian_step = _count(where, "hessian_step", state["hessian_step"])
+    if hessian_step > step:
+        raise ValueError(
+            f"{where}: hessian_step ({hessian_step}) exceeds step ({step}), which no run "
+            f"produces; {hint}"
+        )
+    for key in MOMENTS:
+        t = state[key]
+        if not isinstance(t, Tensor) or not t.is_floating_point():
+            raise ValueError(f"{where}: {key} is not a floating-point tensor; {hint}")
+        if t.shape != p.shape:
+            raise ValueError(
+                f"{where}: {key} has shape {tuple(t.shape)} but the parameter has shape "
+                f"{tuple(p.shape)}: the state_dict belongs to another model; {hint}"
+            )
+        if not bool(torch.isfinite(t).all()):
+            raise ValueError(f"{where}: {key} holds inf or NaN; {hint}")
+    if bool((state["exp_hessian_diag_sq"] < 0).any()):
+        raise ValueError(
+            f"{where}: exp_hessian_diag_sq (a mean of squares) has negative entries; {hint}"
+        )
+
+
+def check_extra(extra: Any) -> dict[str, Any]:
+    """The ``"adahessian"`` entry of a state_dict: counters, settings and the probe generator.
+    Returns it with the entries that older versions did not save filled in."""
+    where = "the 'adahessian' entry of this state_dict"
+    if not isinstance(extra, dict):
+        raise ValueError(
+            "this state_dict has no 'adahessian' entry: it was not saved by "
+            "AdaHessian.state_dict() and cannot restore the step counters and probe generator"
+        )
+    missing = {"steps", "hessian_updates", "update_interval", "n_samples", "seed"} - set(extra)
+    if missing:
+        raise ValueError(f"{where} lacks {sorted(missing)}")
+    out = dict(extra)
+    out["steps"] = _count(where, "steps", extra["steps"])
+    out["hessian_updates"] = _count(where, "hessian_updates", extra["hessian_updates"])
+    if out["hessian_updates"] > out["steps"]:
+        raise ValueError(f"{where}: hessian_updates exceeds steps, which no run produces")
+    out["skipped_steps"] = _count(where, "skipped_steps", extra.get("skipped_steps", 0))
+    out["update_interval"] = check_count("update_interval", extra["update_interval"])
+    out["n_samples"] = check_count("n_samples", extra["n_samples"])
+    out["hessian_warmup"] = check_warmup(extra.get("hessian_warmup", 0))
+    seed = check_seed(extra["seed"])
+    if seed is None:
+        raise ValueError(f"{where}: seed is None; load the state_dict that was saved")
+    scale = extra.get("probe_scale", 1.0)
+    if not _is_real(scale) or not 0.0 < scale <= 1.0 or math.frexp(scale)[0] != 0.5:
+        raise ValueError(f"{where}: probe_scale {scale!r} is not a power of two in (0, 1]")
+    out["probe_scale"] = float(scale)
+    growth = extra.get("probe_scale_growth", 0)
+    out["probe_scale_growth"] = _count(where, "probe_scale_growth", growth)
+    generator = extra.get("generator")
+    if generator is not None:
+        ok = (
+            isinstance(generator, dict)
+            and isinstance(generator.get("device"), str)
+            and isinstance(generator.get("state"), Tensor)
+            and generator["state"].dtype == torch.uint8
+        )
+        if ok:
+            try:
+                device = torch.device(generator["device"])
+                if device.type == "cpu":  # a state of the wrong size is refused here
+                    torch.Generator().set_state(generator["state"].cpu())
+            except (RuntimeError, ValueError):
+                ok = False
+        if not ok:
+            raise ValueError(
+                f"{where}: the probe generator's state is not one that "
+                "torch.Generator.get_state() returns; load the state_dict that was saved"
+            )
+    return out

@@ -1,0 +1,70 @@
+"""The curvature sources of a step, on their own: on a separable quadratic (Hessian diag(a), so
+every probe is exact) all three give diag(a) for the parameters with gradients, in order."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import Tensor
+
+from adahessian import curvature
+from adahessian.hutchinson import hutchinson_diagonal, rademacher
+
+F64 = torch.float64
+
+
+def problem() -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
+    g = torch.Generator().manual_seed(0)
+    a = [torch.rand(s, generator=g, dtype=F64) + 0.5 for s in [(3, 4), (5,), (2, 1, 3)]]
+    params = [torch.randn_like(ai).requires_grad_(True) for ai in a]
+    loss = sum((ai * p * p).sum() / 2 for ai, p in zip(a, params, strict=True))
+    grads = list(torch.autograd.grad(loss, params, create_graph=True))  # type: ignore[arg-type]
+    return a, params, grads
+
+
+def test_every_source_gives_the_exact_diagonal_of_the_parameters_asked_for():
+    a, params, grads = problem()
+    wanted = [params[2], params[0]]  # a subset, in another order
+    wanted_grads = [grads[2], grads[0]]
+    probes = [rademacher(params, generator=torch.Generator().manual_seed(1))]
+    total = hutchinson_diagonal(grads, params, probes=probes, retain_graph=True)
+    sources = [
+        curvature.Given([a[2], a[0]], finite=True),
+        curvature.Accumulated(params, total),
+        curvature.OnGradientGraph(params, torch.Generator().manual_seed(1), 2, 0.25, True, 1),
+    ]
+    for source in sources:
+        got = source.estimate(wanted, wanted_grads)
+        assert [torch.equal(x, y) for x, y in zip(got, [a[2], a[0]], strict=True)] == [True] * 2
+    assert [s.from_loss for s in sources] == [False, True, True]
+
+
+def test_a_parameter_outside_the_probed_ones_gets_zero_curvature():
+    _, params, grads = problem()
+    stranger = torch.ones(2, dtype=F64)
+    total = [torch.full_like(p, 7.0) for p in params]
+    got = curvature.Accumulated(params, total).estimate([stranger, params[1]], [stranger, grads[1]])
+    assert torch.equal(got[0], torch.zeros(2, dtype=F64)) and torch.equal(got[1], total[1])
+
+
+def test_on_gradient_graph_rewinds_its_generator_when_the_product_fails():
+    _, params, grads = problem()
+    torch.autograd.grad(sum(g.sum() for g in grads), params)  # frees the graph
+    generator = torch.Generator().manual_seed(3)
+    before = generator.get_state()
+    source = curvature.OnGradientGraph(params, generator, 1, 1.0, True, 4)
+    with pytest.raises(RuntimeError, match="second time"):
+        source.estimate(params, grads)
+    assert torch.equal(generator.get_state(), before)
+
+
+@pytest.mark.parametrize(("graph_kept", "zero"), [(True, True), (False, False), (None, False)])
+def test_constant_gradients_are_zero_curvature_only_when_the_graph_was_kept(graph_kept, zero):
+    _, params, grads = problem()
+    constant = [g.detach() for g in grads]
+    source = curvature.OnGradientGraph(params, torch.Generator(), 1, 1.0, graph_kept, 4)
+    if zero:
+        assert all(not e.any() for e in source.estimate(params, constant))
+    else:
+        with pytest.raises(RuntimeError, match=r"step 4 is a Hessian step .* create_graph"):
+            source.estimate(params, constant)
