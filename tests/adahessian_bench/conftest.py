@@ -65,3 +65,20 @@ def _folder_state(folder: Path) -> dict[str, bytes]:
 def folder_state() -> Callable[[Path], dict[str, bytes]]:
     """Every file under a folder with its content: equal before and after a refused command."""
     return _folder_state
+
+
+@pytest.fixture
+def tiny_profile(tmp_path: Path) -> Callable[..., Path]:
+    """Write a tiny fmnist-resnet20 profile file (one SGD optimizer) and return its path."""
+
+    def write(lr: float = 0.05, epochs: int = 1, name: str = "tiny.toml") -> Path:
+        path = tmp_path / name
+        path.write_text(
+            'task = "fmnist-resnet20"\n'
+            f"[train]\nepochs = {epochs}\nbatch_size = 16\nmilestones = [1]\ngamma = 0.5\n"
+            "train_subset = 100\ntest_subset = 100\neval_batch_size = 50\n"
+            f"[optimizers.sgd]\nlr = {lr}\n"
+        )
+        return path
+
+    return write

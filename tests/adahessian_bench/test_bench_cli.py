@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 import matplotlib.image
@@ -115,14 +116,10 @@ def test_report_of_an_empty_folder_is_an_error(
     assert "no */metrics.jsonl" in capsys.readouterr().err
 
 
-def test_a_custom_config_file(data_cache: Path, tmp_path: Path) -> None:
-    toml = tmp_path / "mine.toml"
-    toml.write_text(
-        'task = "fmnist-resnet20"\n'
-        "[train]\nepochs = 1\nbatch_size = 16\nmilestones = [1]\ngamma = 0.5\n"
-        "train_subset = 100\ntest_subset = 100\neval_batch_size = 50\n"
-        "[optimizers.sgd]\nlr = 0.05\n"
-    )
+def test_a_custom_config_file(
+    data_cache: Path, tmp_path: Path, tiny_profile: Callable[..., Path]
+) -> None:
+    toml = tiny_profile(lr=0.05)
     out = tmp_path / "out"
     argv = ["run", "fmnist-resnet20", "--config", str(toml), "--optimizers", "sgd"]
     assert cli.main([*argv, "--max-steps", "2", "--no-progress", "--out", str(out)]) == 0

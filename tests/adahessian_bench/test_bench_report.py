@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import matplotlib.figure
@@ -264,14 +265,10 @@ def test_metrics_lines_are_strict_json() -> None:
                             "diverged": True}  # fmt: skip
 
 
-def test_a_diverged_run_writes_strict_json_and_reports(data_cache: Path, tmp_path: Path) -> None:
-    toml = tmp_path / "diverge.toml"
-    toml.write_text(
-        'task = "fmnist-resnet20"\n'
-        "[train]\nepochs = 2\nbatch_size = 16\nmilestones = [1]\ngamma = 0.5\n"
-        "train_subset = 100\ntest_subset = 100\neval_batch_size = 50\n"
-        "[optimizers.sgd]\nlr = 1e12\n"
-    )
+def test_a_diverged_run_writes_strict_json_and_reports(
+    data_cache: Path, tmp_path: Path, tiny_profile: Callable[..., Path]
+) -> None:
+    toml = tiny_profile(lr=1e12, epochs=2)
     out = tmp_path / "out"
     argv = ["run", "fmnist-resnet20", "--config", str(toml), "--optimizers", "sgd"]
     assert cli.main([*argv, "--max-steps", "3", "--no-progress", "--out", str(out)]) == 0
