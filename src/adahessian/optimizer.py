@@ -476,26 +476,16 @@ class AdaHessian(Optimizer):
         if not self.hessian_due:
             loss.backward()
             return
-        params = self._probe_params()
+        params, probes = self.hessian_probes()
         grads = torch.autograd.grad(loss, params, create_graph=True, allow_unused=True)
-        if self._pending is None:
-            generator = self._probe_generator()
-            probes = [rademacher(params, generator=generator) for _ in range(self.n_samples)]
-            self._pending = {"params": params, "probes": probes, "estimate": None}
-        if [id(p) for p in self._pending["params"]] != [id(p) for p in params]:
-            raise RuntimeError("the parameters changed between backward() calls of one step")
         if any(g is not None and g.requires_grad for g in grads):
-            estimate = hutchinson_diagonal(
-                grads, params, probes=self._pending["probes"], scale=self.probe_scale
+            self.add_hessian_estimate(
+                hutchinson_diagonal(grads, params, probes=probes, scale=self.probe_scale)
             )
-            if self._pending["estimate"] is None:
-                self._pending["estimate"] = estimate
-            else:
-                torch._foreach_add_(self._pending["estimate"], estimate)
-        elif any(g is not None for g in grads) and self._pending["estimate"] is None:
+        elif any(g is not None for g in grads):
             # The graph was kept, yet no gradient depends on the parameters: the loss is linear
             # in them and its curvature is exactly zero.
-            self._pending["estimate"] = [torch.zeros_like(p) for p in params]
+            self.add_hessian_estimate([torch.zeros_like(p) for p in params])
         self._graph_kept = True
         with torch.no_grad():
             for p, g in zip(params, grads, strict=True):
@@ -505,6 +495,51 @@ class AdaHessian(Optimizer):
                     p.grad = g.detach()
                 else:
                     p.grad = p.grad.detach() + g.detach()
+
+    def hessian_probes(self) -> tuple[list[Tensor], list[list[Tensor]]]:
+        """The parameters and the Rademacher probes of this Hessian step, for an estimator
+        outside the optimizer (the compiled path, :meth:`backward`).
+
+        Returns ``(params, probes)``: every parameter that can have a gradient, in param-group
+        order, and ``n_samples`` lists of probes shaped like them. They are drawn from the
+        optimizer's own generator on the first call of a step (exactly as the step itself would
+        draw them) and the same ones are returned until the step is taken or ``zero_grad()``
+        is called. Estimates taken with them go to :meth:`add_hessian_estimate`.
+        """
+        if not self.hessian_due:
+            raise RuntimeError(
+                "hessian_probes() is for Hessian steps: check opt.hessian_due before calling it"
+            )
+        params = self._probe_params()
+        if self._pending is None:
+            generator = self._probe_generator()
+            probes = [rademacher(params, generator=generator) for _ in range(self.n_samples)]
+            self._pending = {"params": params, "probes": probes, "estimate": None}
+        if [id(p) for p in self._pending["params"]] != [id(p) for p in params]:
+            raise RuntimeError("the parameters changed between backward() calls of one step")
+        return params, self._pending["probes"]
+
+    def add_hessian_estimate(self, estimate: Sequence[Tensor]) -> None:
+        """Add ``estimate`` (one tensor per parameter of :meth:`hessian_probes`, taken with its
+        probes, scaled by ``opt.probe_scale`` as :func:`adahessian.hutchinson_diagonal`'s
+        ``scale`` does, on the loss that the gradients come from) to this step's estimate; the
+        next :meth:`step` uses the sum, unscales it with the gradients under a GradScaler, and
+        skips the step (backing off the probe scale) if it overflowed."""
+        if self._pending is None:
+            raise RuntimeError("call hessian_probes() first: it draws this step's probes")
+        params = self._pending["params"]
+        if len(estimate) != len(params) or any(
+            not isinstance(e, Tensor) or e.shape != p.shape
+            for e, p in zip(estimate, params, strict=True)
+        ):
+            raise ValueError(
+                f"the estimate needs one tensor per parameter of hessian_probes() "
+                f"({len(params)}), shaped like it"
+            )
+        if self._pending["estimate"] is None:
+            self._pending["estimate"] = [e.detach().clone() for e in estimate]
+        else:
+            torch._foreach_add_(self._pending["estimate"], [e.detach() for e in estimate])
 
     # ------------------------------------------------------------------ the step
 

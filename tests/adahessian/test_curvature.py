@@ -68,3 +68,55 @@ def test_constant_gradients_are_zero_curvature_only_when_the_graph_was_kept(grap
     else:
         with pytest.raises(RuntimeError, match=r"step 4 is a Hessian step .* create_graph"):
             source.estimate(params, constant)
+
+
+def test_an_outside_estimator_with_the_step_probes_gives_the_eager_step():
+    """hessian_probes() draws what the step would draw; an estimate taken with them and handed
+    over with add_hessian_estimate() makes the same step as loss.backward(create_graph=True)."""
+    from adahessian import AdaHessian
+
+    runs = []
+    for outside in (False, True):
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(4, 5), torch.nn.Tanh(), torch.nn.Linear(5, 2))
+        model.double()
+        opt = AdaHessian(model.parameters(), lr=0.1, seed=3, n_samples=2, update_interval=2)
+        g = torch.Generator().manual_seed(0)
+        for _ in range(5):
+            x = torch.randn(8, 4, generator=g, dtype=F64)
+            loss = model(x).pow(2).mean()
+            opt.zero_grad()
+            if outside and opt.hessian_due:
+                params, probes = opt.hessian_probes()
+                assert opt.hessian_probes()[1] is probes  # the same probes until the step
+                grads = torch.autograd.grad(loss, params, create_graph=True)
+                opt.add_hessian_estimate(hutchinson_diagonal(grads, params, probes=probes))
+                for p, gr in zip(params, grads, strict=True):
+                    p.grad = gr.detach()
+            else:
+                loss.backward(create_graph=opt.hessian_due)
+            opt.step()
+        runs.append([p.detach() for p in model.parameters()])
+    for p, q in zip(*runs, strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-13, atol=1e-15)
+
+
+def test_outside_estimates_are_checked():
+    from adahessian import AdaHessian
+
+    p = torch.nn.Parameter(torch.ones(3, dtype=F64))
+    opt = AdaHessian([p], update_interval=2, seed=0)
+    with pytest.raises(RuntimeError, match="call hessian_probes\\(\\) first"):
+        opt.add_hessian_estimate([torch.ones(3)])
+    opt.hessian_probes()
+    with pytest.raises(
+        ValueError, match="one tensor per parameter of hessian_probes\\(\\) \\(1\\)"
+    ):
+        opt.add_hessian_estimate([torch.ones(2)])
+    opt.zero_grad()  # drops the step's probes and estimate
+    with pytest.raises(RuntimeError, match="call hessian_probes\\(\\) first"):
+        opt.add_hessian_estimate([torch.ones(3)])
+    (p * p).sum().backward(create_graph=True)
+    opt.step()
+    with pytest.raises(RuntimeError, match="for Hessian steps: check opt.hessian_due"):
+        opt.hessian_probes()
