@@ -118,5 +118,5 @@ def test_outside_estimates_are_checked():
         opt.add_hessian_estimate([torch.ones(3)])
     (p * p).sum().backward(create_graph=True)
     opt.step()
-    with pytest.raises(RuntimeError, match="for Hessian steps: check opt.hessian_due"):
+    with pytest.raises(RuntimeError, match=r"for Hessian steps: check opt\.hessian_due"):
         opt.hessian_probes()
