@@ -1,0 +1,364 @@
+"""A compiled curvature path: loss, gradient and Hutchinson's estimate from one ``torch.compile``
+function.
+
+``torch.compile`` cannot compile double backward (``loss.backward(create_graph=True)``), but it
+does compile ``torch.func``'s forward-over-reverse product: ``jvp`` of ``grad_and_value`` through
+``functional_call`` (the transform :func:`adahessian.forward_hutchinson` runs eagerly).
+:class:`CompiledCurvature` compiles that whole transform, probes batched with ``vmap``, into one
+graph, and hands its estimate to the optimizer with ``opt.step(hessian=...)``. Plain steps
+(between Hessian steps, with ``update_interval > 1``) are an ordinary eager forward and
+``backward()``, so they cost what a first-order optimizer's step costs.
+
+Usage (three changed lines in a normal loop)::
+
+    opt = AdaHessian(model.parameters(), update_interval=1)
+    curv = CompiledCurvature(model, criterion)           # once; compiles on the first Hessian step
+    for x, y in loader:
+        opt.zero_grad()
+        loss = curv.backward(opt, x, y)                  # was: criterion(model(x), y).backward(...)
+        opt.step(hessian=curv.estimate)                  # None on plain steps
+
+On a Hessian step (``opt.hessian_due``) :meth:`CompiledCurvature.backward` draws the probes
+exactly as the eager step would (``opt.n_samples`` calls of :func:`adahessian.rademacher` over
+the optimizer's parameters, from its own generator), runs the compiled function, adds the
+gradients to ``p.grad`` as ``backward()`` would, copies the updated buffers (BatchNorm's running
+statistics) back into the model and keeps the estimate in :attr:`CompiledCurvature.estimate`, in
+the order ``opt.step(hessian=...)`` expects. The parameters after N steps therefore equal those
+of N eager steps (``loss.backward(create_graph=opt.hessian_due); opt.step()``) up to rounding.
+
+What it supports and refuses:
+
+* BatchNorm: the buffers are cloned inside the transform and written back once per step, so the
+  running statistics are updated exactly once, as in eager training. Dropout draws once per
+  forward; the gradient and every probe's product see the same mask (the compiled random stream
+  is not eager's unless ``torch._inductor.config.fallback_random`` is set).
+* The batch dimension (dimension 0 of the inputs and the target) is compiled as dynamic, so a
+  smaller last batch does not recompile; neither does a changed learning rate (the optimizer step
+  is not compiled) nor ``model.eval()`` for evaluation between training steps. A Hessian step
+  taken in another train/eval mode or with another ``n_samples`` compiles once more.
+* Several calls on one Hessian step (gradient accumulation) share the probes and add their
+  estimates, as :meth:`adahessian.AdaHessian.backward` does.
+* Models or losses that ``torch.func`` or ``torch.compile`` cannot handle raise
+  :class:`CompiledCurvatureError` (a :class:`adahessian.ForwardOverReverseError`) whose message
+  names the eager path. Custom ``torch.autograd.Function``s (e.g. the fast BatchNorm of
+  :func:`adahessian.use_fast_batchnorm`) are refused up front: under ``torch.compile`` their
+  forward-mode derivative can be dropped silently (pytorch#192985).
+* Not supported: ``GradScaler`` (mixed precision), keyword inputs, parameters that the loss does
+  not reach (they get a zero gradient here, where ``backward()`` leaves ``p.grad`` None).
+
+The time spent compiling is reported apart: :attr:`CompiledCurvature.compile_seconds` is the
+wall time of the calls that compiled (:attr:`CompiledCurvature.compiles` counts them).
+"""
+
+from __future__ import annotations
+
+import time
+import types
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call, grad_and_value, jvp, vmap
+
+from .batchnorm import _FastBatchNormMixin
+from .hutchinson import check_n_samples, rademacher
+from .hvp import _TRANSFORM_FAILURES, ForwardOverReverseError
+
+__all__ = ["CompiledCurvature", "CompiledCurvatureError"]
+
+_EAGER_HINT = (
+    "Use the eager path instead: loss.backward(create_graph=opt.hessian_due); opt.step() "
+    "(reverse-over-reverse), or adahessian.forward_hutchinson (forward-over-reverse, uncompiled)."
+)
+
+
+class CompiledCurvatureError(ForwardOverReverseError):
+    """The model or loss cannot go through the compiled forward-over-reverse transform."""
+
+
+def _dynamo_errors() -> tuple[type[BaseException], ...]:
+    from torch._dynamo import exc
+
+    return (exc.Unsupported, exc.BackendCompilerFailed, exc.UserError)
+
+
+def _chain(error: BaseException) -> list[BaseException]:
+    """The error and its causes, outermost first."""
+    out: list[BaseException] = []
+    current: BaseException | None = error
+    while current is not None and current not in out:
+        out.append(current)
+        current = current.__cause__ or current.__context__
+    return out
+
+
+def _first_line(error: BaseException) -> str:
+    lines = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {lines[0] if lines else ''}"
+
+
+def _is_transform_failure(error: BaseException) -> bool:
+    message = " ".join(str(e) for e in _chain(error))
+    if any(sig in message for sig in _TRANSFORM_FAILURES):
+        return True
+    return isinstance(error, _dynamo_errors())
+
+
+def _graph_count() -> int:
+    from torch._dynamo.utils import counters
+
+    return int(counters["stats"]["unique_graphs"])
+
+
+def _refuse_custom_functions(model: nn.Module) -> None:
+    for name, module in model.named_modules():
+        if isinstance(module, _FastBatchNormMixin):
+            raise CompiledCurvatureError(
+                f"module {name or type(module).__name__!r} is adahessian's fast BatchNorm, a "
+                "custom torch.autograd.Function whose forward-mode derivative torch.compile can "
+                "drop silently (pytorch#192985). Keep the stock nn.BatchNorm*d layers for the "
+                f"compiled path, or keep use_fast_batchnorm with the eager path. {_EAGER_HINT}"
+            )
+
+
+class CompiledCurvature:
+    """Loss, gradients and the Hutchinson estimate :math:`\\frac1n\\sum_i v_i \\odot H v_i` from
+    one compiled forward-over-reverse function.
+
+    Args:
+        model: the module, called as ``model(*inputs)`` in its current train/eval mode.
+        loss_fn: ``loss_fn(output, target)`` returns the scalar loss.
+        backend: the ``torch.compile`` backend (``"inductor"``; ``"aot_eager"`` compiles fast and
+            runs eagerly, useful in tests).
+        mode: the ``torch.compile`` mode (None, ``"max-autotune"``, ...).
+        dynamic_batch: compile dimension 0 of the inputs and the target as dynamic, so that a
+            smaller last batch does not recompile (default True).
+
+    Attributes:
+        estimate: after a Hessian step's :meth:`backward`, the estimate for
+            ``opt.step(hessian=...)``; None after a plain step.
+        compile_seconds: total wall time of the calls that compiled (compile plus that step).
+        compiles: how many calls compiled a graph.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        loss_fn: Callable[[Any, Any], Tensor],
+        *,
+        backend: str | Callable[..., Any] = "inductor",
+        mode: str | None = None,
+        dynamic_batch: bool = True,
+    ) -> None:
+        _refuse_custom_functions(model)
+        self.model = model
+        self.loss_fn = loss_fn
+        self.dynamic_batch = dynamic_batch
+        self.estimate: list[Tensor] | None = None
+        self.compile_seconds = 0.0
+        self.compiles = 0
+        self._pending: dict[str, Any] | None = None  # probes and estimate of the current step
+
+        def curvature(
+            params: dict[str, Tensor],
+            frozen: dict[str, Tensor],
+            buffers: dict[str, Tensor],
+            tangents: dict[str, Tensor],
+            inputs: tuple[Any, ...],
+            target: Any,
+            n_samples: int,
+        ) -> tuple[Tensor, dict[str, Tensor], dict[str, Tensor], dict[str, Tensor]]:
+            def loss_and_buffers(p: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+                # Fresh copies made inside the transform may be updated in place (running
+                # statistics); the inputs themselves may not.
+                state = {n: b.clone() for n, b in buffers.items()}
+                out = functional_call(model, (p, frozen, state), inputs)
+                return loss_fn(out, target), state
+
+            grad_fn = grad_and_value(loss_and_buffers, has_aux=True)
+
+            def with_tangent(tangent: dict[str, Tensor]) -> Any:
+                out: Any = jvp(grad_fn, (params,), (tangent,))
+                (grads, (loss, state)), (hvp, _) = out[0], out[1]
+                return (grads, loss, state), hvp
+
+            if n_samples == 1:
+                (grads, loss, state), hvp = with_tangent(tangents)
+                estimate = {n: tangents[n] * hvp[n] for n in params}
+            else:
+                batched = vmap(with_tangent, out_dims=(None, 0), randomness="same")
+                (grads, loss, state), hvp = batched(tangents)
+                estimate = {n: (tangents[n] * hvp[n]).sum(0) / n_samples for n in params}
+            return loss, grads, estimate, state
+
+        def compile_copy(dynamic: bool | None) -> Callable[..., Any]:
+            # Dynamo caches compiled code per code object: a copy of its own keeps this
+            # instance's graphs apart from other instances' (no recompilation, no shared limit).
+            fresh = types.FunctionType(
+                curvature.__code__.replace(),
+                curvature.__globals__,
+                curvature.__name__,
+                None,
+                curvature.__closure__,
+            )
+            return torch.compile(
+                fresh, backend=backend, mode=mode, fullgraph=True, dynamic=dynamic
+            )
+
+        self._compiled = compile_copy(None)
+        # Forward-mode AD of a batched (vmap) convolution fails with a symbolic batch size in
+        # torch 2.13 ("Cannot call storage_offset() on tensor with symbolic sizes/strides"):
+        # several probes then compile for static shapes, once per batch size.
+        self._compile_static = lambda: compile_copy(False)
+        self._static: Callable[..., Any] | None = None
+        self._static_samples: set[int] = set()
+
+    # ------------------------------------------------------------------ the compiled call
+
+    def hutchinson(
+        self, probes: Sequence[Sequence[Tensor]], *inputs: Any, target: Any
+    ) -> tuple[Tensor, list[Tensor], list[Tensor]]:
+        """Run the compiled function on one batch with the given probes.
+
+        Args:
+            probes: one list per sample of tensors shaped like the model's trainable parameters
+                (``requires_grad``), in ``model.parameters()`` order, as
+                :func:`adahessian.rademacher` draws them.
+            inputs: the model's positional inputs.
+            target: the loss function's second argument.
+
+        Returns:
+            ``(loss, grads, estimate)``: the detached loss, the gradients and the estimate in
+            ``model.parameters()`` order (trainable parameters only). Nothing is written to
+            ``p.grad``; the module's buffers are updated as by one forward.
+
+        Raises:
+            CompiledCurvatureError: the model or loss cannot be compiled or transformed.
+        """
+        named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+        if not named:
+            raise ValueError("the model has no parameter with requires_grad=True")
+        n_samples = len(probes)
+        check_n_samples(n_samples)
+        if any(len(v) != len(named) for v in probes):
+            raise ValueError(
+                f"each probe needs one tensor per trainable parameter ({len(named)})"
+            )
+        names = [n for n, _ in named]
+        params = {n: p.detach() for n, p in named}
+        frozen = {n: p.detach() for n, p in self.model.named_parameters() if not p.requires_grad}
+        buffers = dict(self.model.named_buffers())
+        if n_samples == 1:
+            tangents = dict(zip(names, probes[0], strict=True))
+        else:
+            tangents = {n: torch.stack([v[i] for v in probes]) for i, n in enumerate(names)}
+        args = (params, frozen, buffers, tangents, tuple(inputs), target, n_samples)
+        dynamic = self.dynamic_batch and n_samples not in self._static_samples
+        try:
+            try:
+                loss, grads, estimate, state = self._call(args, dynamic)
+            except Exception as exc:
+                symbolic = any("symbolic sizes" in str(e) for e in _chain(exc))
+                if not (dynamic and n_samples > 1 and symbolic):
+                    raise
+                self._static_samples.add(n_samples)
+                loss, grads, estimate, state = self._call(args, False)
+        except Exception as exc:
+            if not _is_transform_failure(exc):
+                raise
+            causes = " <- ".join(_first_line(e) for e in _chain(exc)[:3])
+            raise CompiledCurvatureError(
+                "the compiled forward-over-reverse path (torch.compile of torch.func.jvp of "
+                f"torch.func.grad_and_value) failed for this model or loss ({causes}). "
+                f"{_EAGER_HINT}"
+            ) from exc
+        with torch.no_grad():
+            for n, b in buffers.items():
+                b.copy_(state[n])
+        return loss.detach(), [grads[n] for n in names], [estimate[n] for n in names]
+
+    def _call(self, args: tuple[Any, ...], dynamic: bool) -> Any:
+        # Aliases of the caller's tensors carry the dynamic-dimension marks, not the tensors.
+        inputs = tuple(t.detach() if isinstance(t, Tensor) else t for t in args[4])
+        target = args[5].detach() if isinstance(args[5], Tensor) else args[5]
+        args = (*args[:4], inputs, target, args[6])
+        if dynamic:
+            for t in (*inputs, target):
+                if isinstance(t, Tensor) and t.dim() > 0:
+                    torch._dynamo.maybe_mark_dynamic(t, 0)
+            compiled = self._compiled
+        else:
+            if self._static is None:
+                self._static = self._compile_static()
+            compiled = self._static
+        graphs = _graph_count()
+        start = time.perf_counter()
+        try:
+            return compiled(*args)
+        finally:
+            if _graph_count() != graphs:
+                self.compiles += 1
+                self.compile_seconds += time.perf_counter() - start
+
+    # ------------------------------------------------------------------ with an optimizer
+
+    def backward(self, opt: Any, *inputs: Any) -> Tensor:
+        """Replace ``loss_fn(model(*inputs[:-1]), inputs[-1]).backward(create_graph=...)``.
+
+        The last positional argument is the target; the others are the model's inputs. On a
+        Hessian step of ``opt`` (an :class:`adahessian.AdaHessian`; ``opt.hessian_due``) it runs
+        the compiled function with probes drawn from the optimizer's own generator, exactly as
+        the eager step would draw them, adds the gradients to ``p.grad`` and sets
+        :attr:`estimate` for ``opt.step(hessian=curv.estimate)``. On other steps it runs an
+        ordinary forward and ``backward()`` and sets :attr:`estimate` to None.
+
+        Returns:
+            The loss, detached.
+        """
+        if len(inputs) < 2:
+            raise TypeError("backward(opt, *inputs, target) needs the inputs and the target")
+        *model_inputs, target = inputs
+        if not opt.hessian_due:
+            self._pending = None
+            self.estimate = None
+            loss = self.loss_fn(self.model(*model_inputs), target)
+            loss.backward()
+            return loss.detach()
+
+        probe_params: list[Tensor] = opt._probe_params()
+        key = (id(opt), opt._steps)
+        if self._pending is None or self._pending["key"] != key:
+            generator = opt._probe_generator()
+            state = generator.get_state()
+            drawn = [rademacher(probe_params, generator=generator) for _ in range(opt.n_samples)]
+            self._pending = {"key": key, "drawn": drawn, "state": state, "estimate": None}
+        pending = self._pending
+        position = {id(p): i for i, p in enumerate(probe_params)}
+        trainable = [p for p in self.model.parameters() if p.requires_grad]
+        probes = [
+            [v[position[id(p)]] if id(p) in position else torch.zeros_like(p) for p in trainable]
+            for v in pending["drawn"]
+        ]
+        try:
+            loss, grads, estimate = self.hutchinson(probes, *model_inputs, target=target)
+        except BaseException:
+            if pending["estimate"] is None:  # a failed first call draws nothing
+                opt._probe_generator().set_state(pending["state"])
+                self._pending = None
+            raise
+        by_param = {id(p): e for p, e in zip(trainable, estimate, strict=True)}
+        if pending["estimate"] is None:
+            pending["estimate"] = by_param
+        else:
+            for k, e in by_param.items():
+                pending["estimate"][k] = pending["estimate"][k] + e
+        with torch.no_grad():
+            for p, g in zip(trainable, grads, strict=True):
+                p.grad = g if p.grad is None else p.grad.detach() + g
+        flat = [p for group in opt.param_groups for p in group["params"] if p.grad is not None]
+        self.estimate = [
+            pending["estimate"][id(p)] if id(p) in pending["estimate"] else torch.zeros_like(p)
+            for p in flat
+        ]
+        return loss
