@@ -32,10 +32,17 @@ What it supports and refuses:
   running statistics are updated exactly once, as in eager training. Dropout draws once per
   forward; the gradient and every probe's product see the same mask (the compiled random stream
   is not eager's unless ``torch._inductor.config.fallback_random`` is set).
-* The batch dimension (dimension 0 of the inputs and the target) is compiled as dynamic, so a
-  smaller last batch does not recompile; neither does a changed learning rate (the optimizer step
-  is not compiled) nor ``model.eval()`` for evaluation between training steps. A Hessian step
-  taken in another train/eval mode or with another ``n_samples`` compiles once more.
+* No recompilation in steady state. Shapes are compiled static (dynamo's tracing of
+  ``torch.func.jvp`` specialises the batch size in torch 2.13), so a batch of another size than
+  the compiled one (a smaller last batch) runs the same function uncompiled: the same result at
+  eager speed (:attr:`CompiledCurvature.eager_calls` counts them; ``recompile_batch_sizes=True``
+  compiles each size instead). A changed learning rate (the optimizer step is not compiled) and
+  ``model.eval()`` for evaluation between training steps recompile nothing. A Hessian step taken
+  in another train/eval mode or with another ``n_samples`` compiles once more.
+* The first call of each kind (``n_samples``, train/eval mode) also runs the function
+  uncompiled once, to check that ``torch.func`` can transform the model and loss (the compiled
+  code could crash or silently drop a derivative where eager ``torch.func`` raises); its result
+  is dropped and the random state restored.
 * Several calls on one Hessian step (gradient accumulation) share the probes and add their
   estimates, as :meth:`adahessian.AdaHessian.backward` does.
 * Models or losses that ``torch.func`` or ``torch.compile`` cannot handle raise
@@ -80,7 +87,7 @@ class CompiledCurvatureError(ForwardOverReverseError):
 def _dynamo_errors() -> tuple[type[BaseException], ...]:
     from torch._dynamo import exc
 
-    return (exc.Unsupported, exc.BackendCompilerFailed, exc.UserError)
+    return (exc.Unsupported, exc.BackendCompilerFailed, exc.UserError, exc.InternalTorchDynamoError)
 
 
 def _chain(error: BaseException) -> list[BaseException]:
@@ -100,7 +107,7 @@ def _first_line(error: BaseException) -> str:
 
 def _is_transform_failure(error: BaseException) -> bool:
     message = " ".join(str(e) for e in _chain(error))
-    if any(sig in message for sig in _TRANSFORM_FAILURES):
+    if any(sig in message for sig in (*_TRANSFORM_FAILURES, "forward mode AD")):
         return True
     return isinstance(error, _dynamo_errors())
 
@@ -122,6 +129,11 @@ def _refuse_custom_functions(model: nn.Module) -> None:
             )
 
 
+def _devices(tensors: Sequence[Tensor]) -> list[Any]:
+    """The accelerator devices whose random state :func:`torch.random.fork_rng` must keep."""
+    return sorted({t.device for t in tensors if t.device.type != "cpu"}, key=str)
+
+
 class CompiledCurvature:
     """Loss, gradients and the Hutchinson estimate :math:`\\frac1n\\sum_i v_i \\odot H v_i` from
     one compiled forward-over-reverse function.
@@ -132,14 +144,16 @@ class CompiledCurvature:
         backend: the ``torch.compile`` backend (``"inductor"``; ``"aot_eager"`` compiles fast and
             runs eagerly, useful in tests).
         mode: the ``torch.compile`` mode (None, ``"max-autotune"``, ...).
-        dynamic_batch: compile dimension 0 of the inputs and the target as dynamic, so that a
-            smaller last batch does not recompile (default True).
+        recompile_batch_sizes: compile once more for each new batch size. By default a batch
+            whose size differs from the compiled code's (a smaller last batch) runs the same
+            function uncompiled instead (same result, eager speed), with no recompilation.
 
     Attributes:
         estimate: after a Hessian step's :meth:`backward`, the estimate for
             ``opt.step(hessian=...)``; None after a plain step.
         compile_seconds: total wall time of the calls that compiled (compile plus that step).
         compiles: how many calls compiled a graph.
+        eager_calls: how many Hessian steps ran uncompiled because of their batch size.
     """
 
     def __init__(
@@ -149,15 +163,16 @@ class CompiledCurvature:
         *,
         backend: str | Callable[..., Any] = "inductor",
         mode: str | None = None,
-        dynamic_batch: bool = True,
+        recompile_batch_sizes: bool = False,
     ) -> None:
         _refuse_custom_functions(model)
         self.model = model
         self.loss_fn = loss_fn
-        self.dynamic_batch = dynamic_batch
+        self.recompile_batch_sizes = recompile_batch_sizes
         self.estimate: list[Tensor] | None = None
         self.compile_seconds = 0.0
         self.compiles = 0
+        self.eager_calls = 0
         self._pending: dict[str, Any] | None = None  # probes and estimate of the current step
 
         def curvature(
@@ -192,27 +207,24 @@ class CompiledCurvature:
                 estimate = {n: (tangents[n] * hvp[n]).sum(0) / n_samples for n in params}
             return loss, grads, estimate, state
 
-        def compile_copy(dynamic: bool | None) -> Callable[..., Any]:
-            # Dynamo caches compiled code per code object: a copy of its own keeps this
-            # instance's graphs apart from other instances' (no recompilation, no shared limit).
-            fresh = types.FunctionType(
-                curvature.__code__.replace(),
-                curvature.__globals__,
-                curvature.__name__,
-                None,
-                curvature.__closure__,
-            )
-            return torch.compile(
-                fresh, backend=backend, mode=mode, fullgraph=True, dynamic=dynamic
-            )
-
-        self._compiled = compile_copy(None)
-        # Forward-mode AD of a batched (vmap) convolution fails with a symbolic batch size in
-        # torch 2.13 ("Cannot call storage_offset() on tensor with symbolic sizes/strides"):
-        # several probes then compile for static shapes, once per batch size.
-        self._compile_static = lambda: compile_copy(False)
-        self._static: Callable[..., Any] | None = None
-        self._static_samples: set[int] = set()
+        # Dynamo caches compiled code per code object: a copy of its own keeps this instance's
+        # graphs apart from other instances' (no recompilation, no shared limit). Shapes are
+        # static: dynamo's tracing of torch.func.jvp specialises the batch size anyway in torch
+        # 2.13 (and a vmapped convolution's fails with a symbolic one).
+        fresh = types.FunctionType(
+            curvature.__code__.replace(),
+            curvature.__globals__,
+            curvature.__name__,
+            None,
+            curvature.__closure__,
+        )
+        self._compiled = torch.compile(
+            fresh, backend=backend, mode=mode, fullgraph=True, dynamic=False
+        )
+        self._eager = curvature
+        self._checked: set[Any] = set()  # kinds of call checked uncompiled
+        self._compiled_keys: set[Any] = set()  # (kind, shapes) the compiled code has run
+        self._kinds: set[Any] = set()  # (kind, shapes without the batch size) compiled
 
     # ------------------------------------------------------------------ the compiled call
 
@@ -254,16 +266,8 @@ class CompiledCurvature:
         else:
             tangents = {n: torch.stack([v[i] for v in probes]) for i, n in enumerate(names)}
         args = (params, frozen, buffers, tangents, tuple(inputs), target, n_samples)
-        dynamic = self.dynamic_batch and n_samples not in self._static_samples
         try:
-            try:
-                loss, grads, estimate, state = self._call(args, dynamic)
-            except Exception as exc:
-                symbolic = any("symbolic sizes" in str(e) for e in _chain(exc))
-                if not (dynamic and n_samples > 1 and symbolic):
-                    raise
-                self._static_samples.add(n_samples)
-                loss, grads, estimate, state = self._call(args, False)
+            loss, grads, estimate, state = self._run(args)
         except Exception as exc:
             if not _is_transform_failure(exc):
                 raise
@@ -278,24 +282,38 @@ class CompiledCurvature:
                 b.copy_(state[n])
         return loss.detach(), [grads[n] for n in names], [estimate[n] for n in names]
 
-    def _call(self, args: tuple[Any, ...], dynamic: bool) -> Any:
-        # Aliases of the caller's tensors carry the dynamic-dimension marks, not the tensors.
-        inputs = tuple(t.detach() if isinstance(t, Tensor) else t for t in args[4])
-        target = args[5].detach() if isinstance(args[5], Tensor) else args[5]
-        args = (*args[:4], inputs, target, args[6])
-        if dynamic:
-            for t in (*inputs, target):
-                if isinstance(t, Tensor) and t.dim() > 0:
-                    torch._dynamo.maybe_mark_dynamic(t, 0)
-            compiled = self._compiled
-        else:
-            if self._static is None:
-                self._static = self._compile_static()
-            compiled = self._static
+    def _run(self, args: tuple[Any, ...]) -> Any:
+        n_samples = args[6]
+        tensors = [t for t in (*args[4], args[5]) if isinstance(t, Tensor)]
+        mode = (n_samples, tuple(m.training for m in self.model.modules()))
+        if mode not in self._checked:
+            # Once per kind of call, the same function runs uncompiled first: a model or loss
+            # that torch.func cannot transform then fails with torch.func's own error, where
+            # the compiled code could crash or drop a derivative. The random state is restored
+            # and the result dropped, so the step is the compiled one.
+            with torch.random.fork_rng(devices=_devices(tensors)):
+                self._eager(*args)
+            self._checked.add(mode)
+        shapes = tuple((tuple(t.shape), t.dtype, t.device) for t in tensors)
+        key = (mode, shapes)
+        kind = (mode, tuple((s[1:], dtype, device) for s, dtype, device in shapes))
+        if key in self._compiled_keys:
+            return self._call(args)
+        if kind in self._kinds and not self.recompile_batch_sizes:
+            # Only the batch size differs from compiled code (a smaller last batch): run the
+            # same function uncompiled rather than compile again.
+            self.eager_calls += 1
+            return self._eager(*args)
+        out = self._call(args)
+        self._compiled_keys.add(key)
+        self._kinds.add(kind)
+        return out
+
+    def _call(self, args: tuple[Any, ...]) -> Any:
         graphs = _graph_count()
         start = time.perf_counter()
         try:
-            return compiled(*args)
+            return self._compiled(*args)
         finally:
             if _graph_count() != graphs:
                 self.compiles += 1
