@@ -202,7 +202,7 @@ class CompiledCurvature:
                 (grads, loss, state), hvp = with_tangent(tangents)
                 estimate = {n: tangents[n] * hvp[n] for n in params}
             else:
-                batched = vmap(with_tangent, out_dims=(None, 0), randomness="same")
+                batched = vmap(with_tangent, out_dims=(None, 0), randomness="same")  # type: ignore[arg-type]
                 (grads, loss, state), hvp = batched(tangents)
                 estimate = {n: (tangents[n] * hvp[n]).sum(0) / n_samples for n in params}
             return loss, grads, estimate, state
@@ -254,9 +254,7 @@ class CompiledCurvature:
         n_samples = len(probes)
         check_n_samples(n_samples)
         if any(len(v) != len(named) for v in probes):
-            raise ValueError(
-                f"each probe needs one tensor per trainable parameter ({len(named)})"
-            )
+            raise ValueError(f"each probe needs one tensor per trainable parameter ({len(named)})")
         names = [n for n, _ in named]
         params = {n: p.detach() for n, p in named}
         frozen = {n: p.detach() for n, p in self.model.named_parameters() if not p.requires_grad}

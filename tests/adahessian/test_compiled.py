@@ -106,7 +106,7 @@ def test_steps_equal_the_eager_steps(n_samples: int, interval: int) -> None:
 
 def test_estimate_equals_double_backward_with_the_same_probes() -> None:
     model = _conv_bn()
-    (x, y), = _batches(1)
+    ((x, y),) = _batches(1)
     params = list(model.parameters())
     probes = [rademacher(params, generator=torch.Generator().manual_seed(s)) for s in (4, 5, 6)]
     ref_model = copy.deepcopy(model)
@@ -116,7 +116,7 @@ def test_estimate_equals_double_backward_with_the_same_probes() -> None:
     expected = hutchinson_diagonal(grads, list(ref_model.parameters()), probes=probes)
 
     curv = CompiledCurvature(model, F.cross_entropy, backend=FAST)
-    loss, got_grads, estimate = curv.hutchinson(probes, x, target=y)
+    _, got_grads, estimate = curv.hutchinson(probes, x, target=y)
     torch.testing.assert_close(estimate, expected, rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(got_grads, [g.detach() for g in grads], rtol=1e-10, atol=1e-12)
     assert all(p.grad is None for p in params)  # hutchinson() leaves p.grad alone
@@ -138,7 +138,9 @@ def test_dropout_gradient_and_products_see_the_forward_s_mask(n_samples: int) ->
     model = _Dropped().double().train()
     x, y = torch.randn(7, 4, dtype=torch.float64), torch.randint(0, 3, (7,))
     params = list(model.parameters())
-    probes = [rademacher(params, generator=torch.Generator().manual_seed(s)) for s in range(n_samples)]
+    probes = [
+        rademacher(params, generator=torch.Generator().manual_seed(s)) for s in range(n_samples)
+    ]
     curv = CompiledCurvature(model, F.cross_entropy, backend=FAST)
     torch.manual_seed(11)
     _, grads, estimate = curv.hutchinson(probes, x, target=y)
@@ -191,7 +193,7 @@ def test_no_recompilation_for_a_small_last_batch_a_new_lr_or_eval() -> None:
 
 def test_second_instance_has_its_own_cache() -> None:
     # One instance's compiled graph does not count as another's recompilation.
-    (x, y), = _batches(1)
+    ((x, y),) = _batches(1)
     first = _conv_bn()
     curv = CompiledCurvature(first, F.cross_entropy, backend=FAST)
     probes = [rademacher(list(first.parameters()))]
