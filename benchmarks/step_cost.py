@@ -281,7 +281,50 @@ def _adahessian_forward(n: int) -> Callable:
     return make
 
 
-def _adahessian_compiled(interval: int) -> Callable:
+class _CompileClock:
+    """Wall time of the calls during which dynamo compiled a graph."""
+
+    def __init__(self) -> None:
+        self.seconds, self.compiles = 0.0, 0
+
+    def __call__(self, fn: Callable[[], None]) -> None:
+        from torch._dynamo.utils import counters
+
+        graphs = counters["stats"]["unique_graphs"]
+        start = time.perf_counter()
+        fn()
+        if counters["stats"]["unique_graphs"] != graphs:
+            self.seconds += time.perf_counter() - start
+            self.compiles += 1
+
+
+def _first_order_compiled(cls: Callable[..., torch.optim.Optimizer], **kw: Any) -> Callable:
+    """A first-order optimizer on ``torch.compile(model)`` (the optimizer step eager)."""
+
+    def make(task: Task) -> Callable[[], None]:
+        backend = "aot_eager" if task.quick else "inductor"
+        model = torch.compile(task.model, backend=backend, dynamic=False)
+        opt = cls(task.model.parameters(), **kw)
+        clock = _CompileClock()
+
+        def once() -> None:
+            opt.zero_grad(set_to_none=True)
+            task.loss_fn(model(task.x), task.y).backward()
+            opt.step()
+
+        def step() -> None:
+            clock(once)
+
+        def report() -> dict[str, Any]:
+            return {"backend": backend, "compile_s": clock.seconds, "compiles": clock.compiles}
+
+        step.report = report  # type: ignore[attr-defined]
+        return step
+
+    return make
+
+
+def _adahessian_compiled(interval: int, compile_plain: bool = False) -> Callable:
     """Forward-over-reverse under torch.compile (:class:`adahessian.CompiledCurvature`); plain
     steps are eager. The step function reports the compile time (``step.report()``)."""
 
@@ -294,7 +337,7 @@ def _adahessian_compiled(interval: int) -> Callable:
         # --quick: the aot_eager backend traces the same graph but skips inductor's code
         # generation, which takes minutes on a small machine.
         backend = "aot_eager" if task.quick else "inductor"
-        curv = CompiledCurvature(model, task.loss_fn, backend=backend)
+        curv = CompiledCurvature(model, task.loss_fn, backend=backend, compile_plain=compile_plain)
 
         def step() -> None:
             opt.zero_grad(set_to_none=True)
@@ -398,6 +441,20 @@ def contenders() -> list[Contender]:
             _adahessian_compiled(10),
             cycle=10,
             meta={"hvp": cfw, "n": 1, "interval": 10},
+            compiles=True,
+        ),
+        Contender(
+            "adahessian-compiled-all-int10",
+            "AdaHessian, compiled forward-over-reverse and plain steps, update_interval 10",
+            _adahessian_compiled(10, compile_plain=True),
+            cycle=10,
+            meta={"hvp": cfw, "n": 1, "interval": 10},
+            compiles=True,
+        ),
+        Contender(
+            "adam-compiled",
+            "Adam on torch.compile(model)",
+            _first_order_compiled(torch.optim.Adam, lr=1e-3),
             compiles=True,
         ),
         Contender(

@@ -104,6 +104,26 @@ def test_steps_equal_the_eager_steps(n_samples: int, interval: int) -> None:
         assert eager_opt.state_dict()["adahessian"][key] == opt.state_dict()["adahessian"][key]
 
 
+def test_compiled_plain_steps_equal_the_eager_steps() -> None:
+    eager_model, model = _conv_bn(), _conv_bn()
+    eager_opt = AdaHessian(eager_model.parameters(), update_interval=3, seed=1)
+    opt = AdaHessian(model.parameters(), update_interval=3, seed=1)
+    curv = CompiledCurvature(model, F.cross_entropy, backend=FAST, compile_plain=True)
+    for x, y in [*_batches(5), *_batches(1, size=4)]:  # the last batch runs uncompiled
+        eager_opt.zero_grad()
+        eager_loss = F.cross_entropy(eager_model(x), y)
+        eager_loss.backward(create_graph=eager_opt.hessian_due)
+        eager_opt.step()
+        opt.zero_grad()
+        loss = curv.backward(opt, x, y)
+        opt.step(hessian=curv.estimate)
+        torch.testing.assert_close(loss, eager_loss.detach(), rtol=1e-12, atol=1e-12)
+        _assert_same_state(eager_model, model)
+    # Steps 1 and 4 are Hessian steps, 2, 3, 5 plain: one graph each, and the small batch
+    # (step 6, plain) ran uncompiled.
+    assert curv.compiles == 2 and curv.eager_calls == 1
+
+
 def test_estimate_equals_double_backward_with_the_same_probes() -> None:
     model = _conv_bn()
     ((x, y),) = _batches(1)
