@@ -162,7 +162,8 @@ class CompiledCurvature:
     Attributes:
         estimate: after a Hessian step's :meth:`backward`, the estimate for
             ``opt.step(hessian=...)``; None after a plain step.
-        compile_seconds: total wall time of the calls that compiled (compile plus that step).
+        compile_seconds: one-time cost: the wall time of the calls that compiled (compile plus
+            that step) and of the uncompiled checks.
         compiles: how many calls compiled a graph.
         eager_calls: how many steps ran uncompiled because of their batch size.
     """
@@ -312,8 +313,10 @@ class CompiledCurvature:
             # that torch.func cannot transform then fails with torch.func's own error, where
             # the compiled code could crash or drop a derivative. The random state is restored
             # and the result dropped, so the step is the compiled one.
+            start = time.perf_counter()
             with torch.random.fork_rng(devices=_devices(tensors)):
                 self._eager(*args)
+            self.compile_seconds += time.perf_counter() - start
             self._checked.add(mode)
         shapes = tuple((tuple(t.shape), t.dtype, t.device) for t in tensors)
         key = (mode, shapes)
@@ -350,7 +353,13 @@ class CompiledCurvature:
         the compiled function with probes drawn from the optimizer's own generator, exactly as
         the eager step would draw them, adds the gradients to ``p.grad`` and sets
         :attr:`estimate` for ``opt.step(hessian=curv.estimate)``. On other steps it runs an
-        ordinary forward and ``backward()`` and sets :attr:`estimate` to None.
+        ordinary forward and ``backward()`` (the compiled gradient with ``compile_plain``) and
+        sets :attr:`estimate` to None.
+
+        Several calls before one ``opt.step`` (micro-batches) share the probes and add up
+        their gradients and estimates, as :meth:`adahessian.AdaHessian.backward` does; after
+        ``opt.zero_grad()`` (every ``p.grad`` None) a call starts afresh with new probes, as
+        ``opt.backward`` does after ``zero_grad()``.
 
         Returns:
             The loss, detached.
@@ -374,14 +383,15 @@ class CompiledCurvature:
 
         probe_params: list[Tensor] = opt._probe_params()
         key = (id(opt), opt._steps)
-        if self._pending is None or self._pending["key"] != key:
+        trainable = [p for p in self.model.parameters() if p.requires_grad]
+        fresh = all(p.grad is None for p in trainable)  # zero_grad() since the last call
+        if self._pending is None or self._pending["key"] != key or fresh:
             generator = opt._probe_generator()
             state = generator.get_state()
             drawn = [rademacher(probe_params, generator=generator) for _ in range(opt.n_samples)]
             self._pending = {"key": key, "drawn": drawn, "state": state, "estimate": None}
         pending = self._pending
         position = {id(p): i for i, p in enumerate(probe_params)}
-        trainable = [p for p in self.model.parameters() if p.requires_grad]
         probes = [
             [v[position[id(p)]] if id(p) in position else torch.zeros_like(p) for p in trainable]
             for v in pending["drawn"]

@@ -238,7 +238,10 @@ def test_micro_batches_share_the_probes_like_opt_backward() -> None:
     curv = CompiledCurvature(model, half, backend=FAST)
     for step in range(2):
         micro = _batches(2, size=4, seed=step)
+        # A micro-batch discarded by zero_grad(): its estimate must not count.
+        eager_opt.backward(half(eager_model(micro[1][0]), micro[1][1]))
         eager_opt.zero_grad()
+        curv.backward(opt, *micro[1])
         opt.zero_grad()
         for x, y in micro:
             eager_opt.backward(half(eager_model(x), y))
