@@ -396,3 +396,25 @@ def test_inductor_estimate_equals_double_backward_in_float64() -> None:
             torch.testing.assert_close(got_grads, [g.detach() for g in grads])
             _assert_same_state(ref_model, model)
     assert curv.compiles == 1 and curv.compile_seconds > 0 and curv.eager_calls == 1
+
+
+@pytest.mark.slow
+def test_inductor_dropout_matches_eager_with_fallback_random() -> None:
+    # Inductor draws its own random stream; with fallback_random it draws eager's, so the
+    # compiled gradient and product can be checked against eager ones under the same seed.
+    torch.manual_seed(0)
+    model = _Dropped().double().train()
+    x, y = torch.randn(7, 4, dtype=torch.float64), torch.randint(0, 3, (7,))
+    params = list(model.parameters())
+    probes = [rademacher(params, generator=torch.Generator().manual_seed(1))]
+    with torch._inductor.config.patch(fallback_random=True):
+        curv = CompiledCurvature(model, F.cross_entropy)
+        for seed in (11, 12):
+            torch.manual_seed(seed)
+            _, grads, estimate = curv.hutchinson(probes, x, target=y)
+            torch.manual_seed(seed)
+            ref = torch.autograd.grad(F.cross_entropy(model(x), y), params, create_graph=True)
+            expected = hutchinson_diagonal(ref, params, probes=probes)
+            torch.testing.assert_close(grads, [g.detach() for g in ref], rtol=1e-10, atol=1e-13)
+            torch.testing.assert_close(estimate, expected, rtol=1e-10, atol=1e-13)
+    assert curv.compiles == 1
