@@ -49,7 +49,12 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from adahessian import AdaHessian, batched_hutchinson_diagonal, forward_hutchinson
+from adahessian import (
+    AdaHessian,
+    CompiledCurvature,
+    batched_hutchinson_diagonal,
+    forward_hutchinson,
+)
 from adahessian.batchnorm import use_fast_batchnorm
 
 # backward(create_graph=True) warns about a parameter <-> gradient reference cycle; the
@@ -140,6 +145,7 @@ class Task:
     loss_fn: Callable[[Tensor, Tensor], Tensor]
     context: Callable[[], contextlib.AbstractContextManager[Any]] = contextlib.nullcontext
     has_batchnorm: bool = False
+    quick: bool = False
 
 
 def _token_xent(logits: Tensor, y: Tensor) -> Tensor:
@@ -161,7 +167,7 @@ def make_task(name: str, quick: bool) -> Task:
             f"ResNet{6 * n + 2} (widths {width}/{2 * width}/{4 * width}), "
             f"batch {batch}x3x{size}x{size}"
         )
-        return Task(name, desc, model, x, y, F.cross_entropy, has_batchnorm=True)
+        return Task(name, desc, model, x, y, F.cross_entropy, has_batchnorm=True, quick=quick)
     if name == "transformer":
         vocab, d, heads, layers, seq, batch = (
             (50, 16, 2, 1, 8, 4) if quick else (2000, 128, 4, 2, 64, 32)
@@ -172,13 +178,14 @@ def make_task(name: str, quick: bool) -> Task:
             f"pre-norm Transformer LM, {layers} layers, d {d}, {heads} heads, vocab {vocab}, "
             f"batch {batch}x{seq} tokens, math SDPA"
         )
-        return Task(name, desc, model, tokens[:, :-1], tokens[:, 1:], _token_xent, _math_sdpa)
+        x, y = tokens[:, :-1], tokens[:, 1:]
+        return Task(name, desc, model, x, y, _token_xent, _math_sdpa, quick=quick)
     if name == "embedding":
         vocab, d, hidden, bag, batch = (100, 8, 16, 4, 8) if quick else (50000, 64, 128, 32, 128)
         model = BagClassifier(vocab, d, hidden, 10)
         x, y = torch.randint(0, vocab, (batch, bag)), torch.randint(0, 10, (batch,))
         desc = f"embedding bag classifier, vocab {vocab} x {d}, batch {batch}x{bag} tokens"
-        return Task(name, desc, model, x, y, F.cross_entropy)
+        return Task(name, desc, model, x, y, F.cross_entropy, quick=quick)
     raise KeyError(name)
 
 
@@ -195,6 +202,9 @@ class Contender:
     cycle: int = 1  # steps timed per round
     needs: Callable[[Task], str | None] = lambda task: None  # reason to skip, or None
     meta: dict[str, Any] = field(default_factory=dict)
+    # Compiles on its first step: the memory subprocess runs one cycle before its baseline, so
+    # that the compiler's own memory is not counted as the step's.
+    compiles: bool = False
 
 
 def _first_order(cls: Callable[..., torch.optim.Optimizer], **kw: Any) -> Callable:
@@ -271,6 +281,82 @@ def _adahessian_forward(n: int) -> Callable:
     return make
 
 
+class _CompileClock:
+    """Wall time of the calls during which dynamo compiled a graph."""
+
+    def __init__(self) -> None:
+        self.seconds, self.compiles = 0.0, 0
+
+    def __call__(self, fn: Callable[[], None]) -> None:
+        from torch._dynamo.utils import counters
+
+        graphs = counters["stats"]["unique_graphs"]
+        start = time.perf_counter()
+        fn()
+        if counters["stats"]["unique_graphs"] != graphs:
+            self.seconds += time.perf_counter() - start
+            self.compiles += 1
+
+
+def _first_order_compiled(cls: Callable[..., torch.optim.Optimizer], **kw: Any) -> Callable:
+    """A first-order optimizer on ``torch.compile(model)`` (the optimizer step eager)."""
+
+    def make(task: Task) -> Callable[[], None]:
+        backend = "aot_eager" if task.quick else "inductor"
+        model = torch.compile(task.model, backend=backend, dynamic=False)
+        opt = cls(task.model.parameters(), **kw)
+        clock = _CompileClock()
+
+        def once() -> None:
+            opt.zero_grad(set_to_none=True)
+            task.loss_fn(model(task.x), task.y).backward()
+            opt.step()
+
+        def step() -> None:
+            clock(once)
+
+        def report() -> dict[str, Any]:
+            return {"backend": backend, "compile_s": clock.seconds, "compiles": clock.compiles}
+
+        step.report = report  # type: ignore[attr-defined]
+        return step
+
+    return make
+
+
+def _adahessian_compiled(interval: int, compile_plain: bool = False) -> Callable:
+    """Forward-over-reverse under torch.compile (:class:`adahessian.CompiledCurvature`); plain
+    steps are eager. The step function reports the compile time (``step.report()``)."""
+
+    def make(task: Task) -> Callable[[], None]:
+        model = task.model
+        # The step cost does not depend on lr. With the default 0.15 and a ten-step-old
+        # estimate the Transformer diverges within a few steps; the eager contenders then carry
+        # NaN on, but opt.step(hessian=...) refuses a non-finite estimate.
+        opt = AdaHessian(model.parameters(), lr=0.01, update_interval=interval, seed=0)
+        # --quick: the aot_eager backend traces the same graph but skips inductor's code
+        # generation, which takes minutes on a small machine.
+        backend = "aot_eager" if task.quick else "inductor"
+        curv = CompiledCurvature(model, task.loss_fn, backend=backend, compile_plain=compile_plain)
+
+        def step() -> None:
+            opt.zero_grad(set_to_none=True)
+            curv.backward(opt, task.x, task.y)
+            opt.step(hessian=curv.estimate)
+
+        def report() -> dict[str, Any]:
+            return {
+                "backend": backend,
+                "compile_s": curv.compile_seconds,
+                "compiles": curv.compiles,
+            }
+
+        step.report = report  # type: ignore[attr-defined]
+        return step
+
+    return make
+
+
 def _external(module: str, cls: str, **kw: Any) -> Callable:
     def make(task: Task) -> Callable[[], None]:
         opt_cls = getattr(importlib.import_module(module), cls)
@@ -302,11 +388,12 @@ def _needs_bn(task: Task) -> str | None:
 
 
 def contenders() -> list[Contender]:
-    ror, fwd, bat, fbn = (
+    ror, fwd, bat, fbn, cfw = (
         "reverse-over-reverse",
         "forward-over-reverse",
         "reverse-over-reverse, batched probes",
         "reverse-over-reverse, fast BatchNorm",
+        "forward-over-reverse, compiled",
     )
     out = [
         Contender("sgd", "SGD (momentum 0.9)", _first_order(torch.optim.SGD, lr=0.1, momentum=0.9)),
@@ -340,6 +427,35 @@ def contenders() -> list[Contender]:
             "AdaHessian, forward-over-reverse, 4 probes (vmap)",
             _adahessian_forward(4),
             meta={"hvp": fwd, "n": 4},
+        ),
+        Contender(
+            "adahessian-compiled",
+            "AdaHessian, compiled forward-over-reverse",
+            _adahessian_compiled(1),
+            meta={"hvp": cfw, "n": 1},
+            compiles=True,
+        ),
+        Contender(
+            "adahessian-compiled-int10",
+            "AdaHessian, compiled forward-over-reverse, update_interval 10",
+            _adahessian_compiled(10),
+            cycle=10,
+            meta={"hvp": cfw, "n": 1, "interval": 10},
+            compiles=True,
+        ),
+        Contender(
+            "adahessian-compiled-all-int10",
+            "AdaHessian, compiled forward-over-reverse and plain steps, update_interval 10",
+            _adahessian_compiled(10, compile_plain=True),
+            cycle=10,
+            meta={"hvp": cfw, "n": 1, "interval": 10},
+            compiles=True,
+        ),
+        Contender(
+            "adam-compiled",
+            "Adam on torch.compile(model)",
+            _first_order_compiled(torch.optim.Adam, lr=1e-3),
+            compiles=True,
         ),
         Contender(
             "adahessian-fastbn",
@@ -414,6 +530,10 @@ def measure_memory_here(task_name: str, contender_name: str, quick: bool) -> dic
     out: dict[str, Any] = {}
     with task.context():
         step = contender.make(task)
+        if contender.compiles:  # compile first: the compiler's memory is not the step's
+            for _ in range(contender.cycle):
+                step()
+            out["warmed_up"] = True
         gc.collect()
         base = _status_kib("VmRSS")
         out["peak_reset"] = _reset_peak()
@@ -508,6 +628,10 @@ def run_task(
                 continue
             if r >= warmup:
                 times[name].append(elapsed)
+    for name, step in steps.items():
+        report = getattr(step, "report", None)
+        if report is not None:
+            results[name].update(report())
     adam = statistics.median(times["adam"]) if times.get("adam") else None
     for name, entry in results.items():
         ts = times.get(name) or []
@@ -563,6 +687,15 @@ def markdown(report: dict) -> str:
                 f"{_ratio(entry.get('plain_step_peak_above_baseline_mib'), adam_mem)} |"
             )
         lines.append("")
+        for entry in task["results"].values():
+            if entry.get("compile_s") is not None:
+                lines.append(
+                    f"- {entry['label']}: compiled in {entry['compile_s']:.1f} s "
+                    f"({entry['compiles']} graph(s), backend {entry['backend']}; compile time "
+                    "is not in the step times)"
+                )
+        if lines[-1] != "":
+            lines.append("")
     return "\n".join(lines)
 
 

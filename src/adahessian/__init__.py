@@ -2,6 +2,7 @@
 
 from .averaging import spatial_average
 from .batchnorm import use_fast_batchnorm
+from .compiled import CompiledCurvature, CompiledCurvatureError
 from .functional import adahessian
 from .hutchinson import hutchinson_diagonal, rademacher
 from .hvp import (
@@ -14,6 +15,8 @@ from .optimizer import AdaHessian
 
 __all__ = [
     "AdaHessian",
+    "CompiledCurvature",
+    "CompiledCurvatureError",
     "ForwardOverReverseError",
     "HutchinsonResult",
     "adahessian",

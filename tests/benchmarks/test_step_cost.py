@@ -99,3 +99,29 @@ def test_unknown_names_are_refused(step_cost: ModuleType) -> None:
         step_cost.main(["--quick", "--contenders", "nope"])
     with pytest.raises(SystemExit):
         step_cost.main(["--quick", "--models", "nope"])
+
+
+def test_compiled_contenders_report_their_compile_time_apart(
+    step_cost: ModuleType, tmp_path: Path
+) -> None:
+    # --quick compiles with the aot_eager backend: the same graph, no code generation.
+    out = tmp_path / "out.json"
+    chosen = ["adahessian-compiled", "adahessian-compiled-int10"]
+    argv = ["--quick", "--no-memory", "--rounds", "1", "--warmup", "1", "--models", "resnet20"]
+    step_cost.main([*argv, "--contenders", ",".join(chosen), "--json", str(out)])
+    results = json.loads(out.read_text())["models"]["resnet20"]["results"]
+    assert list(results) == ["adam", *chosen]
+    for name in chosen:
+        entry = results[name]
+        assert entry["status"] == "ok", entry["status"]
+        assert entry["backend"] == "aot_eager"
+        assert entry["compiles"] == 1 and entry["compile_s"] > 0  # during the warm-up round
+        assert len(entry["times_s"]) == 1 and entry["relative_to_adam"] > 0
+    assert results["adahessian-compiled-int10"]["cycle"] == 10
+
+
+def test_compiled_memory_is_measured_after_compiling(step_cost: ModuleType) -> None:
+    result = step_cost.measure_memory("resnet20", "adahessian-compiled-int10", quick=True)
+    assert "error" not in result, result
+    assert result["warmed_up"] is True
+    assert 0 <= result["plain_step_peak_above_baseline_mib"] <= result["peak_above_baseline_mib"]
