@@ -5,7 +5,8 @@ function.
 does compile ``torch.func``'s forward-over-reverse product: ``jvp`` of ``grad_and_value`` through
 ``functional_call`` (the transform :func:`adahessian.forward_hutchinson` runs eagerly).
 :class:`CompiledCurvature` compiles that whole transform, probes batched with ``vmap``, into one
-graph, and hands its estimate to the optimizer with ``opt.step(hessian=...)``. Plain steps
+graph, and hands its estimate to the optimizer (:meth:`adahessian.AdaHessian.add_hessian_estimate`,
+with the step's own probes from :meth:`adahessian.AdaHessian.hessian_probes`). Plain steps
 (between Hessian steps, with ``update_interval > 1``) are an ordinary eager forward and
 ``backward()``, so they cost what a first-order optimizer's step costs; with
 ``compile_plain=True`` they are a compiled ``grad_and_value`` instead.
@@ -17,14 +18,15 @@ Usage (three changed lines in a normal loop)::
     for x, y in loader:
         opt.zero_grad()
         loss = curv.backward(opt, x, y)                  # was: criterion(model(x), y).backward(...)
-        opt.step(hessian=curv.estimate)                  # None on plain steps
+        opt.step()
 
 On a Hessian step (``opt.hessian_due``) :meth:`CompiledCurvature.backward` draws the probes
 exactly as the eager step would (``opt.n_samples`` calls of :func:`adahessian.rademacher` over
 the optimizer's parameters, from its own generator), runs the compiled function, adds the
 gradients to ``p.grad`` as ``backward()`` would, copies the updated buffers (BatchNorm's running
-statistics) back into the model and keeps the estimate in :attr:`CompiledCurvature.estimate`, in
-the order ``opt.step(hessian=...)`` expects. The parameters after N steps therefore equal those
+statistics) back into the model and adds the estimate to the step's in the optimizer, which the
+next ``opt.step()`` uses (as after :meth:`adahessian.AdaHessian.backward`; a copy in step order is
+left in :attr:`CompiledCurvature.estimate`). The parameters after N steps therefore equal those
 of N eager steps (``loss.backward(create_graph=opt.hessian_due); opt.step()``) up to rounding.
 
 What it supports and refuses:
@@ -70,7 +72,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, grad_and_value, jvp, vmap
 
 from .batchnorm import _FastBatchNormMixin
-from .hutchinson import check_n_samples, rademacher
+from .hutchinson import check_n_samples
 from .hvp import _TRANSFORM_FAILURES, ForwardOverReverseError
 
 __all__ = ["CompiledCurvature", "CompiledCurvatureError"]
@@ -160,8 +162,9 @@ class CompiledCurvature:
             compiles a second graph; on CPU it made ResNet20's plain step about 0.8x as long.
 
     Attributes:
-        estimate: after a Hessian step's :meth:`backward`, the estimate for
-            ``opt.step(hessian=...)``; None after a plain step.
+        estimate: after a Hessian step's :meth:`backward`, the step's estimate so far (which
+            the optimizer already holds), one tensor per parameter with a gradient in
+            parameter-group order; None after a plain step.
         compile_seconds: one-time cost: the wall time of the calls that compiled (compile plus
             that step) and of the uncompiled checks.
         compiles: how many calls compiled a graph.
@@ -187,7 +190,6 @@ class CompiledCurvature:
         self.compile_seconds = 0.0
         self.compiles = 0
         self.eager_calls = 0
-        self._pending: dict[str, Any] | None = None  # probes and estimate of the current step
 
         def curvature(
             params: dict[str, Tensor],
@@ -351,15 +353,14 @@ class CompiledCurvature:
         The last positional argument is the target; the others are the model's inputs. On a
         Hessian step of ``opt`` (an :class:`adahessian.AdaHessian`; ``opt.hessian_due``) it runs
         the compiled function with probes drawn from the optimizer's own generator, exactly as
-        the eager step would draw them, adds the gradients to ``p.grad`` and sets
-        :attr:`estimate` for ``opt.step(hessian=curv.estimate)``. On other steps it runs an
+        the eager step would draw them, adds the gradients to ``p.grad`` and the estimate to the
+        optimizer's for this step (``opt.step()`` then uses it). On other steps it runs an
         ordinary forward and ``backward()`` (the compiled gradient with ``compile_plain``) and
         sets :attr:`estimate` to None.
 
         Several calls before one ``opt.step`` (micro-batches) share the probes and add up
         their gradients and estimates, as :meth:`adahessian.AdaHessian.backward` does; after
-        ``opt.zero_grad()`` (every ``p.grad`` None) a call starts afresh with new probes, as
-        ``opt.backward`` does after ``zero_grad()``.
+        ``opt.zero_grad()`` a call starts afresh with new probes, as ``opt.backward`` does.
 
         Returns:
             The loss, detached.
@@ -368,7 +369,6 @@ class CompiledCurvature:
             raise TypeError("backward(opt, *inputs, target) needs the inputs and the target")
         *model_inputs, target = inputs
         if not opt.hessian_due:
-            self._pending = None
             self.estimate = None
             if self.compile_plain:
                 trainable = [p for p in self.model.parameters() if p.requires_grad]
@@ -381,38 +381,28 @@ class CompiledCurvature:
             loss.backward()
             return loss.detach()
 
-        probe_params: list[Tensor] = opt._probe_params()
-        key = (id(opt), opt._steps)
+        # The step's probes, drawn from the optimizer's generator on the first call of the step
+        # (exactly as the eager step draws them) and shared by later micro-batches.
+        first = opt._pending is None
+        rng_state = opt._probe_generator().get_state() if first else None
+        probe_params, drawn = opt.hessian_probes()
         trainable = [p for p in self.model.parameters() if p.requires_grad]
-        fresh = all(p.grad is None for p in trainable)  # zero_grad() since the last call
-        if self._pending is None or self._pending["key"] != key or fresh:
-            generator = opt._probe_generator()
-            state = generator.get_state()
-            drawn = [rademacher(probe_params, generator=generator) for _ in range(opt.n_samples)]
-            self._pending = {"key": key, "drawn": drawn, "state": state, "estimate": None}
-        pending = self._pending
         position = {id(p): i for i, p in enumerate(probe_params)}
         probes = [
             [v[position[id(p)]] if id(p) in position else torch.zeros_like(p) for p in trainable]
-            for v in pending["drawn"]
+            for v in drawn
         ]
         try:
             loss, grads, estimate = self.hutchinson(probes, *model_inputs, target=target)
         except BaseException:
-            if pending["estimate"] is None:  # a failed first call draws nothing
-                opt._probe_generator().set_state(pending["state"])
-                self._pending = None
+            if first:  # a failed first call draws nothing
+                opt._pending = None
+                opt._probe_generator().set_state(rng_state)
             raise
         by_param = {id(p): e for p, e in zip(trainable, estimate, strict=True)}
-        if pending["estimate"] is None:
-            pending["estimate"] = by_param
-        else:
-            for k, e in by_param.items():
-                pending["estimate"][k] = pending["estimate"][k] + e
+        opt.add_hessian_estimate([by_param.get(id(p), torch.zeros_like(p)) for p in probe_params])
         _add_grads(trainable, grads)
+        total = dict(zip(map(id, probe_params), opt._pending["estimate"], strict=True))
         flat = [p for group in opt.param_groups for p in group["params"] if p.grad is not None]
-        self.estimate = [
-            pending["estimate"][id(p)] if id(p) in pending["estimate"] else torch.zeros_like(p)
-            for p in flat
-        ]
+        self.estimate = [total.get(id(p), torch.zeros_like(p)) for p in flat]
         return loss

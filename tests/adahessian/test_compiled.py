@@ -94,7 +94,7 @@ def test_steps_equal_the_eager_steps(n_samples: int, interval: int) -> None:
         loss = curv.backward(opt, x, y)
         assert (curv.estimate is not None) == hessian_step
         assert not loss.requires_grad
-        opt.step(hessian=curv.estimate)
+        opt.step()
         torch.testing.assert_close(loss, eager_loss.detach(), rtol=1e-12, atol=1e-12)
         _assert_same_state(eager_model, model)  # parameters and running statistics
     assert curv.compiles >= 1
@@ -116,7 +116,7 @@ def test_compiled_plain_steps_equal_the_eager_steps() -> None:
         eager_opt.step()
         opt.zero_grad()
         loss = curv.backward(opt, x, y)
-        opt.step(hessian=curv.estimate)
+        opt.step()
         torch.testing.assert_close(loss, eager_loss.detach(), rtol=1e-12, atol=1e-12)
         _assert_same_state(eager_model, model)
     # Steps 1 and 4 are Hessian steps, 2, 3, 5 plain: one graph each, and the small batch
@@ -186,7 +186,7 @@ def test_no_recompilation_for_a_small_last_batch_a_new_lr_or_eval() -> None:
         for x, y in data:
             opt.zero_grad()
             curv.backward(opt, x, y)
-            opt.step(hessian=curv.estimate)
+            opt.step()
             eager_opt.zero_grad()
             F.cross_entropy(eager_model(x), y).backward(create_graph=True)
             eager_opt.step()
@@ -247,7 +247,7 @@ def test_micro_batches_share_the_probes_like_opt_backward() -> None:
             eager_opt.backward(half(eager_model(x), y))
             curv.backward(opt, x, y)
         eager_opt.step()
-        opt.step(hessian=curv.estimate)
+        opt.step()
         _assert_same_state(eager_model, model)
 
 
@@ -266,7 +266,7 @@ def test_estimate_follows_the_optimizer_s_group_order() -> None:
         eager_opt.step()
         opt.zero_grad()
         curv.backward(opt, x, y)
-        opt.step(hessian=curv.estimate)
+        opt.step()
     _assert_same_state(eager_model, model)
 
 
