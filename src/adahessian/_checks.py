@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-# The keys of a parameter group and their defaults (the constructor's defaults).
+# The keys of a parameter group (their defaults are the constructor's).
 GROUP_KEYS = (
     "lr",
     "betas",

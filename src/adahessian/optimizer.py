@@ -225,7 +225,7 @@ class AdaHessian(Optimizer):
         self.skipped_steps = 0  # steps skipped for inf/NaN under a GradScaler
         # Under a GradScaler the Hessian-vector product runs on the scaled loss and can overflow
         # where the gradient does not; the probes are then scaled down by this power of two
-        # (and the product back up), as GradScaler does for the loss. See _after_overflow.
+        # (and the product back up), as GradScaler does for the loss. See _skip_overflow.
         self.probe_scale = 1.0
         self._probe_scale_growth = 0  # finite scaled Hessian steps since the last change
         self._graph_kept: bool | None = None  # did the last backward() keep the graph?
@@ -274,7 +274,7 @@ class AdaHessian(Optimizer):
         params = param_group["params"]
         if isinstance(params, Tensor):
             params = [params]
-        elif not isinstance(params, set):  # torch refuses sets (their order is arbitrary)
+        if not isinstance(params, set):  # torch refuses sets (their order is arbitrary)
             params = list(params)
             _checks.check_params(params, self.param_groups)
         param_group["params"] = params
@@ -479,13 +479,13 @@ class AdaHessian(Optimizer):
         params, probes = self.hessian_probes()
         grads = torch.autograd.grad(loss, params, create_graph=True, allow_unused=True)
         if any(g is not None and g.requires_grad for g in grads):
-            self.add_hessian_estimate(
+            self._add_estimate(
                 hutchinson_diagonal(grads, params, probes=probes, scale=self.probe_scale)
             )
         elif any(g is not None for g in grads):
             # The graph was kept, yet no gradient depends on the parameters: the loss is linear
             # in them and its curvature is exactly zero.
-            self.add_hessian_estimate([torch.zeros_like(p) for p in params])
+            self._add_estimate([torch.zeros_like(p) for p in params])
         self._graph_kept = True
         with torch.no_grad():
             for p, g in zip(params, grads, strict=True):
@@ -536,10 +536,16 @@ class AdaHessian(Optimizer):
                 f"the estimate needs one tensor per parameter of hessian_probes() "
                 f"({len(params)}), shaped like it"
             )
+        self._add_estimate([e.detach() for e in estimate], copy=True)
+
+    def _add_estimate(self, estimate: list[Tensor], copy: bool = False) -> None:
+        """Add to the step's estimate; ``copy``: the first one is the caller's, not ours to
+        accumulate into."""
+        assert self._pending is not None
         if self._pending["estimate"] is None:
-            self._pending["estimate"] = [e.detach().clone() for e in estimate]
+            self._pending["estimate"] = [e.clone() for e in estimate] if copy else estimate
         else:
-            torch._foreach_add_(self._pending["estimate"], [e.detach() for e in estimate])
+            torch._foreach_add_(self._pending["estimate"], estimate)
 
     # ------------------------------------------------------------------ the step
 

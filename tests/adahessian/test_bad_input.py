@@ -314,6 +314,12 @@ CASES = [
         r"already in parameter group 0",
     ),
     Case(
+        "add-group-integer-tensor",
+        lambda w: w.opt.add_param_group({"params": nn.Parameter(ints, requires_grad=False)}),
+        ValueError,
+        r"parameter 0 of this group has dtype torch\.int64",
+    ),
+    Case(
         "add-group-not-a-dict",
         lambda w: w.opt.add_param_group([w.model.fc.bias]),
         TypeError,
