@@ -64,9 +64,12 @@ def optimizer_list(text: str) -> list[str]:
     if not names:
         raise argparse.ArgumentTypeError(f"no optimizer named in {text!r}; known: {known}")
     for name in names:
-        if name not in optimizers.OPTIMIZERS:
+        if not optimizers.is_known(name):
             hint = config.did_you_mean(name, optimizers.OPTIMIZERS)
-            raise argparse.ArgumentTypeError(f"unknown optimizer {name!r}{hint}; known: {known}")
+            raise argparse.ArgumentTypeError(
+                f"unknown optimizer {name!r}{hint}; known: {known}, or a variant KIND-LABEL "
+                "of one that the profile has a table for"
+            )
         if names.count(name) > 1:
             raise argparse.ArgumentTypeError(f"{name} is named twice in {text!r}")
     return names

@@ -52,6 +52,9 @@ TRAIN_KEYS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "warmup_steps": _integer(0),
     "target": (_number, "a number"),
     "target_accuracy": (_number, "a number"),
+    # Rounds of the side-by-side timing of the optimizers' steps before training (stepcost.py);
+    # 0 = none (the report's time axis is then the wall clock).
+    "cost_rounds": _integer(0),
     # Task.train_keys: only the tasks that name them take these.
     "valid_subset": _integer(0),
     "bptt": _integer(1),
@@ -92,13 +95,13 @@ def check(cfg: dict[str, Any], task: str) -> None:
     unknown_keys("[train]", train, train_keys)
     unknown_keys("[model]", cfg.get("model", {}), t.model_keys)
     unknown_keys("[data]", cfg.get("data", {}), t.data_keys)
-    from .optimizers import OPTIMIZERS
+    from .optimizers import kind as optimizer_kind
 
     for name in cfg["optimizers"]:
-        if name not in OPTIMIZERS:
-            hint = did_you_mean(name, OPTIMIZERS)
-            known = ", ".join(OPTIMIZERS)
-            raise ValueError(f"[optimizers.{name}]: unknown optimizer{hint}; known: {known}")
+        try:
+            optimizer_kind(name)
+        except ValueError as e:
+            raise ValueError(f"[optimizers.{name}]: {e}") from None
         if not isinstance(cfg["optimizers"][name], dict):
             raise ValueError(f"optimizers.{name} must be a table ([optimizers.{name}])")
     required = ["epochs", "batch_size", *(k for k in ("bptt",) if k in t.train_keys)]

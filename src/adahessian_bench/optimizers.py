@@ -1,8 +1,14 @@
-"""The optimizers compared, built from the hyperparameters of a profile's ``[optimizers.NAME]``."""
+"""The optimizers compared, built from the hyperparameters of a profile's ``[optimizers.NAME]``.
+
+``NAME`` is one of ``OPTIMIZERS``, or a variant of one: ``KIND-LABEL`` (``adahessian-lazy``,
+``adamw-lr2``) builds ``KIND`` with its own table, so that one run can train the same optimizer
+in two settings side by side (AdaHessian as the paper sets it, and in the recommended setup).
+"""
 
 from __future__ import annotations
 
 import inspect
+import re
 from collections.abc import Iterable
 from typing import Any
 
@@ -12,6 +18,32 @@ from .config import did_you_mean
 
 OPTIMIZERS = ("sgd", "adam", "adamw", "adagrad", "adahessian")
 SET_BY_BUILD = ("params", "seed", "process_group")  # not hyperparameters of a profile
+VARIANT = re.compile(r"[a-z]+(-[a-z0-9_.]+)?")
+
+
+def kind(name: str) -> str:
+    """The optimizer ``NAME`` builds: itself, or ``KIND`` for a variant ``KIND-LABEL``.
+    ValueError if it names none."""
+    base = name.split("-", 1)[0]
+    if base not in OPTIMIZERS or not VARIANT.fullmatch(name):
+        raise ValueError(
+            f"unknown optimizer {name!r}{did_you_mean(name, OPTIMIZERS)}; known: "
+            f"{', '.join(OPTIMIZERS)}, or a variant KIND-LABEL of one (adahessian-lazy)"
+        )
+    return base
+
+
+def is_known(name: str) -> bool:
+    try:
+        kind(name)
+    except ValueError:
+        return False
+    return True
+
+
+def first_order(name: str) -> bool:
+    """Whether ``name`` builds a first-order optimizer (all but AdaHessian)."""
+    return kind(name) != "adahessian"
 
 
 def build(
@@ -27,13 +59,14 @@ def build(
     and Hessian estimates across ranks itself; the first-order optimizers get their gradients
     averaged by the training loop (``train.average_gradients``)."""
     kw: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in hp.items()}
-    if name == "adahessian":
+    if kind(name) == "adahessian":
         # The probe (Rademacher) generator is seeded from the run's seed, so runs are repeatable.
         kw.update(seed=seed, process_group=process_group)
     return optimizer_class(name)(params, **kw)
 
 
 def optimizer_class(name: str) -> type[torch.optim.Optimizer]:
+    name = kind(name)
     if name == "adahessian":
         from adahessian import AdaHessian  # the library under test
 

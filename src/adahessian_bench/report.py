@@ -22,8 +22,10 @@ matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+from scipy import stats
 from tabulate import tabulate
 
+from . import optimizers, stepcost
 from .config import config_hash, run_config, run_dirs
 from .data import atomic_write_text
 
@@ -150,60 +152,200 @@ def _unit(metric: dict[str, Any]) -> str:
     return "%" if metric["scale"] == 100 else ""
 
 
-def summary(
-    df: pd.DataFrame,
-    target: float,
-    order: list[str],
-    reference: str = "adam",
-    metric: dict[str, Any] | None = None,
-) -> pd.DataFrame:
-    """One row per optimizer: the metric (best and final epoch), the other metrics the task names
-    (final epoch), step time (absolute and relative to ``reference``), time to ``target``."""
-    m = metric or ACCURACY
-    key, higher = m["key"], m["higher_is_better"]
+# The paper's baseline per task (its headline claim's comparator) and the claim, for the paired
+# comparison. Tasks named like another plus a suffix (``fmnist-resnet32``) match the longest name.
+PAPER_CLAIMS: dict[str, tuple[str, str]] = {
+    "fmnist-resnet": ("adam", "CIFAR-10 ResNet20: +1.80 points test accuracy over Adam "
+                              "(92.13 vs 90.33; SGD 92.08)"),
+    "cifar10-resnet": ("adam", "CIFAR-10 ResNet20: +1.80 points test accuracy over Adam "
+                               "(92.13 vs 90.33; SGD 92.08)"),
+    "brown-lm": ("adamw", "PTB language model: 2.7 lower test perplexity than AdamW"),
+    "bible-translation": ("adamw", "IWSLT14 de-en: +0.13 BLEU over AdamW"),
+    "movielens-dlrm": ("adagrad", "DLRM on Criteo: +0.032 points accuracy over Adagrad"),
+    "reviews-classification": ("adamw", "SqueezeBERT on GLUE: +0.41 points over AdamW"),
+}  # fmt: skip
+
+
+def paper_claim(task: str) -> tuple[str, str] | None:
+    """(the paper's baseline optimizer, its claim) for ``task``, if the paper has one."""
+    names = [n for n in PAPER_CLAIMS if task.startswith(n)]
+    return PAPER_CLAIMS[max(names, key=len)] if names else None
+
+
+def read_cost(out: Path) -> dict[str, dict[str, float]]:
+    """The step costs measured side by side before training (``step_cost.json``, per optimizer);
+    empty if the folder has none (runs of older versions, ``cost_rounds = 0``) or it is damaged."""
+    try:
+        cost = json.loads((out / stepcost.COST_FILE).read_text())["optimizers"]
+        if all(isinstance(c["hessian_step_s"], float | int) and isinstance(
+               c["plain_step_s"], float | int) for c in cost.values()):  # fmt: skip
+            return dict(cost)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        pass
+    return {}
+
+
+def with_time(df: pd.DataFrame, cfg: dict[str, Any], cost: dict[str, Any]) -> pd.DataFrame:
+    """``df`` with ``time_s``: the training time of each epoch's end on the report's time axis,
+    steps x the cost measured side by side (``stepcost.cost_time``) for the optimizers that have
+    one, else the wall clock (``train_time_s``)."""
+    df = df.copy()
+
+    def seconds(row: pd.Series) -> float:
+        opt = row["optimizer"]
+        if opt in cost and opt in cfg["optimizers"]:
+            return stepcost.cost_time(opt, int(row["step"]), cfg["optimizers"][opt], cost[opt])
+        return float(row["train_time_s"])
+
+    df["time_s"] = df.apply(seconds, axis=1) if len(df) else []
+    df["measured"] = df["optimizer"].isin([o for o in cost if o in cfg["optimizers"]])
+    return df
+
+
+def per_run(df: pd.DataFrame, metric: dict[str, Any]) -> pd.DataFrame:
+    """One row per (optimizer, seed): its outcome (``run_outcome``), the metric the target is set
+    on (``judged``: the final validation metric where the task evaluates one, else the test
+    metric) and what the table shows besides."""
+    key, higher = metric["key"], metric["higher_is_better"]
     valid = "valid_" + key.removeprefix("test_")  # e.g. valid_ppl for test_ppl, if evaluated
-    per_run = []
+    rows = []
     for (opt, seed), g in df.groupby(["optimizer", "seed"]):
         g = g.sort_values("epoch")
-        reached = g[g[key] >= target] if higher else g[g[key] <= target]
-        per_run.append(
+        judged = valid if valid in g and g[valid].notna().any() else key
+        rows.append(
             {
                 "optimizer": opt,
                 "seed": seed,
                 **run_outcome(g, key, higher),
+                "judged_final": g[judged].iloc[-1],
                 # The epoch a user would pick without looking at the test set: the best on valid.
                 "at_best_valid": (
                     g[key].loc[g[valid].idxmax() if higher else g[valid].idxmin()]
-                    if valid in g
+                    if valid in g and g[valid].notna().any()
                     else np.nan
                 ),
-                **{f"extra:{k}": g[k].iloc[-1] for k in m["extra"] if k in g},
+                **{f"extra:{k}": g[k].iloc[-1] for k in metric["extra"] if k in g},
                 "epochs": int(g["epoch"].iloc[-1]),
-                # The median over epochs of the mean step time: robust to a noisy epoch.
-                "step_time": g["mean_step_time_s"].median(),
-                "to_target": reached["train_time_s"].iloc[0] if len(reached) else np.nan,
+                "steps": int(g["step"].iloc[-1]),
+                "time": float(g["time_s"].iloc[-1]),
+                # Seconds per step: measured side by side, else the median over epochs of the
+                # loop's mean step time (robust to a noisy epoch).
+                "step_s": (
+                    float(g["time_s"].iloc[-1]) / max(1, int(g["step"].iloc[-1]))
+                    if g["measured"].iloc[-1]
+                    else g["mean_step_time_s"].median()
+                ),
+                "wall": float(g["train_time_s"].iloc[-1]),
                 "peak_mem": g["peak_memory_mb"].max(),
+                "curve": g,
+                "judged": judged,
             }
         )
-    runs = pd.DataFrame(per_run)
-    ref_time = runs.loc[runs["optimizer"] == reference, "step_time"].mean()
+    return pd.DataFrame(rows)
+
+
+def first_order_names(names: Any) -> list[str]:
+    return [o for o in names if optimizers.is_known(o) and optimizers.first_order(o)]
+
+
+def baseline_target(runs: pd.DataFrame, higher: bool) -> tuple[float, str] | None:
+    """The target: the best first-order optimizer's median (over seeds) final validation metric,
+    and that optimizer; None without first-order runs."""
+    medians = {
+        o: runs.loc[runs["optimizer"] == o, "judged_final"].median()
+        for o in first_order_names(runs["optimizer"].unique())
+    }
+    medians = {o: v for o, v in medians.items() if np.isfinite(v)}
+    if not medians:
+        return None
+    best = (max if higher else min)(medians, key=lambda o: medians[o])
+    return float(medians[best]), best
+
+
+def reach(run: pd.Series, target: float, higher: bool, key: str) -> dict[str, float]:
+    """The first epoch of ``run`` whose judged metric reaches ``target``: its step, time and test
+    metric (NaN if none does)."""
+    g = run["curve"]
+    j = g[run["judged"]]
+    hit = g[j >= target] if higher else g[j <= target]
+    if not len(hit):
+        return {"steps": np.nan, "time": np.nan, "test": np.nan}
+    first = hit.iloc[0]
+    return {"steps": float(first["step"]), "time": float(first["time_s"]), "test": first[key]}
+
+
+def within(run: pd.Series, budget: float, key: str) -> float:
+    """The test metric of the last epoch of ``run`` that ended within ``budget`` seconds."""
+    g = run["curve"]
+    done = g[g["time_s"] <= budget * (1 + 1e-9)]
+    return float(done[key].iloc[-1]) if len(done) else np.nan
+
+
+def paired(runs: pd.DataFrame, a: str, b: str, column: str = "final") -> dict[str, float]:
+    """The paired difference ``a - b`` of ``column`` over the seeds both ran (same seed = same
+    data order and initial weights): n, mean and the 95 % t interval (NaN for n < 2)."""
+    x = runs[runs["optimizer"] == a].set_index("seed")[column]
+    y = runs[runs["optimizer"] == b].set_index("seed")[column]
+    d = (x - y).dropna()
+    n = len(d)
+    out = {"n": n, "mean": float(d.mean()) if n else np.nan, "low": np.nan, "high": np.nan}
+    if n >= 2:
+        half = float(stats.t.ppf(0.975, n - 1) * d.std(ddof=1) / np.sqrt(n))
+        out.update(low=out["mean"] - half, high=out["mean"] + half)
+    return out
+
+
+def summary(
+    df: pd.DataFrame,
+    target: float | None,
+    order: list[str],
+    reference: str = "adam",
+    metric: dict[str, Any] | None = None,
+) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """One row per optimizer: the metric (best and final epoch, mean ± std over seeds), the other
+    metrics the task names, the cost of a step (measured side by side) absolute and relative to
+    ``reference``, steps and time to the target with the test metric there, the metric within the
+    fastest first-order optimizer's time, wall-clock training time and peak memory. ``df`` has
+    ``time_s`` (``with_time``). ``target`` None: the best first-order optimizer's median final
+    validation metric (``baseline_target``). Also returns what the table was judged by: target,
+    its source, the time budget and the per-run frame."""
+    m = metric or ACCURACY
+    key, higher = m["key"], m["higher_is_better"]
+    runs = per_run(df, m)
+    source = "given"
+    if target is None:
+        found = baseline_target(runs, higher)
+        target, source = found if found else (np.nan, "none")
+    fo = first_order_names(o for o in order if o in set(runs["optimizer"]))
+    budgets = {o: runs.loc[runs["optimizer"] == o, "time"].median() for o in fo}
+    fastest = min(budgets, key=lambda o: budgets[o]) if budgets else None
+    budget = budgets[fastest] if fastest else np.nan
+    ms = runs["step_s"]
+    ref_ms = ms[runs["optimizer"] == reference].mean()
     scale, fmt = m["scale"], m["fmt"]
+    shown_target = f"{format(scale * target, fmt)}{_unit(m)}" if np.isfinite(target) else "target"
     rows = []
     for opt in [o for o in order if o in set(runs["optimizer"])]:
         r = runs[runs["optimizer"] == opt]
-        n_reached = int(r["to_target"].notna().sum())
-        to_target = _mean_std(r["to_target"], ".0f")
-        if n_reached < len(r):
-            to_target = (
-                f"{to_target} ({n_reached}/{len(r)} reached)" if n_reached else "not reached"
-            )
-        rel = r["step_time"].mean() / ref_time if np.isfinite(ref_time) else np.nan
+        hits = pd.DataFrame([reach(run, target, higher, key) for _, run in r.iterrows()])
+        n_reached = int(hits["time"].notna().sum())
+
+        def of_reached(
+            col: str, f: str, sc: float = 1.0, hits: pd.DataFrame = hits, n: int = n_reached
+        ) -> str:
+            text = _mean_std(hits[col], f, sc)
+            if n < len(hits):
+                return f"{text} ({n}/{len(hits)} reached)" if n else "not reached"
+            return text
+
         extra = {
             f"final {k}": _mean_std(r[f"extra:{k}"], ".4f") for k in m["extra"] if f"extra:{k}" in r
         }
         if r["at_best_valid"].notna().any():
             extra = {f"{m['label']} at best valid epoch": _mean_std(r["at_best_valid"], fmt, scale),
                      **extra}  # fmt: skip
+        rel = ms[r.index].mean() / ref_ms if np.isfinite(ref_ms) and ref_ms > 0 else np.nan
+        in_budget = pd.Series([within(run, budget, key) for _, run in r.iterrows()], dtype=float)
         rows.append(
             {
                 "optimizer": opt + (" (diverged)" if r["diverged"].any() else ""),
@@ -211,13 +353,22 @@ def summary(
                 f"best {m['label']}": _mean_std(r["best"], fmt, scale),
                 f"final {m['label']}": _mean_std(r["final"], fmt, scale),
                 **extra,
-                "ms / step": _mean_std(r["step_time"], ".0f", 1000),
-                f"step time vs {reference}": "n/a" if not np.isfinite(rel) else f"{rel:.2f}x",
-                f"time to {scale * target:g}{_unit(m)} (s)": to_target,
+                "ms / step": _mean_std(ms[r.index], ".0f", 1000),
+                f"step cost vs {reference}": "n/a" if not np.isfinite(rel) else f"{rel:.2f}x",
+                f"steps to {shown_target}": of_reached("steps", ".0f"),
+                f"time to {shown_target} (s)": of_reached("time", ".0f"),
+                f"{m['label']} there": of_reached("test", fmt, scale),
+                f"{m['label']} within {budget:.0f} s": (
+                    _mean_std(in_budget, fmt, scale) if np.isfinite(budget) else "n/a"
+                ),
+                "training time (s)": _mean_std(r["time"], ".0f"),
+                "wall clock (s)": _mean_std(r["wall"], ".0f"),
                 "peak memory (MiB)": _mean_std(r["peak_mem"], ".0f"),
             }
         )
-    return pd.DataFrame(rows)
+    judged = {"target": target, "source": source, "budget": budget, "fastest": fastest,
+              "runs": runs}  # fmt: skip
+    return pd.DataFrame(rows), judged
 
 
 def _curves(
@@ -226,7 +377,7 @@ def _curves(
     """Mean and std over seeds of the metric per epoch, and the mean training time per epoch."""
     g = df[df["optimizer"] == opt]
     acc = g.pivot_table(index="epoch", columns="seed", values=key)
-    tim = g.pivot_table(index="epoch", columns="seed", values="train_time_s")
+    tim = g.pivot_table(index="epoch", columns="seed", values="time_s")
     std = acc.std(axis=1, ddof=1).fillna(0.0) if acc.shape[1] > 1 else acc.iloc[:, 0] * 0
     return acc.index.to_numpy(), tim.mean(axis=1).to_numpy(), acc.mean(axis=1).to_numpy(), std
 
@@ -237,12 +388,16 @@ def plot(
     order: list[str],
     title: str,
     metric: dict[str, Any] | None = None,
+    time_label: str = "training time (s)",
+    target: float = math.nan,
 ) -> list[Path]:
+    """The metric against epochs and against training time (``df``'s ``time_s``), the mean over
+    seeds with ± 1 std shaded, and the target as a dotted line."""
     m = metric or ACCURACY
     names = plot_names(m["key"])
     scale = m["scale"]
     paths = []
-    for name, xlabel in zip(names, ("epoch", "training wall-clock time (s)"), strict=True):
+    for name, xlabel in zip(names, ("epoch", time_label), strict=True):
         fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=110)
         for opt in [o for o in order if o in set(df["optimizer"])]:
             epochs, times, mean, std = _curves(df, opt, m["key"])
@@ -251,6 +406,8 @@ def plot(
             ax.fill_between(
                 x, scale * (mean - std), scale * (mean + std), color=line.get_color(), alpha=0.2
             )
+        if math.isfinite(target):
+            ax.axhline(scale * target, color="0.4", linestyle=":", linewidth=1, label="target")
         ax.set_xlabel(xlabel)
         ax.set_ylabel(m["label"])
         ax.set_title(title, fontsize=10)
@@ -297,29 +454,111 @@ def training_line(tc: dict[str, Any]) -> str:
     return training
 
 
+def comparison(
+    runs: pd.DataFrame, task: str, order: list[str], metric: dict[str, Any], fallback: str | None
+) -> list[str]:
+    """The paired comparison per seed of every AdaHessian of the run with the paper's baseline
+    for ``task`` (``fallback`` where the run has not trained it): Markdown lines."""
+    claim = paper_claim(task)
+    present = set(runs["optimizer"])
+    base = claim[0] if claim and claim[0] in present else fallback
+    ours = [o for o in order if o in present and not optimizers.first_order(o)]
+    if base is None or not ours:
+        return []
+    scale, fmt = metric["scale"], metric["fmt"]
+    better = "higher" if metric["higher_is_better"] else "lower"
+    rows = []
+    for opt in ours:
+        p = paired(runs, opt, base)
+        interval = (
+            f"[{format(scale * p['low'], '+' + fmt)}, {format(scale * p['high'], '+' + fmt)}]"
+            if np.isfinite(p["low"])
+            else "n/a (one seed)"
+        )
+        rows.append({"optimizer": opt, "baseline": base, "seeds paired": p["n"],
+                     f"final {metric['label']}: mean difference": (
+                         format(scale * p["mean"], "+" + fmt) if p["n"] else "n/a"),
+                     "95 % interval": interval})  # fmt: skip
+    lines = [
+        "",
+        f"Paired by seed (same seed: same data order and initial weights), the final "
+        f"{metric['label']} of each AdaHessian minus {base}'s ({better} is better); the interval "
+        "is Student's t over the seeds' differences."
+        + (f" The paper's claim ({base} is its baseline): {claim[1]}." if claim else ""),
+        "",
+        tabulate(
+            pd.DataFrame(rows),
+            headers="keys",
+            tablefmt="github",
+            showindex=False,
+            disable_numparse=True,
+        ),
+    ]
+    return lines
+
+
 def make_report(out: Path, target: float | None = None) -> str:
     """Write ``out/report.md`` and the plots; return the Markdown. NotWritten (holding the
-    Markdown) if they cannot be written."""
+    Markdown) if they cannot be written. ``target`` None: the best first-order optimizer's median
+    final validation metric, or the profile's ``target`` in a run without first-order optimizers.
+    """
     out = Path(out)
     if not (out / "config.json").exists() and not run_dirs(out):
         raise FileNotFoundError(f"no */metrics.jsonl under {out}: run `adahessian-bench run` first")
     cfg: dict[str, Any] = read_json(out / "config.json")
     df, incomplete, left_out = read_runs(out, cfg)
     env = read_env(out)
+    cost = read_cost(out)
+    df = with_time(df, cfg, cost)
     tc = cfg["train"]
     metric = cfg.get("metric", ACCURACY)
-    if target is None:
-        target = tc.get("target", tc.get("target_accuracy", 0.9))
     order = list(cfg["optimizers"]) + sorted(set(df["optimizer"]) - set(cfg["optimizers"]))
+    if target is None and not first_order_names(set(df["optimizer"])):
+        target = tc.get("target", tc.get("target_accuracy", math.nan))
     reference = "adam" if "adam" in set(df["optimizer"]) else order[0]
-    table = summary(df, target, order, reference, metric)
+    table, judged = summary(df, target, order, reference, metric)
+    target = judged["target"]
     seeds = sorted(df["seed"].unique())
     title = f"{cfg['task']} ({cfg['profile']} profile), {len(seeds)} seed(s)"
     names = plot_names(metric["key"])
+    measured = bool(cost) and all(o in cost for o in set(df["optimizer"]))
+    time_label = (
+        "training time (s): steps x step cost measured side by side"
+        if measured
+        else "training wall-clock time (s)"
+    )
 
     label = metric["label"]
     direction = "reaches" if metric["higher_is_better"] else "falls to"
-    shown_target = f"{metric['scale'] * target:g}{_unit(metric)}"
+    shown_target = (
+        f"{format(metric['scale'] * target, metric['fmt'])}{_unit(metric)}"
+        if math.isfinite(target)
+        else "(none)"
+    )
+    judged_on = judged["runs"]["judged"].iloc[0] if len(judged["runs"]) else metric["key"]
+    if judged["source"] in ("given", "none"):
+        target_line = f"the target {shown_target} ({judged['source']})"
+    else:
+        target_line = (
+            f"the target {shown_target}: the best first-order optimizer's ({judged['source']}) "
+            f"median final {judged_on}"
+        )
+    if measured:
+        time_line = (
+            "- Time: steps x the cost of a step, measured before training with every optimizer "
+            "side by side (interleaved rounds on the same batches, the median per optimizer and "
+            "step kind: `step_cost.json`), so that the machine's load falls on all alike; an "
+            "AdaHessian's time counts its Hessian and plain steps at their own costs. `wall "
+            "clock`: the measured training time of each run, which the load of its moment skews."
+        )
+    else:
+        time_line = (
+            "- Time: the wall clock of each run (no side-by-side step cost measured for "
+            + ("some optimizers" if cost else "this folder")
+            + "): runs that trained at a busy moment look slower."
+        )
+    budget = judged["budget"]
+    fallback = judged["source"] if judged["source"] not in ("given", "none") else None
     lines = [
         f"# {cfg['task']}, {cfg['profile']} profile",
         "",
@@ -333,12 +572,20 @@ def make_report(out: Path, target: float | None = None) -> str:
         )
         + f" Best: the best epoch's {label} ("
         + ("higher" if metric["higher_is_better"] else "lower")
-        + " is better). Step time: forward + backward + optimizer step, the median over epochs "
-        "of the mean per step. Time to target: training time (evaluation excluded) until the "
-        f"first epoch whose {label} {direction} {shown_target}.",
+        + " is better).",
+        time_line,
+        f"- Steps and time to target: until the first epoch whose {judged_on} {direction} "
+        f"{target_line}; `{label} there`: the test metric at that epoch."
+        + (
+            f" `within {budget:.0f} s`: the {label} at the last epoch that ended within the "
+            f"fastest first-order optimizer's ({judged['fastest']}) median training time."
+            if math.isfinite(budget)
+            else ""
+        ),
         *notes(incomplete, left_out),
         "",
         tabulate(table, headers="keys", tablefmt="github", showindex=False, disable_numparse=True),
+        *comparison(judged["runs"], cfg["task"], order, metric, fallback),
         "",
         f"![{label} vs epoch]({names[0]})",
         f"![{label} vs time]({names[1]})",
@@ -346,7 +593,7 @@ def make_report(out: Path, target: float | None = None) -> str:
     ]
     text = "\n".join(lines)
     try:
-        plot(df, out, order, title, metric)
+        plot(df, out, order, title, metric, time_label, target)
         atomic_write_text(out / "report.md", text)
     except OSError as e:
         raise NotWritten(out, e, text) from None

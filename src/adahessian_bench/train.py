@@ -4,6 +4,7 @@ Output folder layout::
 
     OUT/config.json               the fully resolved configuration
     OUT/env.json                  torch version, device, CPU, threads, platform, command
+    OUT/step_cost.json            each optimizer's step cost, timed side by side (stepcost.py)
     OUT/.lock                     locked (flock) while a run writes the folder
     OUT/OPT-seedS/metrics.jsonl   one JSON object per epoch (see METRIC_FIELDS)
     OUT/OPT-seedS/checkpoint.pt   the state after the last finished epoch (for --resume)
@@ -44,7 +45,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from . import config, optimizers
+from . import config, optimizers, stepcost
 from .config import config_hash, run_config, run_dirs
 from .data import atomic_write_text
 from .tasks import TASKS
@@ -276,7 +277,7 @@ def resolve(
     if max_steps is not None or "max_steps" not in train:
         train["max_steps"] = max_steps  # per epoch; None = the whole (sub)set
     source = f"{task}-{profile}.toml" if profile in config.PROFILES else profile
-    unknown = [o for o in optimizer_names if o not in optimizers.OPTIMIZERS]
+    unknown = [o for o in optimizer_names if not optimizers.is_known(o)]
     if unknown:
         raise ValueError(
             f"unknown optimizer(s) {', '.join(unknown)}; known: {', '.join(optimizers.OPTIMIZERS)}"
@@ -479,7 +480,7 @@ def train_one(
         opt_name, model.parameters(), cfg["optimizers"][opt_name], seed, process_group=group
     )
     scheduler, per_step = make_scheduler(optimizer, tc, steps_per_epoch)
-    is_adahessian = opt_name == "adahessian"
+    is_adahessian = not optimizers.first_order(opt_name)
 
     metrics: list[dict[str, Any]] = []
     start_epoch, step, train_time, wall_time = 0, 0, 0.0, 0.0
@@ -666,9 +667,24 @@ def _run(
             if device.type == "cpu":
                 # Bitwise repeatable runs (CPU kernels already are; this guards the rest).
                 torch.use_deterministic_algorithms(True, warn_only=True)
+            measure_step_cost(cfg, dataset, out, resume, progress)
             _run_all(cfg, dataset, out, resume, progress)
     finally:
         torch.use_deterministic_algorithms(deterministic)
+
+
+def measure_step_cost(
+    cfg: dict[str, Any], dataset: Any, out: Path, resume: bool, progress: bool
+) -> None:
+    """Time the optimizers' steps side by side (``stepcost``) into ``out/step_cost.json``, unless
+    ``[train] cost_rounds`` is 0, the run is data-parallel, or a resumed folder has it already."""
+    rounds = cfg["train"].get("cost_rounds", stepcost.ROUNDS)
+    path = out / stepcost.COST_FILE
+    if not rounds or world()[1] > 1 or (resume and path.is_file()):
+        return
+    path.unlink(missing_ok=True)  # a run that starts over measures again
+    cost = stepcost.measure(cfg, dataset, rounds, progress=progress)
+    atomic_write_text(path, json.dumps(cost, indent=2) + "\n")
 
 
 def _run_all(cfg: dict[str, Any], dataset: Any, out: Path, resume: bool, progress: bool) -> None:

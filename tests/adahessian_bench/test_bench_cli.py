@@ -86,9 +86,13 @@ def test_report_writes_a_table_and_valid_pngs(
     printed = capsys.readouterr().out
     text = (smoke_run / "report.md").read_text()
     assert text in printed
-    rows = [line for line in text.splitlines() if line.startswith("| ")]
+    lines = text.splitlines()
+    first = lines.index(next(x for x in lines if x.startswith("| ")))
+    rows = [x for x in lines[first : lines.index("", first)] if x.startswith("| ")]
     assert len(rows) == 1 + len(OPTIMIZERS)  # header + one row per optimizer
-    assert "step time vs adam" in rows[0] and "time to 5% (s)" in rows[0]
+    assert "step cost vs adam" in rows[0] and "time to 5.00% (s)" in rows[0]
+    assert (smoke_run / "step_cost.json").is_file()
+    assert "measured before training with every optimizer side by side" in text
     for opt, row in zip(OPTIMIZERS, rows[1:], strict=True):
         assert row.split("|")[1].strip() == opt
     adam_row = rows[1 + OPTIMIZERS.index("adam")]

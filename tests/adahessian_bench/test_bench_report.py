@@ -44,6 +44,22 @@ def write_run(out: Path, opt: str, seed: int, accs: list[float], step_time: floa
     (run / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in lines))
 
 
+def rows_of(text: str, table: int = 0) -> dict[str, list[str]]:
+    """The rows of the report's ``table``-th Markdown table, by their first cell."""
+    tables: list[list[str]] = []
+    previous = ""
+    for line in text.splitlines():
+        if line.startswith("| "):
+            if not previous.startswith("|"):
+                tables.append([])
+            tables[-1].append(line)
+        previous = line
+    return {
+        line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
+        for line in tables[table]
+    }
+
+
 def test_report_table_from_known_metrics(tmp_path: Path) -> None:
     cfg = {"task": "fmnist-resnet20", "profile": "quick", "seeds": [0, 1],
            "optimizers": {"adam": {}, "adahessian": {}},
@@ -58,11 +74,7 @@ def test_report_table_from_known_metrics(tmp_path: Path) -> None:
 
     text = make_report(tmp_path)
     assert (tmp_path / "report.md").read_text() == text
-    rows = {
-        line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
-        for line in text.splitlines()
-        if line.startswith("| ")
-    }
+    rows = rows_of(text)
     header = rows.pop("optimizer")
     assert list(rows) == ["adam", "adahessian"]  # the config's order
     col = {name: header.index(name) for name in header}
@@ -71,13 +83,32 @@ def test_report_table_from_known_metrics(tmp_path: Path) -> None:
     assert adam[col["best test accuracy (%)"]] == "75.00 ± 7.07"  # best 70 and 80
     assert adam[col["final test accuracy (%)"]] == "70.00 ± 14.14"  # final 60 and 80
     assert ah[col["best test accuracy (%)"]] == "90.00 ± 0.00"
-    assert adam[col["step time vs adam"]] == "1.00x"
-    assert ah[col["step time vs adam"]] == "3.00x"
+    # No step_cost.json: the loop's own step times (and the wall clock for the time axis).
+    assert adam[col["step cost vs adam"]] == "1.00x"
+    assert ah[col["step cost vs adam"]] == "3.00x"
     assert ah[col["ms / step"]] == "300 ± 0"
-    # Target 80%: adahessian at epoch 2 (20 s) and epoch 1 (10 s); adam only seed 1, at 30 s.
-    assert ah[col["time to 80% (s)"]] == "15 ± 7"
-    assert adam[col["time to 80% (s)"]] == "30 (1/2 reached)"
-    assert make_report(tmp_path, target=0.95).count("not reached") == 2
+    assert "the wall clock of each run" in text
+    # The target: adam's (the only first-order optimizer's) median final accuracy, 70 %.
+    # adahessian reaches it at epoch 2 (20 s, 80 %) and epoch 1 (10 s, 80 %); adam at epoch 2.
+    assert "target 70.00%: the best first-order optimizer's (adam) median final test_acc" in text
+    assert ah[col["time to 70.00% (s)"]] == "15 ± 7"
+    assert ah[col["steps to 70.00%"]] == "15 ± 7"
+    assert ah[col["test accuracy (%) there"]] == "80.00 ± 0.00"
+    assert adam[col["time to 70.00% (s)"]] == "20 ± 0"
+    # Within adam's 30 s: the final epochs of both.
+    assert ah[col["test accuracy (%) within 30 s"]] == "90.00 ± 0.00"
+    # A given target overrides the baselines'.
+    high = rows_of(make_report(tmp_path, target=0.95))
+    assert high["adam"][high["optimizer"].index("time to 95.00% (s)")] == "not reached"
+    assert high["adahessian"][high["optimizer"].index("time to 95.00% (s)")] == "not reached"
+    # Paired by seed against the paper's baseline (adam for the image task): +30 and +10 points.
+    paired = rows_of(text, 1)
+    cells = dict(zip(paired["optimizer"], paired["adahessian"], strict=True))
+    assert cells["baseline"] == "adam" and cells["seeds paired"] == "2"
+    assert cells["final test accuracy (%): mean difference"] == "+20.00"
+    # t(0.975, 1) = 12.706; std of (30, 10) = 14.142; half width 12.706 * 14.142 / sqrt(2) = 127.06
+    assert cells["95 % interval"] == "[-107.06, +147.06]"
+    assert "+1.80 points test accuracy over Adam" in text
     for name in PLOTS:
         assert matplotlib.image.imread(tmp_path / name).ndim == 3
 
@@ -101,11 +132,7 @@ def test_report_of_a_lower_is_better_metric_with_extra_columns(tmp_path: Path) -
         path.write_text("".join(json.dumps(x) + "\n" for x in lines))
 
     text = make_report(tmp_path)
-    rows = {
-        line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
-        for line in text.splitlines()
-        if line.startswith("| ")
-    }
+    rows = rows_of(text)
     header = rows.pop("optimizer")
     col = {name: header.index(name) for name in header}
     assert rows["adamw"][col["best test perplexity"]] == "160.0"  # the lowest, not the highest
@@ -115,11 +142,24 @@ def test_report_of_a_lower_is_better_metric_with_extra_columns(tmp_path: Path) -
     # The test value at the epoch with the best validation value (no peeking at the test set).
     assert rows["adamw"][col["test perplexity at best valid epoch"]] == "300.0"
     assert rows["adahessian"][col["test perplexity at best valid epoch"]] == "120.0"
-    # Without adam in the run, step times are relative to the first optimizer of the config.
-    assert rows["adahessian"][col["step time vs adamw"]] == "1.00x"
-    # Target 150 (lower is better): adahessian at epoch 2 (20 s); adamw never.
-    assert rows["adahessian"][col["time to 150 (s)"]] == "20"
-    assert rows["adamw"][col["time to 150 (s)"]] == "not reached"
+    # Without adam in the run, step costs are relative to the first optimizer of the config.
+    assert rows["adahessian"][col["step cost vs adamw"]] == "1.00x"
+    # The target is adamw's final VALIDATION perplexity, 171 (lower is better): adahessian's
+    # valid 141 at epoch 2 (20 s), where its test perplexity is 140; adamw at its epoch 1 (valid
+    # 100, test 300).
+    assert "whose valid_ppl falls to the target 171.0" in text
+    assert rows["adahessian"][col["time to 171.0 (s)"]] == "20"
+    assert rows["adahessian"][col["test perplexity there"]] == "140.0"
+    assert rows["adamw"][col["time to 171.0 (s)"]] == "10"
+    assert rows["adamw"][col["test perplexity there"]] == "300.0"
+    # A given target: valid 150 reached by adahessian at epoch 2 and by adamw at epoch 1.
+    given = rows_of(make_report(tmp_path, target=150.0))
+    assert given["adahessian"][given["optimizer"].index("time to 150.0 (s)")] == "20"
+    assert given["adamw"][given["optimizer"].index("time to 150.0 (s)")] == "10"
+    # A task without a paper claim: the paired comparison is with the target's optimizer.
+    paired = rows_of(text, 1)
+    assert paired["adahessian"][paired["optimizer"].index("baseline")] == "adamw"
+    assert paired["adahessian"][paired["optimizer"].index("95 % interval")] == "n/a (one seed)"
     assert "inverse_sqrt lr schedule, 100 warm-up steps" in text
     for name in plot_names("test_ppl"):
         assert matplotlib.image.imread(tmp_path / name).ndim == 3
@@ -131,14 +171,6 @@ CFG = {"task": "fmnist-resnet20", "profile": "quick", "seeds": [0, 1],
        "optimizers": {"adam": {}, "adahessian": {}},
        "train": {"epochs": 3, "batch_size": 64, "milestones": [2], "gamma": 0.1,
                  "max_steps": None, "target_accuracy": 0.8}}  # fmt: skip
-
-
-def rows_of(text: str) -> dict[str, list[str]]:
-    return {
-        line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
-        for line in text.splitlines()
-        if line.startswith("| ")
-    }
 
 
 def set_hash(out: Path, run: str, value: str) -> None:

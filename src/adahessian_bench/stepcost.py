@@ -1,0 +1,161 @@
+"""The cost of a training step of every optimizer of a run, measured side by side before training.
+
+Wall-clock training times taken one run after another measure the machine's load as much as the
+optimizers: whoever trains at a busy moment looks slow. So ``train.run`` first times the
+optimizers it is about to train *interleaved*: in each round every contender takes one training
+step (forward, backward, optimizer step: ``training_step``, the loop's own) on the same batch,
+the order rotating from round to round, and the median over rounds is its cost. The load of the
+moment then falls on all contenders alike, and the report's time axis is the number of steps
+times that cost (``cost_time``); the raw wall clock stays in the metrics (``train_time_s``).
+
+AdaHessian takes two kinds of step: a Hessian step (the Hutchinson product: the gradient's graph
+kept, one more backward pass) and, with ``update_interval`` > 1, plain steps in between that cost
+about what Adam's cost. Each is timed as a contender of its own (``NAME:hessian`` with the
+Hessian every step, ``NAME:plain`` with none after the first), and a run's time after ``s`` steps
+counts how many of them were Hessian steps under its ``update_interval`` and ``hessian_warmup``
+(``hessian_steps``). A first-order optimizer's two costs are the same number.
+
+The measurement starts from the same initial weights (seed 0) for every contender, uses the
+generator of seed 0 for the batches, and leaves no trace on the runs: each run seeds every RNG
+itself before it starts.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from . import optimizers
+from .tasks import TASKS
+
+COST_FILE = "step_cost.json"
+ROUNDS, WARMUP = 10, 2  # timed rounds, and untimed rounds first (allocations, caches, lazy init)
+RUN_SHARE = 25  # a short run gets fewer rounds: at most (its steps / RUN_SHARE), at least 1
+NEVER = 2**62  # an update_interval that no run reaches: every step after the first is plain
+
+
+def training_step(setup: Any, model: torch.nn.Module, optimizer: Any, batch: Any) -> torch.Tensor:
+    """One step of the training loop: forward, backward (keeping the gradient's graph when
+    AdaHessian's Hessian step is due), optimizer step. Returns the (detached) loss."""
+    loss, _ = setup.loss(model, batch)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward(create_graph=bool(getattr(optimizer, "hessian_due", False)))
+    optimizer.step()
+    return loss.detach()
+
+
+def hessian_steps(steps: int, hp: dict[str, Any]) -> int:
+    """How many of the first ``steps`` steps of AdaHessian with hyperparameters ``hp`` take the
+    Hessian: all of the first ``hessian_warmup``, then every ``update_interval``-th (the
+    optimizer's ``hessian_due``)."""
+    interval = int(hp.get("update_interval", 1))
+    warmup = int(hp.get("hessian_warmup", 0))
+    if steps <= warmup:
+        return steps
+    return warmup + math.ceil((steps - warmup) / interval)
+
+
+def cost_time(name: str, steps: int, hp: dict[str, Any], cost: dict[str, float]) -> float:
+    """Seconds that ``steps`` training steps of optimizer ``name`` cost at the measured ``cost``
+    (``{"hessian_step_s", "plain_step_s"}``)."""
+    n_h = hessian_steps(steps, hp) if not optimizers.first_order(name) else steps
+    return n_h * cost["hessian_step_s"] + (steps - n_h) * cost["plain_step_s"]
+
+
+def contenders(cfg: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
+    """(optimizer, step kind, hyperparameters to time it with) for every step kind the runs of
+    ``cfg`` take."""
+    out = []
+    for name, hp in cfg["optimizers"].items():
+        if optimizers.first_order(name):
+            out.append((name, "step", hp))
+            continue
+        out.append((name, "hessian", {**hp, "update_interval": 1, "hessian_warmup": 0}))
+        if int(hp.get("update_interval", 1)) > 1:
+            out.append((name, "plain", {**hp, "hessian_warmup": 0}))
+    return out
+
+
+def _batches(setup: Any, n: int) -> list[Any]:
+    batches: list[Any] = []
+    while len(batches) < n:
+        before = len(batches)
+        for batch in setup.train_batches:
+            batches.append(batch)
+            if len(batches) == n:
+                break
+        if len(batches) == before:
+            raise ValueError("the task gave no training batch to time the optimizers on")
+    return batches
+
+
+def measure(
+    cfg: dict[str, Any],
+    dataset: Any,
+    rounds: int = ROUNDS,
+    warmup: int = WARMUP,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Time every optimizer of ``cfg`` side by side (see the module's docstring); return what
+    ``step_cost.json`` holds: per optimizer ``hessian_step_s`` and ``plain_step_s`` (medians,
+    seconds) and every contender's timed samples."""
+    if rounds < 1 or warmup < 0:
+        raise ValueError(f"rounds must be >= 1 and warmup >= 0, got {rounds} and {warmup}")
+    task = TASKS[cfg["task"]]
+    device = torch.device(cfg["device"])
+    torch.manual_seed(0)
+    model0 = task.model(**cfg.get("model", {})).to(device)
+    setup = task.setup(dataset, cfg, device, torch.Generator().manual_seed(0))
+    per_epoch = len(setup.train_batches)
+    if cfg["train"].get("max_steps"):
+        per_epoch = min(per_epoch, cfg["train"]["max_steps"])
+    # The measurement costs at most about 1/RUN_SHARE of a run's steps per contender.
+    rounds = max(1, min(rounds, cfg["train"]["epochs"] * per_epoch // RUN_SHARE))
+    warmup = min(warmup, rounds)
+    batches = _batches(setup, rounds + warmup)
+    runs = []
+    for name, step_kind, hp in contenders(cfg):
+        model = copy.deepcopy(model0)
+        model.train()
+        opt = optimizers.build(name, model.parameters(), hp, 0)
+        runs.append((f"{name}:{step_kind}", model, opt))
+    samples: dict[str, list[float]] = {label: [] for label, _, _ in runs}
+    with tqdm(total=(rounds + warmup) * len(runs), desc="timing the optimizers' steps",
+              disable=not progress, dynamic_ncols=True, mininterval=1.0) as bar:  # fmt: skip
+        for r, batch in enumerate(batches):
+            for label, model, opt in _rotated(runs, r):
+                hessian = bool(getattr(opt, "hessian_due", False))
+                t0 = time.perf_counter()
+                training_step(setup, model, opt, batch)
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                elapsed = time.perf_counter() - t0
+                if label.endswith(":plain"):
+                    opt.update_interval = NEVER  # after its first (Hessian) step: plain only
+                if r >= warmup and not (hessian and label.endswith(":plain")):
+                    samples[label].append(elapsed)
+                bar.update(1)
+    result: dict[str, Any] = {"rounds": rounds, "warmup_rounds": warmup, "optimizers": {}}
+    for name in cfg["optimizers"]:
+        if optimizers.first_order(name):
+            step = float(np.median(samples[f"{name}:step"]))
+            cost = {"hessian_step_s": step, "plain_step_s": step}
+        else:
+            h = float(np.median(samples[f"{name}:hessian"]))
+            plain = samples.get(f"{name}:plain")
+            cost = {"hessian_step_s": h, "plain_step_s": float(np.median(plain)) if plain else h}
+        result["optimizers"][name] = cost
+    result["samples_s"] = samples
+    return result
+
+
+def _rotated(items: list[Any], r: int) -> Iterable[Any]:
+    k = r % len(items)
+    return items[k:] + items[:k]
