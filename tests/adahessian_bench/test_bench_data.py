@@ -8,6 +8,7 @@ import io
 import pickle
 import tarfile
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -72,6 +73,31 @@ def test_fetch_without_any_source_names_the_package(
     _no_network(monkeypatch)
     with pytest.raises(data.DataUnavailable, match="apt-get install dataset-fashion-mnist"):
         data.fetch("fashion-mnist", verbose=False)
+
+
+def test_fetch_without_the_package_unpacks_it_from_apt_get_download(
+    fetch_fmnist: Callable[[Path], Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The way the tests get the data on a machine without root: `apt-get download` + `dpkg -x`
+    of the Debian package into the cache (here with no package installed and no other network)."""
+    monkeypatch.setattr(data, "_fmnist_complete", lambda d: False)  # as if not installed
+    _no_network(monkeypatch)  # the Debian mirror only, through apt-get
+    dest = fetch_fmnist(tmp_path / "cache")
+    assert dest == tmp_path / "cache" / "fashion-mnist"
+    assert sorted(p.name for p in dest.iterdir()) == sorted(data.FMNIST_FILES.values())
+    assert data.load_fashion_mnist(dest).x_test.shape == (10000, 28, 28)  # checked on reading
+
+
+def test_the_tests_fail_with_the_reason_when_the_data_cannot_be_fetched(
+    fetch_fmnist: Callable[[Path], Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(data, "SYSTEM_FMNIST_DIR", tmp_path / "absent")
+    monkeypatch.setattr(data.shutil, "which", lambda name: None)  # no apt-get, no dpkg
+    _no_network(monkeypatch)
+    with pytest.raises(pytest.fail.Exception, match="could not be fetched into") as e:
+        fetch_fmnist(tmp_path / "cache")
+    assert "apt-get install dataset-fashion-mnist" in str(e.value)  # what to do
+    assert "apt-get/dpkg not found" in str(e.value)  # what was tried
 
 
 def test_cifar10_offline_error_says_where_to_put_the_tarball(
