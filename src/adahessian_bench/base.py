@@ -76,7 +76,7 @@ class Task(ABC):
     """
 
     name: str
-    dataset: str  # a name known to ``data.fetch``
+    dataset: str  # a name known to ``fetchers.fetch`` (``data fetch NAME``)
     description: str
     metric: Metric = Metric()
     train_keys: tuple[str, ...] = ()

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from sklearn.metrics import f1_score
 
-from adahessian_bench import config, data, optimizers, train, widedeep
+from adahessian_bench import config, data, fetchers, optimizers, train, widedeep
 from adahessian_bench.classification import (
     REVIEWS_CLASSIFICATION,
     ReviewsSource,
@@ -49,7 +49,7 @@ def tiny_cfg(**train_kw) -> dict:
 def test_the_task_is_registered_with_accuracy_and_macro_f1() -> None:
     task = TASKS[TASK]
     assert task is REVIEWS_CLASSIFICATION and task.dataset == "widedeep"
-    assert task.dataset in data.DATASETS
+    assert task.dataset in fetchers.DATASETS
     m = task.metric
     assert (m.key, m.label, m.higher_is_better, m.scale, m.extra) == (
         "test_acc", "test accuracy (%)", True, 100.0, ("test_f1",)
