@@ -62,6 +62,29 @@ class Setup:
     evaluate: Callable[[nn.Module], dict[str, float]]
 
 
+@dataclass(frozen=True)
+class RunContext:
+    """What ``Task.setup`` is given besides the data: the run's resolved configuration, its
+    device, the generator its training batches must draw their order (and augmentation) from,
+    and this process's place among the ranks of a data-parallel run."""
+
+    cfg: dict[str, Any]
+    device: torch.device
+    generator: torch.Generator
+    rank: int = 0
+    world_size: int = 1
+
+    @property
+    def batch_size(self) -> int:
+        """The training items of one step on this rank: ``[train] batch_size // world_size``."""
+        return int(self.cfg["train"]["batch_size"]) // self.world_size
+
+    def shard(self, items: Any) -> Any:
+        """This rank's share of ``items`` (every ``world_size``-th from ``rank``); all of them
+        outside data parallelism."""
+        return items if self.world_size == 1 else items[self.rank :: self.world_size]
+
+
 def init_keys(cls: type, *skip: str) -> tuple[str, ...]:
     """The arguments of ``cls``'s constructor but ``skip``: the [model] keys of a task."""
     return tuple(k for k in inspect.signature(cls).parameters if k not in skip)
@@ -96,16 +119,9 @@ class Task(ABC):
         """The model, built from the profile's ``[model]`` table."""
 
     @abstractmethod
-    def setup(
-        self,
-        dataset: Any,
-        cfg: dict[str, Any],
-        device: torch.device,
-        generator: torch.Generator,
-        rank: int = 0,
-        world_size: int = 1,
-    ) -> Setup:
-        """Batches, loss and evaluation for one run. ``cfg`` is the resolved configuration (its
+    def setup(self, dataset: Any, ctx: RunContext) -> Setup:
+        """Batches, loss and evaluation for one run. ``ctx.cfg`` is the resolved configuration (its
         ``train`` table holds batch_size, eval_batch_size, subsets ...; its ``data`` table the
-        task's own options). Data-parallel runs (``world_size`` > 1) give each rank its own shard
-        of the training data and ``batch_size // world_size`` items per step."""
+        task's own options). Data-parallel runs (``ctx.world_size`` > 1) give each rank its own
+        shard of the training data and ``ctx.batch_size`` (``batch_size // world_size``) items per
+        step."""

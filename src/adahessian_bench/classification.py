@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import widedeep
-from .base import Metric, Setup, Task, init_keys
+from .base import Metric, RunContext, Setup, Task, init_keys
 from .transformer import TransformerClassifier
 
 
@@ -177,16 +177,8 @@ class ReviewsClassification(Task):
         kw = {"vocab": DEFAULT_VOCAB, "max_len": DEFAULT_MAX_LEN, **kwargs}
         return TransformerClassifier(num_classes=NUM_CLASSES, pad_id=widedeep.PAD, **kw)
 
-    def setup(
-        self,
-        dataset: ReviewsSource,
-        cfg: dict[str, Any],
-        device: torch.device,
-        generator: torch.Generator,
-        rank: int = 0,
-        world_size: int = 1,
-    ) -> Setup:
-        tc, dc, mc = cfg["train"], cfg.get("data", {}), cfg.get("model", {})
+    def setup(self, dataset: ReviewsSource, ctx: RunContext) -> Setup:
+        tc, dc, mc = ctx.cfg["train"], ctx.cfg.get("data", {}), ctx.cfg.get("model", {})
         vocab_size = dc.get("vocab_size", DEFAULT_VOCAB)
         max_len = dc.get("max_len", DEFAULT_MAX_LEN)
         if mc.get("vocab", DEFAULT_VOCAB) != vocab_size:
@@ -200,15 +192,13 @@ class ReviewsClassification(Task):
         reviews = dataset.get(vocab_size, max_len)
         train_idx = stratified_subset(reviews.train.label, tc.get("train_subset", 0))
         x_train, y_train = reviews.train.tokens[train_idx], reviews.train.label[train_idx]
-        if world_size > 1:  # each rank its own shard of the data
-            x_train, y_train = x_train[rank::world_size], y_train[rank::world_size]
-        train_batches = TextBatches(x_train, y_train, tc["batch_size"] // world_size, device,
-                                    shuffle=True, generator=generator)  # fmt: skip
+        train_batches = TextBatches(ctx.shard(x_train), ctx.shard(y_train), ctx.batch_size,
+                                    ctx.device, shuffle=True, generator=ctx.generator)  # fmt: skip
         evals = {}
         for name, split in (("valid", reviews.valid), ("test", reviews.test)):
             idx = stratified_subset(split.label, tc.get("test_subset", 0))
             evals[name] = TextBatches(split.tokens[idx], split.label[idx],
-                                      tc.get("eval_batch_size", 256), device)  # fmt: skip
+                                      tc.get("eval_batch_size", 256), ctx.device)  # fmt: skip
 
         def evaluate(model: nn.Module) -> dict[str, float]:
             out: dict[str, float] = {}

@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import corpora
-from .base import Metric, Setup, Task, init_keys
+from .base import Metric, RunContext, Setup, Task, init_keys
 from .transformer import LSTMLM, TransformerLM
 
 ARCHS = ("transformer", "lstm")
@@ -262,16 +262,8 @@ class BrownLM(Task):
             return LSTMLM(vocab, **kw)
         raise ValueError(f"unknown arch {arch!r}; known: {', '.join(ARCHS)}")
 
-    def setup(
-        self,
-        dataset: corpora.WordCorpus,
-        cfg: dict[str, Any],
-        device: torch.device,
-        generator: torch.Generator,
-        rank: int = 0,
-        world_size: int = 1,
-    ) -> Setup:
-        tc, mc = cfg["train"], cfg.get("model", {})
+    def setup(self, dataset: corpora.WordCorpus, ctx: RunContext) -> Setup:
+        tc, mc, device = ctx.cfg["train"], ctx.cfg.get("model", {}), ctx.device
         arch = mc.get("arch", self.arch)
         if arch not in ARCHS:
             raise ValueError(f"unknown arch {arch!r}; known: {', '.join(ARCHS)}")
@@ -286,11 +278,11 @@ class BrownLM(Task):
             return token_subset(limit_vocab(ids, vocab, dataset.unk_id), tc.get(key, 0))
 
         train = split(dataset.train, "train_subset")
-        if world_size > 1:  # each rank a contiguous shard of the stream
-            n = len(train) // world_size
-            train = train[rank * n : (rank + 1) * n + 1]
+        if ctx.world_size > 1:  # each rank a contiguous shard of the stream
+            n = len(train) // ctx.world_size
+            train = train[ctx.rank * n : (ctx.rank + 1) * n + 1]
         valid, test = split(dataset.valid, "valid_subset"), split(dataset.test, "test_subset")
-        batch_size = tc["batch_size"] // world_size
+        batch_size = ctx.batch_size
         recurrent = arch == "lstm"
         batches: TransformerBatches | StreamBatches
         if recurrent:
@@ -298,7 +290,7 @@ class BrownLM(Task):
             batches = StreamBatches(train, batch_size, bptt, device, loss_fn)
         else:
             loss_fn = transformer_loss
-            batches = TransformerBatches(train, batch_size, bptt, device, generator)
+            batches = TransformerBatches(train, batch_size, bptt, device, ctx.generator)
         rows = tc.get("eval_batch_size", 10)
 
         def evaluate(model: nn.Module) -> dict[str, float]:

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import widedeep
-from .base import Metric, Setup, Task, init_keys
+from .base import Metric, RunContext, Setup, Task, init_keys
 
 # Rows of the embedding tables: the distinct values of each sparse feature in the whole of
 # MovieLens-100k (943 users, 1682 movies, 21 occupations, 795 zip codes, 2 genders) + the unknown
@@ -233,26 +233,17 @@ class RecommendationTask(Task):
         n_dense = kw.pop("n_dense", len(widedeep.DENSE_FEATURES))
         return DLRM(cardinalities, n_dense, **kw)
 
-    def setup(
-        self,
-        dataset: MovieLensSource,
-        cfg: dict[str, Any],
-        device: torch.device,
-        generator: torch.Generator,
-        rank: int = 0,
-        world_size: int = 1,
-    ) -> Setup:
-        tc, dc = cfg["train"], cfg.get("data", {})
+    def setup(self, dataset: MovieLensSource, ctx: RunContext) -> Setup:
+        tc, dc = ctx.cfg["train"], ctx.cfg.get("data", {})
         ml = dataset.get(dc.get("split", "random"), dc.get("split_seed", 0))
         train = take(ml.train, tc.get("train_subset", 0))
-        if world_size > 1:  # each rank its own shard of the training rows
-            train = widedeep.CTRSplit(*(t[rank::world_size] for t in (
-                train.sparse, train.dense, train.label, train.timestamp)))  # fmt: skip
-        train_batches = CTRBatches(train, tc["batch_size"] // world_size, device, shuffle=True,
-                                   generator=generator)  # fmt: skip
+        columns = (train.sparse, train.dense, train.label, train.timestamp)
+        train = widedeep.CTRSplit(*map(ctx.shard, columns))  # each rank its own shard of the rows
+        train_batches = CTRBatches(train, ctx.batch_size, ctx.device, shuffle=True,
+                                   generator=ctx.generator)  # fmt: skip
         eval_bs = tc.get("eval_batch_size", 4096)
         test_n = tc.get("test_subset", 0)
-        evaluation = {s: CTRBatches(take(getattr(ml, s), test_n), eval_bs, device)
+        evaluation = {s: CTRBatches(take(getattr(ml, s), test_n), eval_bs, ctx.device)
                       for s in ("valid", "test")}  # fmt: skip
         return Setup(train_batches, ctr_loss, lambda m: evaluate_ctr(m, evaluation))
 

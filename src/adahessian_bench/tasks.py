@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import data
-from .base import Setup, Task
+from .base import RunContext, Setup, Task
 from .classification import REVIEWS_CLASSIFICATION, classification_loss
 from .language_model import BROWN_LM, BROWN_LM_LSTM
 from .models import CifarResNet
@@ -76,27 +76,17 @@ class ImageTask(Task):
             return data.load_fashion_mnist()
         return data.load_cifar10()
 
-    def setup(
-        self,
-        dataset: data.Arrays,
-        cfg: dict[str, Any],
-        device: torch.device,
-        generator: torch.Generator,
-        rank: int = 0,
-        world_size: int = 1,
-    ) -> Setup:
-        tc = cfg["train"]
+    def setup(self, dataset: data.Arrays, ctx: RunContext) -> Setup:
+        tc = ctx.cfg["train"]
         x_train, y_train = subset(data.to_nchw32(dataset.x_train), dataset.y_train,
                                   tc.get("train_subset", 0))  # fmt: skip
         x_test, y_test = subset(data.to_nchw32(dataset.x_test), dataset.y_test,
                                 tc.get("test_subset", 0))  # fmt: skip
-        if world_size > 1:  # each rank its own shard of the data
-            x_train, y_train = x_train[rank::world_size], y_train[rank::world_size]
-        train_batches = data.Batches(x_train, y_train, self.mean, self.std,
-                                     tc["batch_size"] // world_size, device,
-                                     augment=True, shuffle=True, generator=generator)  # fmt: skip
+        train_batches = data.Batches(ctx.shard(x_train), ctx.shard(y_train), self.mean, self.std,
+                                     ctx.batch_size, ctx.device, augment=True, shuffle=True,
+                                     generator=ctx.generator)  # fmt: skip
         test_batches = data.Batches(x_test, y_test, self.mean, self.std,
-                                    tc.get("eval_batch_size", 1000), device)  # fmt: skip
+                                    tc.get("eval_batch_size", 1000), ctx.device)  # fmt: skip
         return Setup(
             train_batches, classification_loss, lambda m: evaluate_classifier(m, test_batches)
         )

@@ -45,6 +45,7 @@ import torch
 from tqdm import tqdm
 
 from . import config, optimizers
+from .base import RunContext
 from .config import config_hash, run_config, run_dirs
 from .data import atomic_write_text
 from .tasks import TASKS
@@ -468,7 +469,7 @@ def train_one(
                 f"batch size {tc['batch_size']} is not divisible by {world_size} ranks"
             )
         gen.manual_seed(seed * 1000 + rank)
-    setup = task.setup(dataset, cfg, device, gen, rank, world_size)
+    setup = task.setup(dataset, RunContext(cfg, device, gen, rank, world_size))
     train_batches = setup.train_batches
     steps_per_epoch = len(train_batches)
     if tc["max_steps"]:

@@ -44,7 +44,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import corpora
-from .base import Metric, Setup, Task, init_keys
+from .base import Metric, RunContext, Setup, Task, init_keys
 from .transformer import Attention, Block, Embedding, Seq2SeqTransformer, label_smoothed_nll
 
 # Decoding stops after ceil(DECODE_LEN_A * source length + DECODE_LEN_B) tokens (if no eos came
@@ -358,15 +358,8 @@ class TranslationTask(Task):
         vocab = kwargs.pop("vocab", corpora.BIBLE_SUBWORDS)
         return Seq2SeqTransformer(vocab, pad_id=corpora.PAD_ID, **kwargs)
 
-    def setup(
-        self,
-        dataset: Bible,
-        cfg: dict[str, Any],
-        device: torch.device,
-        generator: torch.Generator,
-        rank: int = 0,
-        world_size: int = 1,
-    ) -> Setup:
+    def setup(self, dataset: Bible, ctx: RunContext) -> Setup:
+        cfg, device = ctx.cfg, ctx.device
         tc, dc, mc = cfg["train"], cfg.get("data", {}), cfg.get("model", {})
         positions = int(mc.get("max_len", 256))  # Seq2SeqTransformer's default
         max_src = int(dc.get("max_src_len", positions))
@@ -387,16 +380,16 @@ class TranslationTask(Task):
         train = pairs("train", drop=True)
         n_train = tc.get("train_subset")
         train = train.subset(fixed_subset(len(train), int(n_train or dc.get("train_pairs", 0))))
-        if world_size > 1:  # each rank its own shard
-            train = train.subset(range(rank, len(train), world_size))
+        if ctx.world_size > 1:  # each rank its own shard
+            train = train.subset(range(ctx.rank, len(train), ctx.world_size))
         filter_eval = bool(dc.get("filter_eval", False))
         valid, test = pairs("valid", filter_eval), pairs("test", filter_eval)
         n_bleu = tc.get("test_subset")
         bleu_pairs = test.subset(fixed_subset(len(test), int(n_bleu or dc.get("bleu_subset", 0))))
 
         eval_tokens = int(tc.get("eval_batch_size", 4096))
-        train_batches = TokenBatches(train, tc["batch_size"] // world_size, device, sw.pad_id,
-                                     shuffle=True, generator=generator)  # fmt: skip
+        train_batches = TokenBatches(train, ctx.batch_size, device, sw.pad_id, shuffle=True,
+                                     generator=ctx.generator)  # fmt: skip
         valid_batches = TokenBatches(valid, eval_tokens, device, sw.pad_id)
         test_batches = TokenBatches(test, eval_tokens, device, sw.pad_id)
         bleu_batches = TokenBatches(bleu_pairs, eval_tokens, device, sw.pad_id)

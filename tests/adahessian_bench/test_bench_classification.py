@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from sklearn.metrics import f1_score
 
 from adahessian_bench import config, data, fetchers, optimizers, train, widedeep
+from adahessian_bench.base import RunContext
 from adahessian_bench.classification import (
     REVIEWS_CLASSIFICATION,
     ReviewsSource,
@@ -27,6 +28,7 @@ from adahessian_bench.classification import (
 from adahessian_bench.tasks import TASKS
 
 TASK = "reviews-classification"
+CPU = torch.device("cpu")
 TINY_MODEL = {"vocab": 500, "max_len": 32, "d_model": 16, "n_heads": 2, "n_layers": 1,
               "d_ff": 32, "dropout": 0.1}  # fmt: skip
 TINY_DATA = {"vocab_size": 500, "max_len": 32}
@@ -148,8 +150,8 @@ def test_a_few_steps_of_each_optimizer_on_the_real_reviews(source: ReviewsSource
     torch.manual_seed(0)
     cfg = tiny_cfg()
     model = REVIEWS_CLASSIFICATION.model(**cfg["model"])
-    setup = REVIEWS_CLASSIFICATION.setup(source, cfg, torch.device("cpu"),
-                                         torch.Generator().manual_seed(0))  # fmt: skip
+    ctx = RunContext(cfg, torch.device("cpu"), torch.Generator().manual_seed(0))
+    setup = REVIEWS_CLASSIFICATION.setup(source, ctx)
     hp = {"adamw": {"lr": 3e-3}, "adam": {"lr": 3e-3}, "adahessian": {"lr": 0.05}}[opt]
     optimizer = optimizers.build(opt, model.parameters(), hp, seed=0)
     before = {k: v.clone() for k, v in model.state_dict().items()}
@@ -176,11 +178,11 @@ def test_model_and_data_sizes_must_agree(source: ReviewsSource) -> None:
     cfg = tiny_cfg()
     cfg["model"]["vocab"] = 600
     with pytest.raises(ValueError, match="vocab 600 != \\[data\\] vocab_size 500"):
-        REVIEWS_CLASSIFICATION.setup(source, cfg, torch.device("cpu"), torch.Generator())
+        REVIEWS_CLASSIFICATION.setup(source, RunContext(cfg, CPU, torch.Generator()))
     cfg = tiny_cfg()
     cfg["model"]["max_len"] = 16
     with pytest.raises(ValueError, match="max_len 16 < \\[data\\] max_len 32"):
-        REVIEWS_CLASSIFICATION.setup(source, cfg, torch.device("cpu"), torch.Generator())
+        REVIEWS_CLASSIFICATION.setup(source, RunContext(cfg, CPU, torch.Generator()))
 
 
 @pytest.mark.parametrize("profile", ["quick", "paper"])

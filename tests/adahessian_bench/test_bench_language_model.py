@@ -19,6 +19,7 @@ from torch import nn
 # tasks before language_model (the task modules import tasks, which registers them)
 from adahessian_bench import cli, config, corpora, data, tasks, train
 from adahessian_bench import language_model as lm
+from adahessian_bench.base import RunContext
 from adahessian_bench.transformer import LSTMLM
 
 CACHE = data.cache_dir()  # before any fixture points $ADAHESSIAN_DATA at a temporary folder
@@ -192,7 +193,7 @@ def test_profiles_load_resolve_and_build(
     assert cfg["metric"]["extra"] == ["valid_ppl"]
     t = tasks.TASKS[task]
     assert cfg["model"]["arch"] == t.arch  # type: ignore[attr-defined]
-    setup = t.setup(brown, cfg, torch.device("cpu"), torch.Generator().manual_seed(0))
+    setup = t.setup(brown, RunContext(cfg, torch.device("cpu"), torch.Generator().manual_seed(0)))
     # The steps per epoch the profiles' comments state.
     want = {("brown-lm", "quick"): 97, ("brown-lm", "paper"): 238,
             ("brown-lm-lstm", "quick"): 108, ("brown-lm-lstm", "paper"): None}  # fmt: skip
@@ -210,7 +211,7 @@ def test_unknown_arch_and_too_long_context_are_refused(brown: corpora.WordCorpus
         t.model(arch="gru", vocab=10)
     cfg = {"train": {"bptt": 64, "batch_size": 4}, "model": {"max_len": 32}}
     with pytest.raises(ValueError, match="max_len"):
-        t.setup(brown, cfg, torch.device("cpu"), torch.Generator())
+        t.setup(brown, RunContext(cfg, torch.device("cpu"), torch.Generator()))
 
 
 # ----------------------------------------------------------------------------- real training

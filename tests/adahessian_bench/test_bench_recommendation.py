@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from adahessian_bench import cli, config, data, optimizers, train, widedeep
+from adahessian_bench.base import RunContext
 from adahessian_bench.recommendation import (
     DLRM,
     MOVIELENS_CARDINALITIES,
@@ -28,6 +29,7 @@ from adahessian_bench.tasks import TASKS
 
 TASK = TASKS["movielens-dlrm"]
 OPTS = ["adagrad", "adam", "adahessian"]
+CPU = torch.device("cpu")
 EVAL_KEYS = {f"{s}_{k}" for s in ("valid", "test") for k in ("auc", "logloss", "acc", "loss")}
 
 
@@ -136,7 +138,7 @@ def test_the_profile_picks_the_split(source: MovieLensSource) -> None:
     """Random split: test users are known from training; temporal: most are new (id 0)."""
     rows = {}
     for split in ("random", "temporal"):
-        setup = TASK.setup(source, small_cfg(split), torch.device("cpu"), torch.Generator())
+        setup = TASK.setup(source, RunContext(small_cfg(split), CPU, torch.Generator()))
         ml = source.get(split, 0)
         assert isinstance(setup.train_batches, CTRBatches)
         assert torch.equal(setup.train_batches.sparse, ml.train.sparse[:640])  # train_subset
@@ -151,7 +153,7 @@ def test_a_few_steps_of_each_optimizer_on_real_data(source: MovieLensSource, opt
     torch.manual_seed(0)
     cfg = small_cfg()
     gen = torch.Generator().manual_seed(0)
-    setup = TASK.setup(source, cfg, torch.device("cpu"), gen)
+    setup = TASK.setup(source, RunContext(cfg, CPU, gen))
     assert len(setup.train_batches) == 640 // 64
     model = TASK.model(**cfg["model"])
     opt = optimizers.build(opt_name, model.parameters(), cfg["optimizers"][opt_name], seed=0)

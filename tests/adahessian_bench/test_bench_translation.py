@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from adahessian_bench import cli, config, corpora, data, train
+from adahessian_bench.base import RunContext
 from adahessian_bench.tasks import TASKS
 from adahessian_bench.transformer import Seq2SeqTransformer
 from adahessian_bench.translation import (
@@ -140,7 +141,7 @@ def test_a_model_trained_to_copy_translates_with_bleu_100() -> None:
 
 def test_setup_on_the_real_verses_respects_the_caps_and_covers_every_pair(bible: Bible) -> None:
     cfg = train.resolve(TASK, config.load(TASK, "quick"), "quick", ["adamw"], 1)
-    setup = BIBLE_TRANSLATION.setup(bible, cfg, CPU, torch.Generator().manual_seed(0))
+    setup = BIBLE_TRANSLATION.setup(bible, RunContext(cfg, CPU, torch.Generator().manual_seed(0)))
     dc, mc = cfg["data"], cfg["model"]
     sw, encoded = bible.encoded(mc["vocab"])
     n_within = sum(len(s) < dc["max_src_len"] and len(t) < dc["max_tgt_len"]
