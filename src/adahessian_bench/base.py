@@ -1,11 +1,13 @@
 """The interface between the training loop and a benchmark task: ``Task``, ``Setup``, ``Metric``.
 
 A task is an object with the interface of :class:`Task`. The training loop (``train.py``) knows
-nothing else about it: it asks the task for its data (``load``, once per run), its model (from the
-profile's ``[model]`` table) and a :class:`Setup` holding the training batches, the loss of a
-batch and the evaluation. So a new task is a new ``Task`` subclass in a module of its own,
-registered in ``tasks.TASKS``, plus its ``configs/TASK-PROFILE.toml`` files; no change to the loop,
-the command line or the report.
+nothing else about it: it asks the task for the data of the resolved configuration
+(``load(cfg)``: once for all the runs of a benchmark, which differ in optimizer and seed only),
+its model (from the profile's ``[model]`` table) and, for each run, a :class:`Setup` holding the
+training batches, the loss of a batch and the evaluation (``setup(data, ctx)``, given that data
+and the run's :class:`RunContext`). So a new task is a new ``Task`` subclass in a module of its
+own, registered in ``tasks.TASKS``, plus its ``configs/TASK-PROFILE.toml`` files; no change to the
+loop, the command line or the report.
 
 Every task names its headline metric (``Metric``): the key of the evaluation it is judged by
 (``test_acc``, ``test_ppl``, ``test_bleu`` ...), whether higher is better, and how to print it.
@@ -111,17 +113,21 @@ class Task(ABC):
         return None
 
     @abstractmethod
-    def load(self) -> Any:
-        """The whole data set, in memory (fetched into the cache first if needed)."""
+    def load(self, cfg: dict[str, Any]) -> Any:
+        """The data that the resolved configuration ``cfg`` trains and evaluates on, in memory and
+        ready for ``setup``: fetched into the cache first if needed, then tokenised, split and cut
+        to the subsets as ``cfg`` says. It depends on the data-affecting keys of ``cfg`` only,
+        never on the optimizers, the seed, the device or the rank (``setup`` takes this rank's
+        shard), so that every run of a configuration shares it."""
 
     @abstractmethod
     def model(self, **kwargs: Any) -> nn.Module:
         """The model, built from the profile's ``[model]`` table."""
 
     @abstractmethod
-    def setup(self, dataset: Any, ctx: RunContext) -> Setup:
-        """Batches, loss and evaluation for one run. ``ctx.cfg`` is the resolved configuration (its
-        ``train`` table holds batch_size, eval_batch_size, subsets ...; its ``data`` table the
-        task's own options). Data-parallel runs (``ctx.world_size`` > 1) give each rank its own
-        shard of the training data and ``ctx.batch_size`` (``batch_size // world_size``) items per
-        step."""
+    def setup(self, data: Any, ctx: RunContext) -> Setup:
+        """Batches, loss and evaluation for one run, of ``data`` (what ``load(ctx.cfg)`` returned).
+        ``ctx.cfg`` is the resolved configuration (its ``train`` table holds batch_size,
+        eval_batch_size ...; its ``data`` table the task's own options). Data-parallel runs
+        (``ctx.world_size`` > 1) give each rank its own shard of the training data
+        (``ctx.shard``) and ``ctx.batch_size`` (``batch_size // world_size``) items per step."""

@@ -46,6 +46,17 @@ def evaluate_classifier(model: nn.Module, batches: Iterable[Any]) -> dict[str, f
 
 
 @dataclass(frozen=True)
+class Images:
+    """The images of a configuration, uint8 (N, C, 32, 32), and their int64 labels: the training
+    and the test (sub)set it asks for."""
+
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+
+
+@dataclass(frozen=True)
 class ImageTask(Task):
     """CIFAR-style image classification with a ResNet (Fashion-MNIST padded to 32x32, CIFAR-10)."""
 
@@ -71,22 +82,26 @@ class ImageTask(Task):
                     "are class-balanced)"
                 )
 
-    def load(self) -> data.Arrays:
+    def load(self, cfg: dict[str, Any]) -> Images:
         if self.dataset == "fashion-mnist":
-            return data.load_fashion_mnist()
-        return data.load_cifar10()
-
-    def setup(self, dataset: data.Arrays, ctx: RunContext) -> Setup:
-        tc = ctx.cfg["train"]
-        x_train, y_train = subset(data.to_nchw32(dataset.x_train), dataset.y_train,
+            arrays = data.load_fashion_mnist()
+        else:
+            arrays = data.load_cifar10()
+        tc = cfg["train"]
+        x_train, y_train = subset(data.to_nchw32(arrays.x_train), arrays.y_train,
                                   tc.get("train_subset", 0))  # fmt: skip
-        x_test, y_test = subset(data.to_nchw32(dataset.x_test), dataset.y_test,
+        x_test, y_test = subset(data.to_nchw32(arrays.x_test), arrays.y_test,
                                 tc.get("test_subset", 0))  # fmt: skip
-        train_batches = data.Batches(ctx.shard(x_train), ctx.shard(y_train), self.mean, self.std,
-                                     ctx.batch_size, ctx.device, augment=True, shuffle=True,
+        return Images(x_train, y_train, x_test, y_test)
+
+    def setup(self, images: Images, ctx: RunContext) -> Setup:
+        eval_batch_size = ctx.cfg["train"].get("eval_batch_size", 1000)
+        x_train, y_train = ctx.shard(images.x_train), ctx.shard(images.y_train)
+        train_batches = data.Batches(x_train, y_train, self.mean, self.std, ctx.batch_size,
+                                     ctx.device, augment=True, shuffle=True,
                                      generator=ctx.generator)  # fmt: skip
-        test_batches = data.Batches(x_test, y_test, self.mean, self.std,
-                                    tc.get("eval_batch_size", 1000), ctx.device)  # fmt: skip
+        test_batches = data.Batches(images.x_test, images.y_test, self.mean, self.std,
+                                    eval_batch_size, ctx.device)  # fmt: skip
         return Setup(
             train_batches, classification_loss, lambda m: evaluate_classifier(m, test_batches)
         )

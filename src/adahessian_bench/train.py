@@ -630,7 +630,7 @@ def run(
     """Train every (seed, optimizer) pair of ``cfg`` and write the results under ``out``.
 
     ``command`` is the command line, recorded in env.json for the report. ``dataset``: the task's
-    data (``Task.load()``), loaded here if not given."""
+    data for this configuration (what ``Task.load(cfg)`` returns), loaded here if not given."""
     cfg = process_config(cfg)
     out = Path(out)
     if world()[0] > 0:  # rank 0 alone checks, locks and writes the folder
@@ -647,7 +647,7 @@ def _run(
 ) -> None:
     device = torch.device(cfg["device"])
     if dataset is None:
-        dataset = TASKS[cfg["task"]].load()  # before writing: no data, nothing written
+        dataset = TASKS[cfg["task"]].load(cfg)  # before writing: no data, nothing written
     if resume:  # every checkpoint sound before anything is written (else ValueError)
         for seed in cfg["seeds"]:
             for opt_name in cfg["optimizers"]:

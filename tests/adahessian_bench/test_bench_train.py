@@ -59,7 +59,7 @@ class Regression(base.Task):
     description = "y = x w + noise"
     metric = base.Metric("test_mse", "test MSE", higher_is_better=False, scale=1.0, fmt=".4f")
 
-    def load(self) -> dict[str, torch.Tensor]:
+    def load(self, cfg: dict[str, Any]) -> dict[str, torch.Tensor]:
         g = torch.Generator().manual_seed(0)
         x = torch.randn(96, 4, generator=g)
         return {"x": x, "y": x @ torch.tensor([1.0, -2.0, 0.5, 3.0]) + 0.01}
