@@ -1,11 +1,13 @@
 """The interface between the training loop and a benchmark task: ``Task``, ``Setup``, ``Metric``.
 
 A task is an object with the interface of :class:`Task`. The training loop (``train.py``) knows
-nothing else about it: it asks the task for its data (``load``, once per run), its model (from the
-profile's ``[model]`` table) and a :class:`Setup` holding the training batches, the loss of a
-batch and the evaluation. So a new task is a new ``Task`` subclass in a module of its own,
-registered in ``tasks.TASKS``, plus its ``configs/TASK-PROFILE.toml`` files; no change to the loop,
-the command line or the report.
+nothing else about it: it asks the task for the data of the resolved configuration
+(``load(cfg)``: once for all the runs of a benchmark, which differ in optimizer and seed only),
+its model (from the profile's ``[model]`` table) and, for each run, a :class:`Setup` holding the
+training batches, the loss of a batch and the evaluation (``setup(data, ctx)``, given that data
+and the run's :class:`RunContext`). So a new task is a new ``Task`` subclass in a module of its
+own, registered in ``tasks.TASKS``, plus its ``configs/TASK-PROFILE.toml`` files; no change to the
+loop, the command line or the report.
 
 Every task names its headline metric (``Metric``): the key of the evaluation it is judged by
 (``test_acc``, ``test_ppl``, ``test_bleu`` ...), whether higher is better, and how to print it.
@@ -62,6 +64,29 @@ class Setup:
     evaluate: Callable[[nn.Module], dict[str, float]]
 
 
+@dataclass(frozen=True)
+class RunContext:
+    """What ``Task.setup`` is given besides the data: the run's resolved configuration, its
+    device, the generator its training batches must draw their order (and augmentation) from,
+    and this process's place among the ranks of a data-parallel run."""
+
+    cfg: dict[str, Any]
+    device: torch.device
+    generator: torch.Generator
+    rank: int = 0
+    world_size: int = 1
+
+    @property
+    def batch_size(self) -> int:
+        """The training items of one step on this rank: ``[train] batch_size // world_size``."""
+        return int(self.cfg["train"]["batch_size"]) // self.world_size
+
+    def shard(self, items: Any) -> Any:
+        """This rank's share of ``items`` (every ``world_size``-th from ``rank``); all of them
+        outside data parallelism."""
+        return items if self.world_size == 1 else items[self.rank :: self.world_size]
+
+
 def init_keys(cls: type, *skip: str) -> tuple[str, ...]:
     """The arguments of ``cls``'s constructor but ``skip``: the [model] keys of a task."""
     return tuple(k for k in inspect.signature(cls).parameters if k not in skip)
@@ -76,7 +101,7 @@ class Task(ABC):
     """
 
     name: str
-    dataset: str  # a name known to ``data.fetch``
+    dataset: str  # a name known to ``fetchers.fetch`` (``data fetch NAME``)
     description: str
     metric: Metric = Metric()
     train_keys: tuple[str, ...] = ()
@@ -88,24 +113,21 @@ class Task(ABC):
         return None
 
     @abstractmethod
-    def load(self) -> Any:
-        """The whole data set, in memory (fetched into the cache first if needed)."""
+    def load(self, cfg: dict[str, Any]) -> Any:
+        """The data that the resolved configuration ``cfg`` trains and evaluates on, in memory and
+        ready for ``setup``: fetched into the cache first if needed, then tokenised, split and cut
+        to the subsets as ``cfg`` says. It depends on the data-affecting keys of ``cfg`` only,
+        never on the optimizers, the seed, the device or the rank (``setup`` takes this rank's
+        shard), so that every run of a configuration shares it."""
 
     @abstractmethod
     def model(self, **kwargs: Any) -> nn.Module:
         """The model, built from the profile's ``[model]`` table."""
 
     @abstractmethod
-    def setup(
-        self,
-        dataset: Any,
-        cfg: dict[str, Any],
-        device: torch.device,
-        generator: torch.Generator,
-        rank: int = 0,
-        world_size: int = 1,
-    ) -> Setup:
-        """Batches, loss and evaluation for one run. ``cfg`` is the resolved configuration (its
-        ``train`` table holds batch_size, eval_batch_size, subsets ...; its ``data`` table the
-        task's own options). Data-parallel runs (``world_size`` > 1) give each rank its own shard
-        of the training data and ``batch_size // world_size`` items per step."""
+    def setup(self, data: Any, ctx: RunContext) -> Setup:
+        """Batches, loss and evaluation for one run, of ``data`` (what ``load(ctx.cfg)`` returned).
+        ``ctx.cfg`` is the resolved configuration (its ``train`` table holds batch_size,
+        eval_batch_size ...; its ``data`` table the task's own options). Data-parallel runs
+        (``ctx.world_size`` > 1) give each rank its own shard of the training data
+        (``ctx.shard``) and ``ctx.batch_size`` (``batch_size // world_size``) items per step."""

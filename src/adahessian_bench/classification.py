@@ -23,9 +23,8 @@ through the reviews sorted by length, so that its batches trim well.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -34,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import widedeep
-from .base import Metric, Setup, Task, init_keys
+from .base import Metric, RunContext, Setup, Task, init_keys
 from .transformer import TransformerClassifier
 
 
@@ -145,18 +144,36 @@ def evaluate_split(model: nn.Module, batches: TextBatches, prefix: str) -> dict[
 # ----------------------------------------------------------------------------- the task
 
 
-@dataclass
-class ReviewsSource:
-    """The review files in the cache; ``get`` tokenises them (once per vocabulary and length)."""
+def data_sizes(cfg: dict[str, Any]) -> tuple[int, int]:
+    """``[data]`` vocab_size and max_len; ValueError if the ``[model]`` cannot take them."""
+    dc, mc = cfg.get("data", {}), cfg.get("model", {})
+    vocab_size = dc.get("vocab_size", DEFAULT_VOCAB)
+    max_len = dc.get("max_len", DEFAULT_MAX_LEN)
+    if mc.get("vocab", DEFAULT_VOCAB) != vocab_size:
+        raise ValueError(
+            f"[model] vocab {mc.get('vocab', DEFAULT_VOCAB)} != [data] vocab_size {vocab_size}"
+        )
+    if mc.get("max_len", DEFAULT_MAX_LEN) < max_len:
+        raise ValueError(
+            f"[model] max_len {mc.get('max_len', DEFAULT_MAX_LEN)} < [data] max_len {max_len}"
+        )
+    return vocab_size, max_len
 
-    directory: Path
-    _loaded: dict[tuple[int, int], widedeep.ReviewsData] = field(default_factory=dict, repr=False)
 
-    def get(self, vocab_size: int, max_len: int) -> widedeep.ReviewsData:
-        key = (vocab_size, max_len)
-        if key not in self._loaded:
-            self._loaded[key] = widedeep.load_reviews(self.directory, vocab_size, max_len)
-        return self._loaded[key]
+def subsets(reviews: widedeep.ReviewsData, cfg: dict[str, Any]) -> widedeep.ReviewsData:
+    """``reviews`` cut to the fixed stratified subsets of ``[train]``: ``train_subset`` of the
+    training reviews, ``test_subset`` of the validation and of the test reviews."""
+    tc = cfg["train"]
+
+    def pick(split: widedeep.TextSplit, n: int) -> widedeep.TextSplit:
+        idx = stratified_subset(split.label, n)
+        return widedeep.TextSplit(split.tokens[idx], split.label[idx],
+                                  [split.text[i] for i in idx.tolist()])  # fmt: skip
+
+    train_n, test_n = tc.get("train_subset", 0), tc.get("test_subset", 0)
+    return dataclasses.replace(reviews, train=pick(reviews.train, train_n),
+                               valid=pick(reviews.valid, test_n),
+                               test=pick(reviews.test, test_n))  # fmt: skip
 
 
 class ReviewsClassification(Task):
@@ -170,45 +187,25 @@ class ReviewsClassification(Task):
     model_keys = init_keys(TransformerClassifier, "num_classes", "pad_id")
     data_keys = ("vocab_size", "max_len")
 
-    def load(self) -> ReviewsSource:
-        return ReviewsSource(widedeep.fetch_widedeep(parts=("reviews",)))
+    def load(self, cfg: dict[str, Any]) -> widedeep.ReviewsData:
+        """The reviews tokenised with the ``[data]`` vocab_size and max_len, cut to the
+        ``[train]`` subsets."""
+        vocab_size, max_len = data_sizes(cfg)  # checked before the reviews are read
+        directory = widedeep.fetch_widedeep(parts=("reviews",))
+        return subsets(widedeep.load_reviews(directory, vocab_size, max_len), cfg)
 
     def model(self, **kwargs: Any) -> nn.Module:
         kw = {"vocab": DEFAULT_VOCAB, "max_len": DEFAULT_MAX_LEN, **kwargs}
         return TransformerClassifier(num_classes=NUM_CLASSES, pad_id=widedeep.PAD, **kw)
 
-    def setup(
-        self,
-        dataset: ReviewsSource,
-        cfg: dict[str, Any],
-        device: torch.device,
-        generator: torch.Generator,
-        rank: int = 0,
-        world_size: int = 1,
-    ) -> Setup:
-        tc, dc, mc = cfg["train"], cfg.get("data", {}), cfg.get("model", {})
-        vocab_size = dc.get("vocab_size", DEFAULT_VOCAB)
-        max_len = dc.get("max_len", DEFAULT_MAX_LEN)
-        if mc.get("vocab", DEFAULT_VOCAB) != vocab_size:
-            raise ValueError(
-                f"[model] vocab {mc.get('vocab', DEFAULT_VOCAB)} != [data] vocab_size {vocab_size}"
-            )
-        if mc.get("max_len", DEFAULT_MAX_LEN) < max_len:
-            raise ValueError(
-                f"[model] max_len {mc.get('max_len', DEFAULT_MAX_LEN)} < [data] max_len {max_len}"
-            )
-        reviews = dataset.get(vocab_size, max_len)
-        train_idx = stratified_subset(reviews.train.label, tc.get("train_subset", 0))
-        x_train, y_train = reviews.train.tokens[train_idx], reviews.train.label[train_idx]
-        if world_size > 1:  # each rank its own shard of the data
-            x_train, y_train = x_train[rank::world_size], y_train[rank::world_size]
-        train_batches = TextBatches(x_train, y_train, tc["batch_size"] // world_size, device,
-                                    shuffle=True, generator=generator)  # fmt: skip
-        evals = {}
-        for name, split in (("valid", reviews.valid), ("test", reviews.test)):
-            idx = stratified_subset(split.label, tc.get("test_subset", 0))
-            evals[name] = TextBatches(split.tokens[idx], split.label[idx],
-                                      tc.get("eval_batch_size", 256), device)  # fmt: skip
+    def setup(self, data: widedeep.ReviewsData, ctx: RunContext) -> Setup:
+        train = data.train
+        train_batches = TextBatches(ctx.shard(train.tokens), ctx.shard(train.label),
+                                    ctx.batch_size, ctx.device, shuffle=True,
+                                    generator=ctx.generator)  # fmt: skip
+        eval_bs = ctx.cfg["train"].get("eval_batch_size", 256)
+        evals = {name: TextBatches(split.tokens, split.label, eval_bs, ctx.device)
+                 for name, split in (("valid", data.valid), ("test", data.test))}  # fmt: skip
 
         def evaluate(model: nn.Module) -> dict[str, float]:
             out: dict[str, float] = {}

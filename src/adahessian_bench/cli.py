@@ -23,7 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn
 
-from . import config, data, optimizers
+from . import config, data, fetchers, optimizers
 from .tasks import TASKS
 
 # ----------------------------------------------------------------------------- option values
@@ -130,13 +130,13 @@ def cmd_list(args: argparse.Namespace) -> int:
     print("optimizers:")
     print("  " + ", ".join(optimizers.OPTIMIZERS))
     print("data sets (adahessian-bench data fetch NAME):")
-    print("  " + ", ".join(data.DATASETS) + f"  [cache: {data.cache_dir()}]")
+    print("  " + ", ".join(fetchers.DATASETS) + f"  [cache: {data.cache_dir()}]")
     return 0
 
 
 def cmd_data(args: argparse.Namespace) -> int:
     try:
-        path = data.fetch(args.name, verify=True)
+        path = fetchers.fetch(args.name, verify=True)
     except data.DataUnavailable as e:
         return fail(args, e, 1)
     print(f"{args.name}: {path} (checked)")
@@ -263,7 +263,7 @@ def parser() -> argparse.ArgumentParser:
     s = sub.add_parser("data", help="install a data set into the cache ($ADAHESSIAN_DATA)")
     dsub = s.add_subparsers(dest="action", required=True)
     f = dsub.add_parser("fetch", help="fetch a data set (offline from Debian packages if possible)")
-    f.add_argument("name", choices=data.DATASETS)
+    f.add_argument("name", choices=fetchers.DATASETS)
     f.set_defaults(func=cmd_data)
 
     s = sub.add_parser("run", help="train every optimizer and seed on a task")

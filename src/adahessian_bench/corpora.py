@@ -635,6 +635,3 @@ def bible_subwords(
         )
         atomic_write_bytes(path, model.getvalue())
     return Subwords(path, spm.SentencePieceProcessor(model_file=str(path)))
-
-
-FETCHERS: dict[str, Callable[..., Path]] = {"brown": fetch_brown, "bible-es-en": fetch_bible}

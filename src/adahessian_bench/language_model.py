@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import corpora
-from .base import Metric, Setup, Task, init_keys
+from .base import Metric, RunContext, Setup, Task, init_keys
 from .transformer import LSTMLM, TransformerLM
 
 ARCHS = ("transformer", "lstm")
@@ -176,6 +176,31 @@ def transformer_loss(model: nn.Module, batch: Any) -> tuple[torch.Tensor, dict[s
     return loss, {"n": y.numel()}
 
 
+@dataclass(frozen=True)
+class Streams:
+    """The token ids of each split as a configuration uses them (what ``BrownLM.load`` returns):
+    the words beyond its vocabulary as ``<unk>``, cut to its token subsets."""
+
+    train: torch.Tensor
+    valid: torch.Tensor
+    test: torch.Tensor
+
+
+def streams(corpus: corpora.WordCorpus, cfg: dict[str, Any]) -> Streams:
+    """The splits of ``corpus`` with ``[model] vocab`` words and the ``[train]`` token subsets
+    (``train_subset``, ``valid_subset``, ``test_subset``) of ``cfg``."""
+    tc, mc = cfg["train"], cfg.get("model", {})
+    vocab = mc.get("vocab", corpora.BROWN_VOCAB)
+    if not 2 <= vocab <= len(corpus.vocab):
+        raise ValueError(f"vocab {vocab} is not in [2, {len(corpus.vocab)}]")
+
+    def split(ids: torch.Tensor, key: str) -> torch.Tensor:
+        return token_subset(limit_vocab(ids, vocab, corpus.unk_id), tc.get(key, 0))
+
+    return Streams(split(corpus.train, "train_subset"), split(corpus.valid, "valid_subset"),
+                   split(corpus.test, "test_subset"))  # fmt: skip
+
+
 # ----------------------------------------------------------------------------- evaluation
 
 
@@ -249,8 +274,8 @@ class BrownLM(Task):
     train_keys = ("bptt", "valid_subset")
     model_keys = ("arch", *dict.fromkeys(init_keys(TransformerLM) + init_keys(LSTMLM)))
 
-    def load(self) -> corpora.WordCorpus:
-        return corpora.load_brown()
+    def load(self, cfg: dict[str, Any]) -> Streams:
+        return streams(corpora.load_brown(), cfg)
 
     def model(self, **kwargs: Any) -> nn.Module:
         kw = dict(kwargs)
@@ -262,35 +287,19 @@ class BrownLM(Task):
             return LSTMLM(vocab, **kw)
         raise ValueError(f"unknown arch {arch!r}; known: {', '.join(ARCHS)}")
 
-    def setup(
-        self,
-        dataset: corpora.WordCorpus,
-        cfg: dict[str, Any],
-        device: torch.device,
-        generator: torch.Generator,
-        rank: int = 0,
-        world_size: int = 1,
-    ) -> Setup:
-        tc, mc = cfg["train"], cfg.get("model", {})
+    def setup(self, data: Streams, ctx: RunContext) -> Setup:
+        tc, mc, device = ctx.cfg["train"], ctx.cfg.get("model", {}), ctx.device
         arch = mc.get("arch", self.arch)
         if arch not in ARCHS:
             raise ValueError(f"unknown arch {arch!r}; known: {', '.join(ARCHS)}")
-        vocab = mc.get("vocab", corpora.BROWN_VOCAB)
-        if not 2 <= vocab <= len(dataset.vocab):
-            raise ValueError(f"vocab {vocab} is not in [2, {len(dataset.vocab)}]")
         bptt = tc["bptt"]
         if arch == "transformer" and bptt > mc.get("max_len", 256):
             raise ValueError(f"bptt {bptt} > the model's max_len {mc.get('max_len', 256)}")
-
-        def split(ids: torch.Tensor, key: str) -> torch.Tensor:
-            return token_subset(limit_vocab(ids, vocab, dataset.unk_id), tc.get(key, 0))
-
-        train = split(dataset.train, "train_subset")
-        if world_size > 1:  # each rank a contiguous shard of the stream
-            n = len(train) // world_size
-            train = train[rank * n : (rank + 1) * n + 1]
-        valid, test = split(dataset.valid, "valid_subset"), split(dataset.test, "test_subset")
-        batch_size = tc["batch_size"] // world_size
+        train, valid, test = data.train, data.valid, data.test
+        if ctx.world_size > 1:  # each rank a contiguous shard of the stream
+            n = len(train) // ctx.world_size
+            train = train[ctx.rank * n : (ctx.rank + 1) * n + 1]
+        batch_size = ctx.batch_size
         recurrent = arch == "lstm"
         batches: TransformerBatches | StreamBatches
         if recurrent:
@@ -298,7 +307,7 @@ class BrownLM(Task):
             batches = StreamBatches(train, batch_size, bptt, device, loss_fn)
         else:
             loss_fn = transformer_loss
-            batches = TransformerBatches(train, batch_size, bptt, device, generator)
+            batches = TransformerBatches(train, batch_size, bptt, device, ctx.generator)
         rows = tc.get("eval_batch_size", 10)
 
         def evaluate(model: nn.Module) -> dict[str, float]:

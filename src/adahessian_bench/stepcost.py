@@ -25,7 +25,7 @@ from __future__ import annotations
 import copy
 import math
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import numpy as np
@@ -33,6 +33,7 @@ import torch
 from tqdm import tqdm
 
 from . import optimizers
+from .base import RunContext
 from .tasks import TASKS
 
 COST_FILE = "step_cost.json"
@@ -41,14 +42,26 @@ RUN_SHARE = 25  # a short run gets fewer rounds: at most (its steps / RUN_SHARE)
 NEVER = 2**62  # an update_interval that no run reaches: every step after the first is plain
 
 
-def training_step(setup: Any, model: torch.nn.Module, optimizer: Any, batch: Any) -> torch.Tensor:
-    """One step of the training loop: forward, backward (keeping the gradient's graph when
-    AdaHessian's Hessian step is due), optimizer step. Returns the (detached) loss."""
-    loss, _ = setup.loss(model, batch)
+def training_step(
+    setup: Any,
+    model: torch.nn.Module,
+    optimizer: Any,
+    batch: Any,
+    average: Callable[[torch.nn.Module], None] | None = None,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """One step of the training loop (``train.train_epoch``'s, and what ``measure`` times):
+    forward, backward (keeping the gradient's graph when AdaHessian's Hessian step is due),
+    ``average(model)`` for a first-order optimizer's gradients if given (data-parallel runs:
+    AdaHessian averages its own), optimizer step. Returns the loss and the batch's statistics."""
+    loss, stats = setup.loss(model, batch)
     optimizer.zero_grad(set_to_none=True)
-    loss.backward(create_graph=bool(getattr(optimizer, "hessian_due", False)))
+    adahessian = hasattr(optimizer, "hessian_due")
+    # The Hessian-vector product needs the graph of the gradient, when one is due.
+    loss.backward(create_graph=adahessian and bool(optimizer.hessian_due))
+    if average is not None and not adahessian:
+        average(model)
     optimizer.step()
-    return loss.detach()
+    return loss.detach(), stats
 
 
 def hessian_steps(steps: int, hp: dict[str, Any]) -> int:
@@ -112,7 +125,7 @@ def measure(
     device = torch.device(cfg["device"])
     torch.manual_seed(0)
     model0 = task.model(**cfg.get("model", {})).to(device)
-    setup = task.setup(dataset, cfg, device, torch.Generator().manual_seed(0))
+    setup = task.setup(dataset, RunContext(cfg, device, torch.Generator().manual_seed(0)))
     per_epoch = len(setup.train_batches)
     if cfg["train"].get("max_steps"):
         per_epoch = min(per_epoch, cfg["train"]["max_steps"])

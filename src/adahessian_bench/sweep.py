@@ -216,10 +216,7 @@ def run(
 ) -> None:
     """Train every grid point (and the reference run) under ``out``; write ``out/sweep.json``."""
     from . import train  # torch's training stack: only when something is trained
-    from .tasks import TASKS
 
-    # Once for every point, and before anything is written (a damaged data file: nothing written).
-    dataset = TASKS[grid.points[0]["task"]].load()
     out = Path(out)
     description = grid.describe(command)
     jobs = [
@@ -228,15 +225,35 @@ def run(
     ]
     if grid.reference is not None:
         jobs.append((REFERENCE_DIR, grid.reference))
+    # Before anything is written (a damaged data file: nothing written).
+    datasets = load_data([cfg for _, cfg in jobs])
     jobs = [(folder, train.process_config(cfg)) for folder, cfg in jobs]  # as train.run's
     if train.world()[0] > 0:  # rank 0 alone checks, locks and writes the folder
-        _run(jobs, out, resume, progress, command, grid.param.name, dataset)
+        _run(jobs, out, resume, progress, command, grid.param.name, datasets)
         return
     check_out(description, jobs, out)  # before the lock: a refused call creates nothing
     with train.hold(out):
         check_out(description, jobs, out)
         data.atomic_write_text(out / SWEEP_FILE, json.dumps(description, indent=2) + "\n")
-        _run(jobs, out, resume, progress, command, grid.param.name, dataset)
+        _run(jobs, out, resume, progress, command, grid.param.name, datasets)
+
+
+def data_key(cfg: dict[str, Any]) -> str:
+    """What ``Task.load(cfg)`` may depend on: all of ``cfg`` but its optimizers."""
+    return json.dumps({k: v for k, v in cfg.items() if k != "optimizers"}, sort_keys=True)
+
+
+def load_data(cfgs: list[dict[str, Any]]) -> list[Any]:
+    """The data of each configuration (``Task.load``), loaded once per distinct data
+    configuration (``data_key``). The points of a grid differ in their optimizers' hyperparameters
+    only, so today a sweep loads its data once; a point that changed the data would load its own."""
+    from .tasks import TASKS
+
+    loaded: dict[str, Any] = {}
+    for cfg in cfgs:
+        if data_key(cfg) not in loaded:
+            loaded[data_key(cfg)] = TASKS[cfg["task"]].load(cfg)
+    return [loaded[data_key(cfg)] for cfg in cfgs]
 
 
 def _run(
@@ -246,7 +263,7 @@ def _run(
     progress: bool,
     command: str,
     name: str,
-    dataset: Any,
+    datasets: list[Any],  # the data of each job
 ) -> None:
     from tqdm import tqdm
 
@@ -260,7 +277,7 @@ def _run(
         disable=not progress,
         dynamic_ncols=True,
     ) as bar:
-        for folder, cfg in jobs:
+        for (folder, cfg), dataset in zip(jobs, datasets, strict=True):
             bar.set_postfix_str(folder)
             tqdm.write(f"== {folder}")
             train.run(cfg, out / folder, resume, progress, command, dataset)

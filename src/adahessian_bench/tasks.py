@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import data
-from .base import Setup, Task
+from .base import RunContext, Setup, Task
 from .classification import REVIEWS_CLASSIFICATION, classification_loss
 from .language_model import BROWN_LM, BROWN_LM_LSTM
 from .models import CifarResNet
@@ -46,6 +46,17 @@ def evaluate_classifier(model: nn.Module, batches: Iterable[Any]) -> dict[str, f
 
 
 @dataclass(frozen=True)
+class Images:
+    """The images of a configuration, uint8 (N, C, 32, 32), and their int64 labels: the training
+    and the test (sub)set it asks for."""
+
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+
+
+@dataclass(frozen=True)
 class ImageTask(Task):
     """CIFAR-style image classification with a ResNet (Fashion-MNIST padded to 32x32, CIFAR-10)."""
 
@@ -71,32 +82,26 @@ class ImageTask(Task):
                     "are class-balanced)"
                 )
 
-    def load(self) -> data.Arrays:
+    def load(self, cfg: dict[str, Any]) -> Images:
         if self.dataset == "fashion-mnist":
-            return data.load_fashion_mnist()
-        return data.load_cifar10()
-
-    def setup(
-        self,
-        dataset: data.Arrays,
-        cfg: dict[str, Any],
-        device: torch.device,
-        generator: torch.Generator,
-        rank: int = 0,
-        world_size: int = 1,
-    ) -> Setup:
+            arrays = data.load_fashion_mnist()
+        else:
+            arrays = data.load_cifar10()
         tc = cfg["train"]
-        x_train, y_train = subset(data.to_nchw32(dataset.x_train), dataset.y_train,
+        x_train, y_train = subset(data.to_nchw32(arrays.x_train), arrays.y_train,
                                   tc.get("train_subset", 0))  # fmt: skip
-        x_test, y_test = subset(data.to_nchw32(dataset.x_test), dataset.y_test,
+        x_test, y_test = subset(data.to_nchw32(arrays.x_test), arrays.y_test,
                                 tc.get("test_subset", 0))  # fmt: skip
-        if world_size > 1:  # each rank its own shard of the data
-            x_train, y_train = x_train[rank::world_size], y_train[rank::world_size]
-        train_batches = data.Batches(x_train, y_train, self.mean, self.std,
-                                     tc["batch_size"] // world_size, device,
-                                     augment=True, shuffle=True, generator=generator)  # fmt: skip
-        test_batches = data.Batches(x_test, y_test, self.mean, self.std,
-                                    tc.get("eval_batch_size", 1000), device)  # fmt: skip
+        return Images(x_train, y_train, x_test, y_test)
+
+    def setup(self, images: Images, ctx: RunContext) -> Setup:
+        eval_batch_size = ctx.cfg["train"].get("eval_batch_size", 1000)
+        x_train, y_train = ctx.shard(images.x_train), ctx.shard(images.y_train)
+        train_batches = data.Batches(x_train, y_train, self.mean, self.std, ctx.batch_size,
+                                     ctx.device, augment=True, shuffle=True,
+                                     generator=ctx.generator)  # fmt: skip
+        test_batches = data.Batches(images.x_test, images.y_test, self.mean, self.std,
+                                    eval_batch_size, ctx.device)  # fmt: skip
         return Setup(
             train_batches, classification_loss, lambda m: evaluate_classifier(m, test_batches)
         )

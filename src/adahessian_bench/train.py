@@ -38,6 +38,7 @@ import sys
 import time
 import warnings
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +47,7 @@ import torch
 from tqdm import tqdm
 
 from . import config, optimizers, stepcost
+from .base import RunContext, Setup
 from .config import config_hash, run_config, run_dirs
 from .data import atomic_write_text
 from .tasks import TASKS
@@ -433,24 +435,63 @@ def make_scheduler(
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor), True
 
 
-def train_one(
-    cfg: dict[str, Any],
-    opt_name: str,
-    seed: int,
-    dataset: Any,
-    run_dir: Path,
-    resume: bool,
-    progress: bool = True,
-) -> list[dict[str, Any]]:
-    """Train one optimizer with one seed; return its per-epoch metrics."""
+@dataclass
+class Run:
+    """One optimizer with one seed, built and ready to train (``build_run``)."""
+
+    cfg: dict[str, Any]
+    opt_name: str
+    seed: int
+    ctx: RunContext  # device, the generator of the data order, rank and world size
+    model: torch.nn.Module
+    setup: Setup
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    per_step: bool  # the scheduler steps after every optimizer step (else after every epoch)
+    steps_per_epoch: int
+    run_cfg: dict[str, Any]  # config.run_config: what this run's checkpoint must have been of
+    cfg_hash: str  # config.config_hash(run_cfg), in every metrics record
+
+    @property
+    def epochs(self) -> int:
+        return int(self.cfg["train"]["epochs"])
+
+    @property
+    def writes(self) -> bool:
+        """Rank 0 alone writes the run's files."""
+        return self.ctx.rank == 0
+
+
+@dataclass
+class RunState:
+    """Where a run stands after its last finished epoch: what a checkpoint holds besides the
+    model, optimizer, scheduler and RNG states."""
+
+    metrics: list[dict[str, Any]] = field(default_factory=list)  # one record per epoch
+    epoch: int = 0  # epochs finished
+    step: int = 0  # optimizer steps taken
+    train_time: float = 0.0  # seconds of training steps, summed over the epochs
+    wall_time: float = 0.0  # seconds of training + evaluation
+    finished: bool = False  # the last epoch is done, or the loss diverged
+
+
+@dataclass
+class EpochStats:
+    """The training steps of one epoch: the loss summed over items, the task's statistics
+    summed (``n``: the items the losses average over), each step's time."""
+
+    loss_sum: float = 0.0
+    sums: dict[str, float] = field(default_factory=lambda: {"n": 0.0})
+    step_times: list[float] = field(default_factory=list)
+    diverged: bool = False  # a step's loss was not finite (the epoch stopped there)
+
+
+def build_run(cfg: dict[str, Any], opt_name: str, seed: int, dataset: Any) -> Run:
+    """Seed everything, build the model, the task's batches, loss and evaluation (of ``dataset``,
+    what ``Task.load(cfg)`` returned), the optimizer and its learning-rate schedule."""
     task = TASKS[cfg["task"]]
     tc = cfg["train"]
     device = torch.device(cfg["device"])
-    run_cfg = run_config(cfg, opt_name, seed)
-    cfg_hash = config_hash(run_cfg)
-    ckpt_path = run_dir / "checkpoint.pt"
-    metrics_path = run_dir / "metrics.jsonl"
-
     # Seed everything; the model's initial weights depend on the seed only (not the optimizer).
     random.seed(seed)
     np.random.seed(seed)
@@ -462,16 +503,15 @@ def train_one(
         from adahessian.distributed import broadcast_module
 
         broadcast_module(model)  # the same seed gives the same weights; make sure of it
-
-    if world_size > 1:  # each rank its own shard of the data and of each batch
+        # Each rank its own shard of the data and of each batch.
         if tc["batch_size"] % world_size:
             raise ValueError(
                 f"batch size {tc['batch_size']} is not divisible by {world_size} ranks"
             )
         gen.manual_seed(seed * 1000 + rank)
-    setup = task.setup(dataset, cfg, device, gen, rank, world_size)
-    train_batches = setup.train_batches
-    steps_per_epoch = len(train_batches)
+    ctx = RunContext(cfg, device, gen, rank, world_size)
+    setup = task.setup(dataset, ctx)
+    steps_per_epoch = len(setup.train_batches)
     if tc["max_steps"]:
         steps_per_epoch = min(steps_per_epoch, tc["max_steps"])
 
@@ -480,134 +520,194 @@ def train_one(
         opt_name, model.parameters(), cfg["optimizers"][opt_name], seed, process_group=group
     )
     scheduler, per_step = make_scheduler(optimizer, tc, steps_per_epoch)
-    is_adahessian = not optimizers.first_order(opt_name)
+    run_cfg = run_config(cfg, opt_name, seed)
+    return Run(cfg, opt_name, seed, ctx, model, setup, optimizer, scheduler, per_step,
+               steps_per_epoch, run_cfg, config_hash(run_cfg))  # fmt: skip
 
-    metrics: list[dict[str, Any]] = []
-    start_epoch, step, train_time, wall_time = 0, 0, 0.0, 0.0
-    if resume and world_size > 1:
+
+# ----------------------------------------------------------------------------- checkpoints
+
+
+def restore(run: Run, run_dir: Path, resume: bool) -> RunState:
+    """Where ``run`` starts: with ``resume``, from its checkpoint under ``run_dir`` if there is one
+    (restored into its model, optimizer, scheduler and RNG states); else from scratch, in an empty
+    ``run_dir``."""
+    if resume and run.ctx.world_size > 1:
         raise ValueError("--resume is not supported for data-parallel (torchrun) runs")
-    writes = rank == 0
+    ckpt_path = run_dir / "checkpoint.pt"
     if resume and ckpt_path.is_file():
-        ckpt = load_checkpoint(ckpt_path, device, run_cfg)
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        set_rng_states(ckpt["rng"], gen, device)
-        metrics = ckpt["metrics"]
-        start_epoch, step = ckpt["epoch"], ckpt["step"]
-        train_time, wall_time = ckpt["train_time_s"], ckpt["wall_time_s"]
+        ckpt = load_checkpoint(ckpt_path, run.ctx.device, run.run_cfg)
+        run.model.load_state_dict(ckpt["model"])
+        run.optimizer.load_state_dict(ckpt["optimizer"])
+        run.scheduler.load_state_dict(ckpt["scheduler"])
+        set_rng_states(ckpt["rng"], run.ctx.generator, run.ctx.device)
+        state = RunState(ckpt["metrics"], ckpt["epoch"], ckpt["step"], ckpt["train_time_s"],
+                         ckpt["wall_time_s"], ckpt["finished"])  # fmt: skip
         # metrics.jsonl may hold an epoch finished after this checkpoint: rewrite it.
-        atomic_write_text(metrics_path, metrics_text(metrics))
-        if ckpt["finished"]:
-            return metrics
-    elif writes:
+        atomic_write_text(run_dir / "metrics.jsonl", metrics_text(state.metrics))
+        return state
+    if run.writes:
         if run_dir.exists():
             shutil.rmtree(run_dir)
         run_dir.mkdir(parents=True)
+    return RunState()
 
-    memory = PeakMemory(device)
-    with tqdm(
-        total=tc["epochs"] * steps_per_epoch,
-        initial=start_epoch * steps_per_epoch,
-        desc=f"{opt_name} seed {seed}",
-        disable=not progress or not writes,
+
+def save(run: Run, state: RunState, run_dir: Path) -> None:
+    """The metrics so far, then the checkpoint: a crash in between is repaired on resume."""
+    atomic_write_text(run_dir / "metrics.jsonl", metrics_text(state.metrics))
+    ckpt = {
+        "run_config": run.run_cfg,
+        "epoch": state.epoch,
+        "step": state.step,
+        "model": run.model.state_dict(),
+        "optimizer": run.optimizer.state_dict(),
+        "scheduler": run.scheduler.state_dict(),
+        "rng": rng_states(run.ctx.generator, run.ctx.device),
+        "metrics": state.metrics,
+        "train_time_s": state.train_time,
+        "wall_time_s": state.wall_time,
+        "finished": state.finished,
+    }
+    atomic_torch_save(ckpt, run_dir / "checkpoint.pt")
+
+
+# ----------------------------------------------------------------------------- one epoch
+
+
+def train_epoch(run: Run, state: RunState, bar: tqdm) -> EpochStats:
+    """The training steps of one epoch (at most ``run.steps_per_epoch``; it stops after a step
+    whose loss is not finite). Counts the steps in ``state.step``."""
+    model, optimizer, device = run.model, run.optimizer, run.ctx.device
+    world_size = run.ctx.world_size
+    stats = EpochStats()
+    model.train()
+    for i, batch in enumerate(run.setup.train_batches):
+        if i == run.steps_per_epoch:
+            break
+        t0 = time.perf_counter()
+        loss, batch_stats = stepcost.training_step(
+            run.setup, model, optimizer, batch, average_gradients if world_size > 1 else None
+        )
+        if run.per_step:
+            run.scheduler.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        stats.step_times.append(time.perf_counter() - t0)
+        state.step += 1
+        if world_size > 1:  # the mean over ranks, so that every rank sees a divergence
+            loss = loss.detach().clone()
+            torch.distributed.all_reduce(loss)
+            loss /= world_size
+        loss_value = loss.item()
+        stats.loss_sum += loss_value * batch_stats["n"]
+        for k, v in batch_stats.items():
+            stats.sums[k] = stats.sums.get(k, 0.0) + v
+        bar.update(1)
+        if not math.isfinite(loss_value):
+            stats.diverged = True
+            break
+    return stats
+
+
+def evaluate(run: Run) -> dict[str, float]:
+    """The task's evaluation of the model (every rank evaluates one and the same model)."""
+    if run.ctx.world_size > 1:
+        from adahessian.distributed import average_buffers
+
+        average_buffers(run.model)  # BatchNorm statistics, so every rank evaluates one model
+    return run.setup.evaluate(run.model)
+
+
+def epoch_record(
+    run: Run, state: RunState, lr: float, stats: EpochStats, evaluation: dict[str, float],
+    epoch_time: float, peak_memory: float,
+) -> dict[str, Any]:  # fmt: skip
+    """The metrics.jsonl line of the epoch that ``state`` has just counted (see METRIC_FIELDS)."""
+    sums = stats.sums
+    record = {
+        "optimizer": run.opt_name,
+        "seed": run.seed,
+        "epoch": state.epoch,
+        "step": state.step,
+        "lr": lr,
+        "train_loss": stats.loss_sum / sums["n"],
+        **{f"train_{k}": v / sums["n"] for k, v in sums.items() if k != "n"},
+        **evaluation,
+        "epoch_time_s": epoch_time,
+        "train_time_s": state.train_time,
+        "wall_time_s": state.wall_time,
+        "mean_step_time_s": float(np.mean(stats.step_times)),
+        "peak_memory_mb": peak_memory,
+        "config_hash": run.cfg_hash,
+    }
+    if stats.diverged:
+        record["diverged"] = True
+    return record
+
+
+def run_epoch(run: Run, state: RunState, memory: PeakMemory, bar: tqdm) -> dict[str, Any]:
+    """Train one epoch, evaluate, step a per-epoch schedule; add the epoch's record to
+    ``state`` (its metrics, counters and times) and return it."""
+    memory.reset()
+    epoch_start = time.perf_counter()
+    lr = run.optimizer.param_groups[0]["lr"]
+    stats = train_epoch(run, state, bar)
+    train_time = time.perf_counter() - epoch_start
+    evaluation = evaluate(run)
+    if not run.per_step:
+        run.scheduler.step()
+    epoch_time = time.perf_counter() - epoch_start
+    state.epoch += 1
+    state.train_time += train_time
+    state.wall_time += epoch_time
+    record = epoch_record(run, state, lr, stats, evaluation, epoch_time, memory.read())
+    state.metrics.append(record)
+    state.finished = stats.diverged or state.epoch == run.epochs
+    key = TASKS[run.cfg["task"]].metric.key
+    bar.set_postfix({"loss": f"{record['train_loss']:.3f}", key: f"{record[key]:.4f}"})
+    return record
+
+
+# ----------------------------------------------------------------------------- one run
+
+
+def progress_bar(run: Run, state: RunState, progress: bool) -> tqdm:
+    """A bar over the run's steps, from those already taken (rank 0 alone shows it)."""
+    return tqdm(
+        total=run.epochs * run.steps_per_epoch,
+        initial=state.epoch * run.steps_per_epoch,
+        desc=f"{run.opt_name} seed {run.seed}",
+        disable=not progress or not run.writes,
         dynamic_ncols=True,
         mininterval=1.0,
-    ) as bar:  # closed (its line ended) however the loop ends
-        finished = False
-        for epoch in range(start_epoch, tc["epochs"]):
-            memory.reset()
-            epoch_start = time.perf_counter()
-            model.train()
-            lr = optimizer.param_groups[0]["lr"]
-            loss_sum, sums, step_times = 0.0, {"n": 0.0}, []
-            diverged = False
-            for i, batch in enumerate(train_batches):
-                if i == steps_per_epoch:
-                    break
-                t0 = time.perf_counter()
-                loss, stats = setup.loss(model, batch)
-                optimizer.zero_grad(set_to_none=True)
-                if is_adahessian:
-                    # The Hessian-vector product needs the graph of the gradient, when one is due.
-                    loss.backward(create_graph=optimizer.hessian_due)
-                else:
-                    loss.backward()
-                    if world_size > 1:
-                        average_gradients(model)
-                optimizer.step()
-                if per_step:
-                    scheduler.step()
-                if device.type == "cuda":
-                    torch.cuda.synchronize(device)
-                step_times.append(time.perf_counter() - t0)
-                step += 1
-                if world_size > 1:  # the mean over ranks, so that every rank sees a divergence
-                    loss = loss.detach().clone()
-                    torch.distributed.all_reduce(loss)
-                    loss /= world_size
-                loss_value = loss.item()
-                loss_sum += loss_value * stats["n"]
-                for k, v in stats.items():
-                    sums[k] = sums.get(k, 0.0) + v
-                bar.update(1)
-                if not math.isfinite(loss_value):
-                    diverged = True
-                    break
-            epoch_train_time = time.perf_counter() - epoch_start
-            if world_size > 1:
-                from adahessian.distributed import average_buffers
+    )
 
-                average_buffers(model)  # BatchNorm statistics, so every rank evaluates one model
-            evaluation = setup.evaluate(model)
-            if not per_step:
-                scheduler.step()
-            epoch_time = time.perf_counter() - epoch_start
-            train_time += epoch_train_time
-            wall_time += epoch_time
-            record = {
-                "optimizer": opt_name,
-                "seed": seed,
-                "epoch": epoch + 1,
-                "step": step,
-                "lr": lr,
-                "train_loss": loss_sum / sums["n"],
-                **{f"train_{k}": v / sums["n"] for k, v in sums.items() if k != "n"},
-                **evaluation,
-                "epoch_time_s": epoch_time,
-                "train_time_s": train_time,
-                "wall_time_s": wall_time,
-                "mean_step_time_s": float(np.mean(step_times)),
-                "peak_memory_mb": memory.read(),
-                "config_hash": cfg_hash,
-            }
-            if diverged:
-                record["diverged"] = True
-            metrics.append(record)
-            key = task.metric.key
-            bar.set_postfix({"loss": f"{record['train_loss']:.3f}", key: f"{record[key]:.4f}"})
-            finished = diverged or epoch + 1 == tc["epochs"]
-            if writes:
-                # The metrics first, then the checkpoint: a crash in between is repaired on resume.
-                atomic_write_text(metrics_path, metrics_text(metrics))
-                ckpt = {
-                    "run_config": run_cfg,
-                    "epoch": epoch + 1,
-                    "step": step,
-                    "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "rng": rng_states(gen, device),
-                    "metrics": metrics,
-                    "train_time_s": train_time,
-                    "wall_time_s": wall_time,
-                    "finished": finished,
-                }
-                atomic_torch_save(ckpt, ckpt_path)
-            if diverged:
-                tqdm.write(f"{opt_name} seed {seed}: the loss is not finite at epoch {epoch + 1}")
+
+def train_one(
+    cfg: dict[str, Any],
+    opt_name: str,
+    seed: int,
+    dataset: Any,
+    run_dir: Path,
+    resume: bool,
+    progress: bool = True,
+) -> list[dict[str, Any]]:
+    """Train one optimizer with one seed; return its per-epoch metrics."""
+    run = build_run(cfg, opt_name, seed, dataset)
+    state = restore(run, run_dir, resume)
+    if state.finished:
+        return state.metrics
+    memory = PeakMemory(run.ctx.device)
+    with progress_bar(run, state, progress) as bar:  # closed (its line ended) however it ends
+        for _ in range(state.epoch, run.epochs):
+            record = run_epoch(run, state, memory, bar)
+            if run.writes:
+                save(run, state, run_dir)
+            if record.get("diverged"):
+                tqdm.write(f"{opt_name} seed {seed}: the loss is not finite at epoch {state.epoch}")
                 break
-    return metrics
+    return state.metrics
 
 
 def process_config(cfg: dict[str, Any]) -> dict[str, Any]:
@@ -630,7 +730,7 @@ def run(
     """Train every (seed, optimizer) pair of ``cfg`` and write the results under ``out``.
 
     ``command`` is the command line, recorded in env.json for the report. ``dataset``: the task's
-    data (``Task.load()``), loaded here if not given."""
+    data for this configuration (what ``Task.load(cfg)`` returns), loaded here if not given."""
     cfg = process_config(cfg)
     out = Path(out)
     if world()[0] > 0:  # rank 0 alone checks, locks and writes the folder
@@ -647,7 +747,7 @@ def _run(
 ) -> None:
     device = torch.device(cfg["device"])
     if dataset is None:
-        dataset = TASKS[cfg["task"]].load()  # before writing: no data, nothing written
+        dataset = TASKS[cfg["task"]].load(cfg)  # before writing: no data, nothing written
     if resume:  # every checkpoint sound before anything is written (else ValueError)
         for seed in cfg["seeds"]:
             for opt_name in cfg["optimizers"]:

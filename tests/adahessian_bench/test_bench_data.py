@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
+import ast
 import gzip
 import hashlib
 import io
 import pickle
 import tarfile
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from adahessian_bench import data
+from adahessian_bench import data, fetchers
+from adahessian_bench.tasks import TASKS
 
 
 def test_fashion_mnist_files_have_the_published_shapes_and_counts(fmnist_dir: Path) -> None:
@@ -45,7 +48,7 @@ def test_fetch_copies_the_installed_debian_package(
     monkeypatch.setenv("ADAHESSIAN_DATA", str(tmp_path))
     monkeypatch.setattr(data, "SYSTEM_FMNIST_DIR", fmnist_dir)
     _no_network(monkeypatch)
-    dest = data.fetch("fashion-mnist", verbose=False)
+    dest = fetchers.fetch("fashion-mnist", verbose=False)
     assert dest == tmp_path / "fashion-mnist"
     for name in data.FMNIST_FILES.values():
         assert (dest / name).read_bytes() == (fmnist_dir / name).read_bytes()
@@ -59,7 +62,7 @@ def test_fetch_keeps_a_complete_cache(tmp_path: Path, monkeypatch: pytest.Monkey
     (tmp_path / "fashion-mnist").mkdir()
     for name in data.FMNIST_FILES.values():
         (tmp_path / "fashion-mnist" / name).write_bytes(b"cached")
-    assert data.fetch("fashion-mnist", verbose=False) == tmp_path / "fashion-mnist"
+    assert fetchers.fetch("fashion-mnist", verbose=False) == tmp_path / "fashion-mnist"
     assert (tmp_path / "fashion-mnist" / "t10k-labels-idx1-ubyte.gz").read_bytes() == b"cached"
 
 
@@ -71,7 +74,48 @@ def test_fetch_without_any_source_names_the_package(
     monkeypatch.setattr(data.shutil, "which", lambda name: None)  # no apt-get, no dpkg
     _no_network(monkeypatch)
     with pytest.raises(data.DataUnavailable, match="apt-get install dataset-fashion-mnist"):
-        data.fetch("fashion-mnist", verbose=False)
+        fetchers.fetch("fashion-mnist", verbose=False)
+
+
+def test_fetch_without_the_package_unpacks_it_from_apt_get_download(
+    fetch_fmnist: Callable[[Path], Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The way the tests get the data on a machine without root: `apt-get download` + `dpkg -x`
+    of the Debian package into the cache (here with no package installed and no other network)."""
+    monkeypatch.setattr(data, "_fmnist_complete", lambda d: False)  # as if not installed
+    _no_network(monkeypatch)  # the Debian mirror only, through apt-get
+    dest = fetch_fmnist(tmp_path / "cache")
+    assert dest == tmp_path / "cache" / "fashion-mnist"
+    assert sorted(p.name for p in dest.iterdir()) == sorted(data.FMNIST_FILES.values())
+    assert data.load_fashion_mnist(dest).x_test.shape == (10000, 28, 28)  # checked on reading
+
+
+def test_the_tests_fail_with_the_reason_when_the_data_cannot_be_fetched(
+    fetch_fmnist: Callable[[Path], Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(data, "SYSTEM_FMNIST_DIR", tmp_path / "absent")
+    monkeypatch.setattr(data.shutil, "which", lambda name: None)  # no apt-get, no dpkg
+    _no_network(monkeypatch)
+    with pytest.raises(pytest.fail.Exception, match="could not be fetched into") as e:
+        fetch_fmnist(tmp_path / "cache")
+    assert "apt-get install dataset-fashion-mnist" in str(e.value)  # what to do
+    assert "apt-get/dpkg not found" in str(e.value)  # what was tried
+
+
+def test_the_registry_of_fetchers_sits_above_the_data_modules() -> None:
+    """data.py imports none of the modules that import it (corpora, widedeep) nor the registry;
+    the registry knows every task's data set, and refuses an unknown name."""
+    tree = ast.parse(Path(data.__file__).read_text())
+    imported = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            imported |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            imported |= {node.module or "", *(a.name for a in node.names)}
+    assert not {m for m in imported for name in ("corpora", "widedeep", "fetchers") if name in m}
+    assert {t.dataset for t in TASKS.values()} <= set(fetchers.DATASETS)
+    with pytest.raises(ValueError, match="unknown data set 'mnist'; known: fashion-mnist"):
+        fetchers.fetch("mnist")
 
 
 def test_cifar10_offline_error_says_where_to_put_the_tarball(
@@ -80,7 +124,7 @@ def test_cifar10_offline_error_says_where_to_put_the_tarball(
     monkeypatch.setenv("ADAHESSIAN_DATA", str(tmp_path))
     _no_network(monkeypatch)
     with pytest.raises(data.DataUnavailable, match=r"cifar-10-python\.tar\.gz") as e:
-        data.fetch("cifar10", verbose=False)
+        fetchers.fetch("cifar10", verbose=False)
     assert data.CIFAR10_URL in str(e.value)
 
 
@@ -192,13 +236,13 @@ def test_cifar10_tarball_in_the_cache_is_checked_unpacked_and_loaded(
     monkeypatch.setenv("ADAHESSIAN_DATA", str(tmp_path))
     _no_network(monkeypatch)
     with pytest.raises(data.DataUnavailable, match="md5"):
-        data.fetch("cifar10", verbose=False)
+        fetchers.fetch("cifar10", verbose=False)
     monkeypatch.setattr(data, "CIFAR10_MD5", hashlib.md5(tarball.read_bytes()).hexdigest())
     with pytest.raises(data.DataUnavailable, match="data_batch_1: does not match its MD5"):
-        data.fetch("cifar10", verbose=False)  # the batches are checked after unpacking
+        fetchers.fetch("cifar10", verbose=False)  # the batches are checked after unpacking
     digests = {name: hashlib.md5(payload).hexdigest() for name, payload in members.items()}
     monkeypatch.setattr(data, "CIFAR10_BATCHES", digests)
-    a = data.load_cifar10(data.fetch("cifar10", verbose=False))
+    a = data.load_cifar10(fetchers.fetch("cifar10", verbose=False))
     assert a.x_train.shape == (10, 32, 32, 3) and a.x_test.shape == (3, 32, 32, 3)
     assert a.y_train.tolist() == [1, 1, 2, 2, 3, 3, 4, 4, 5, 5] and a.y_test.tolist() == [9] * 3
     # Channel-first rows of 1024 values per channel become channels-last pixels.

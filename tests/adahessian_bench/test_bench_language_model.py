@@ -19,6 +19,7 @@ from torch import nn
 # tasks before language_model (the task modules import tasks, which registers them)
 from adahessian_bench import cli, config, corpora, data, tasks, train
 from adahessian_bench import language_model as lm
+from adahessian_bench.base import RunContext
 from adahessian_bench.transformer import LSTMLM
 
 CACHE = data.cache_dir()  # before any fixture points $ADAHESSIAN_DATA at a temporary folder
@@ -193,7 +194,8 @@ def test_profiles_load_resolve_and_build(
     assert cfg["metric"]["extra"] == ["valid_ppl"]
     t = tasks.TASKS[task]
     assert cfg["model"]["arch"] == t.arch  # type: ignore[attr-defined]
-    setup = t.setup(brown, cfg, torch.device("cpu"), torch.Generator().manual_seed(0))
+    ctx = RunContext(cfg, torch.device("cpu"), torch.Generator().manual_seed(0))
+    setup = t.setup(lm.streams(brown, cfg), ctx)
     # The steps per epoch the profiles' comments state.
     want = {("brown-lm", "quick"): 97, ("brown-lm", "paper"): 238,
             ("brown-lm-lstm", "quick"): 108, ("brown-lm-lstm", "paper"): None}  # fmt: skip
@@ -205,13 +207,25 @@ def test_profiles_load_resolve_and_build(
             train.optimizers.build(name, model.parameters(), cfg["optimizers"][name], 0)
 
 
+def test_load_gives_the_streams_the_configuration_asks_for(brown: corpora.WordCorpus) -> None:
+    cfg = {"train": {"train_subset": 3000, "valid_subset": 800}, "model": {"vocab": 400}}
+    s = lm.streams(brown, cfg)
+    assert (len(s.train), len(s.valid), len(s.test)) == (3000, 800, len(brown.test))
+    assert int(max(s.train.max(), s.valid.max(), s.test.max())) < 400
+    valid, test = (lm.limit_vocab(ids, 400, brown.unk_id) for ids in (brown.valid, brown.test))
+    assert torch.equal(s.test, test) and torch.equal(s.valid, lm.token_subset(valid, 800))
+    cfg["model"]["vocab"] = len(brown.vocab) + 1
+    with pytest.raises(ValueError, match=r"vocab \d+ is not in \[2, "):
+        lm.streams(brown, cfg)
+
+
 def test_unknown_arch_and_too_long_context_are_refused(brown: corpora.WordCorpus) -> None:
     t = tasks.TASKS["brown-lm"]
     with pytest.raises(ValueError, match="unknown arch"):
         t.model(arch="gru", vocab=10)
     cfg = {"train": {"bptt": 64, "batch_size": 4}, "model": {"max_len": 32}}
     with pytest.raises(ValueError, match="max_len"):
-        t.setup(brown, cfg, torch.device("cpu"), torch.Generator())
+        t.setup(lm.streams(brown, cfg), RunContext(cfg, torch.device("cpu"), torch.Generator()))
 
 
 # ----------------------------------------------------------------------------- real training

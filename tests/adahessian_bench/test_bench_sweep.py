@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import errno
 import json
 import re
@@ -11,7 +12,7 @@ import matplotlib.figure
 import matplotlib.image
 import pytest
 
-from adahessian_bench import cli, config, sweep, train
+from adahessian_bench import cli, config, sweep, tasks, train
 from adahessian_bench.report import ACCURACY
 
 
@@ -70,6 +71,26 @@ def test_adahessian_only_params_change_adahessian_alone(name: str, values: list)
     }
     assert grid.describe()["reference_dir"] == "reference"
     assert sweep.expand(base_cfg(["adahessian"]), name, values).reference is None
+
+
+def test_a_sweep_loads_its_data_once_per_distinct_data_configuration(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    loads: list[dict] = []
+
+    def load(self: object, cfg: dict) -> int:
+        loads.append(cfg)
+        return len(loads)
+
+    monkeypatch.setattr(tasks.ImageTask, "load", load)
+    grid = sweep.expand(base_cfg(["adahessian", "adamw"]), "update_interval", [1, 2, 4])
+    assert grid.reference is not None
+    cfgs = [*grid.points, grid.reference]
+    assert sweep.load_data(cfgs) == [1, 1, 1, 1]  # the points differ in their optimizers only
+    assert loads == [grid.points[0]]
+    other = copy.deepcopy(grid.points[1])
+    other["train"]["train_subset"] = 100  # a key that changes what load(cfg) returns
+    assert sweep.load_data([grid.points[0], other, grid.points[2]]) == [2, 3, 2]
 
 
 def test_values_are_parsed_per_parameter() -> None:

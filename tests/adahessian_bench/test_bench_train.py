@@ -59,7 +59,7 @@ class Regression(base.Task):
     description = "y = x w + noise"
     metric = base.Metric("test_mse", "test MSE", higher_is_better=False, scale=1.0, fmt=".4f")
 
-    def load(self) -> dict[str, torch.Tensor]:
+    def load(self, cfg: dict[str, Any]) -> dict[str, torch.Tensor]:
         g = torch.Generator().manual_seed(0)
         x = torch.randn(96, 4, generator=g)
         return {"x": x, "y": x @ torch.tensor([1.0, -2.0, 0.5, 3.0]) + 0.01}
@@ -67,9 +67,9 @@ class Regression(base.Task):
     def model(self, **kwargs: Any) -> nn.Module:
         return nn.Linear(4, 1)
 
-    def setup(self, dataset, cfg, device, generator, rank=0, world_size=1) -> base.Setup:
+    def setup(self, dataset, ctx: base.RunContext) -> base.Setup:
         x, y = dataset["x"][:64], dataset["y"][:64]
-        bs = cfg["train"]["batch_size"]
+        bs, generator = ctx.batch_size, ctx.generator
 
         class Batches:
             def __len__(self) -> int:
@@ -110,3 +110,15 @@ def test_a_new_task_runs_through_the_loop_with_its_own_metric(
         assert "train_acc" not in metrics[0]  # only the statistics the task gives
         # A well-conditioned least-squares problem: both optimizers cut the error 10-fold.
         assert metrics[-1]["test_mse"] < 0.1 * metrics[0]["test_mse"]
+
+
+def test_run_context_gives_each_rank_its_shard_and_share_of_the_batch() -> None:
+    cfg = {"train": {"batch_size": 16}}
+    items = torch.arange(10)
+    alone = base.RunContext(cfg, torch.device("cpu"), torch.Generator())
+    assert alone.batch_size == 16 and alone.shard(items) is items
+    ranks = [base.RunContext(cfg, torch.device("cpu"), torch.Generator(), r, 3) for r in range(3)]
+    assert [c.batch_size for c in ranks] == [5, 5, 5]
+    assert [c.shard(items).tolist() for c in ranks] == [[0, 3, 6, 9], [1, 4, 7], [2, 5, 8]]
+    with pytest.raises(AttributeError):
+        alone.rank = 1  # type: ignore[misc]  # a frozen record

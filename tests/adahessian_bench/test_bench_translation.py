@@ -13,15 +13,17 @@ import torch
 import torch.nn.functional as F
 
 from adahessian_bench import cli, config, corpora, data, train
+from adahessian_bench.base import RunContext
 from adahessian_bench.tasks import TASKS
 from adahessian_bench.transformer import Seq2SeqTransformer
 from adahessian_bench.translation import (
     BIBLE_TRANSLATION,
-    Bible,
     Pairs,
     TokenBatches,
     TranslationTask,
+    bible_pairs,
     bleu,
+    encode,
     greedy_decode,
     make_pairs,
     translate,
@@ -39,11 +41,11 @@ def real_cache(monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 @pytest.fixture(scope="session")
-def bible() -> Bible:
+def bible() -> corpora.ParallelCorpus:
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("ADAHESSIAN_DATA", str(CACHE))
         try:
-            return Bible(corpora.load_bible(corpora.fetch_bible(verbose=False)))
+            return corpora.load_bible(corpora.fetch_bible(verbose=False))
         except corpora.DataUnavailable as e:
             pytest.fail(f"could not fetch the Bible verses into {CACHE}:\n{e}", pytrace=False)
 
@@ -138,11 +140,14 @@ def test_a_model_trained_to_copy_translates_with_bleu_100() -> None:
     assert bleu(hyps, pairs.refs) == pytest.approx(100.0)
 
 
-def test_setup_on_the_real_verses_respects_the_caps_and_covers_every_pair(bible: Bible) -> None:
+def test_setup_on_the_real_verses_respects_the_caps_and_covers_every_pair(
+    bible: corpora.ParallelCorpus,
+) -> None:
     cfg = train.resolve(TASK, config.load(TASK, "quick"), "quick", ["adamw"], 1)
-    setup = BIBLE_TRANSLATION.setup(bible, cfg, CPU, torch.Generator().manual_seed(0))
+    ctx = RunContext(cfg, CPU, torch.Generator().manual_seed(0))
+    setup = BIBLE_TRANSLATION.setup(bible_pairs(bible, cfg), ctx)
     dc, mc = cfg["data"], cfg["model"]
-    sw, encoded = bible.encoded(mc["vocab"])
+    sw, encoded = encode(bible, mc["vocab"])
     n_within = sum(len(s) < dc["max_src_len"] and len(t) < dc["max_tgt_len"]
                    for s, t in encoded["train"])  # fmt: skip
     assert 0 < n_within < len(encoded["train"])  # some verses are over the caps, some within
@@ -156,6 +161,19 @@ def test_setup_on_the_real_verses_respects_the_caps_and_covers_every_pair(bible:
     want = [((*s, sw.eos_id), (sw.bos_id, *t, sw.eos_id)) for s, t in encoded["train"]
             if len(s) < dc["max_src_len"] and len(t) < dc["max_tgt_len"]]  # fmt: skip
     assert Counter(rows) == Counter(want)  # every pair within the caps once (some verses repeat)
+
+
+def test_load_gives_the_pairs_the_configuration_asks_for(bible: corpora.ParallelCorpus) -> None:
+    cfg = train.resolve(TASK, config.load(TASK, "quick"), "quick", ["adamw"], 1,
+                        train_subset=50, test_subset=7)  # fmt: skip
+    pairs = bible_pairs(bible, cfg)
+    assert len(pairs.train) == 50 and len(pairs.bleu) == 7
+    assert set(pairs.bleu.refs) <= set(pairs.test.refs) and len(pairs.test) > 7
+    assert max(len(s) for s in pairs.valid.src) <= cfg["data"]["max_src_len"]  # filter_eval
+    assert pairs.subwords.vocab_size == cfg["model"]["vocab"]
+    cfg["data"]["max_src_len"] = cfg["model"]["max_len"] + 1
+    with pytest.raises(ValueError, match="exceed the model's max_len"):
+        bible_pairs(bible, cfg)
 
 
 def test_profiles_load_and_resolve() -> None:
@@ -173,10 +191,10 @@ def test_profiles_load_and_resolve() -> None:
 
 
 def test_a_few_real_steps_of_each_optimizer_through_the_cli(
-    real_cache: Path, tmp_path: Path, bible: Bible, monkeypatch: pytest.MonkeyPatch
+    real_cache: Path, tmp_path: Path, bible: corpora.ParallelCorpus, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # The real verse pairs, already loaded and encoded by the fixture (load() would parse again).
-    monkeypatch.setattr(TranslationTask, "load", lambda self: bible)
+    # The real verse pairs, already loaded by the fixture (load() would parse them again).
+    monkeypatch.setattr(TranslationTask, "load", lambda self, cfg: bible_pairs(bible, cfg))
     profile = tmp_path / "tiny.toml"
     quick = config.resources.files("adahessian_bench") / "configs" / f"{TASK}-quick.toml"
     text = (

