@@ -154,8 +154,8 @@ def _resolve(args: argparse.Namespace, default_optimizers: list[str] | None = No
         names = args.optimizers
     elif default_optimizers is not None:
         names = default_optimizers
-    else:  # the profile's, in its order
-        names = [o for o in profile_cfg["optimizers"] if o in optimizers.OPTIMIZERS]
+    else:  # the profile's, variants included, in its order
+        names = list(profile_cfg["optimizers"])
     cfg = train.resolve(
         args.task,
         profile_cfg,
