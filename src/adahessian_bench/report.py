@@ -358,8 +358,10 @@ def summary(
                 f"steps to {shown_target}": of_reached("steps", ".0f"),
                 f"time to {shown_target} (s)": of_reached("time", ".0f"),
                 f"{m['label']} there": of_reached("test", fmt, scale),
-                f"{m['label']} within {budget:.0f} s": (
-                    _mean_std(in_budget, fmt, scale) if np.isfinite(budget) else "n/a"
+                **(
+                    {f"{m['label']} within {budget:.0f} s": _mean_std(in_budget, fmt, scale)}
+                    if np.isfinite(budget)
+                    else {}
                 ),
                 "training time (s)": _mean_std(r["time"], ".0f"),
                 "wall clock (s)": _mean_std(r["wall"], ".0f"),
@@ -513,7 +515,8 @@ def make_report(out: Path, target: float | None = None) -> str:
     tc = cfg["train"]
     metric = cfg.get("metric", ACCURACY)
     order = list(cfg["optimizers"]) + sorted(set(df["optimizer"]) - set(cfg["optimizers"]))
-    if target is None and not first_order_names(set(df["optimizer"])):
+    from_profile = target is None and not first_order_names(set(df["optimizer"]))
+    if from_profile:
         target = tc.get("target", tc.get("target_accuracy", math.nan))
     reference = "adam" if "adam" in set(df["optimizer"]) else order[0]
     table, judged = summary(df, target, order, reference, metric)
@@ -536,7 +539,9 @@ def make_report(out: Path, target: float | None = None) -> str:
         else "(none)"
     )
     judged_on = judged["runs"]["judged"].iloc[0] if len(judged["runs"]) else metric["key"]
-    if judged["source"] in ("given", "none"):
+    if from_profile:
+        target_line = f"the profile's target {shown_target} (no first-order optimizer ran)"
+    elif judged["source"] in ("given", "none"):
         target_line = f"the target {shown_target} ({judged['source']})"
     else:
         target_line = (
