@@ -225,6 +225,16 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_summary(args: argparse.Namespace) -> int:
+    from . import report
+
+    try:
+        print(report.overview([Path(d) for d in args.dirs]))
+    except (ValueError, OSError) as e:
+        return fail(args, e, 1)
+    return 0
+
+
 def _add_run_options(s: argparse.ArgumentParser, optimizers_help: str) -> None:
     """The options that `run` and `sweep` share: task, profile, overrides, output."""
     s.add_argument("task", choices=list(TASKS))
@@ -296,6 +306,17 @@ def parser() -> argparse.ArgumentParser:
                    help="target value of the task's metric, e.g. a test accuracy in [0, 1] "
                         "(default: from the profile)")  # fmt: skip
     s.set_defaults(func=cmd_report)
+
+    s = sub.add_parser(
+        "summary",
+        help="one table over run folders: AdaHessian against the paper's baseline per task",
+        description="Print a Markdown table with a row per AdaHessian of each run folder: its "
+        "final metric against the paper's baseline for the task, paired by seed with a 95 %% "
+        "interval, the time to the first-order target relative to the baseline's, and the metric "
+        "within the fastest first-order optimizer's time.",
+    )
+    s.add_argument("dirs", nargs="+", metavar="DIR")
+    s.set_defaults(func=cmd_summary)
     return p
 
 

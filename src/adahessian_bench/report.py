@@ -609,3 +609,100 @@ def written_plots(out: str | Path) -> tuple[str, str]:
     """The names of the plots ``make_report`` wrote for the run folder ``out``."""
     cfg = read_json(Path(out) / "config.json")
     return plot_names(cfg.get("metric", ACCURACY)["key"])
+
+
+# ----------------------------------------------------------------------------- over tasks
+
+
+def _fmt(value: float, metric: dict[str, Any], sign: bool = False) -> str:
+    return format(metric["scale"] * value, ("+" if sign else "") + metric["fmt"])
+
+
+def _verdict(p: dict[str, float], higher: bool) -> str:
+    if not np.isfinite(p["low"]):
+        return "one seed: no verdict"
+    if p["low"] > 0 or p["high"] < 0:
+        better = (p["low"] > 0) == higher
+        return "AdaHessian better" if better else "AdaHessian worse"
+    return "tie (the interval holds 0)"
+
+
+def overview_rows(out: Path) -> list[dict[str, str]]:
+    """The rows of the cross-task summary for one run folder: one per AdaHessian of the run, set
+    against the paper's baseline for the task (``paper_claim``; else the best first-order
+    optimizer), per epoch (final metric, paired by seed) and per unit of time (time to the
+    first-order target, and the metric within the fastest first-order optimizer's time)."""
+    cfg: dict[str, Any] = read_json(out / "config.json")
+    df, _, _ = read_runs(out, cfg)
+    df = with_time(df, cfg, read_cost(out))
+    metric = cfg.get("metric", ACCURACY)
+    higher = metric["higher_is_better"]
+    order = [o for o in cfg["optimizers"] if o in set(df["optimizer"])]
+    _, judged = summary(df, None, order, order[0], metric)
+    runs, target = judged["runs"], judged["target"]
+    claim = paper_claim(cfg["task"])
+    base = claim[0] if claim and claim[0] in order else judged["source"]
+    if base not in order:
+        return []
+
+    def final(opt: str) -> str:
+        return _mean_std(runs.loc[runs["optimizer"] == opt, "final"], metric["fmt"],
+                         metric["scale"])  # fmt: skip
+
+    def time_to(opt: str) -> float:
+        r = runs[runs["optimizer"] == opt]
+        times = [reach(run, target, higher, metric["key"])["time"] for _, run in r.iterrows()]
+        return float(np.median(times)) if times and np.isfinite(times).all() else np.nan
+
+    rows = []
+    base_time = time_to(base)
+    for opt in [o for o in order if not optimizers.first_order(o)]:
+        p = paired(runs, opt, base)
+        interval = (
+            f" [{_fmt(p['low'], metric, True)}, {_fmt(p['high'], metric, True)}]"
+            if np.isfinite(p["low"])
+            else ""
+        )
+        t = time_to(opt)
+        if np.isfinite(t) and np.isfinite(base_time) and base_time > 0:
+            ratio = f"{t / base_time:.2f}x {base}'s ({t:.0f} s vs {base_time:.0f} s)"
+        elif np.isfinite(base_time):
+            ratio = f"not reached by every seed ({base}: {base_time:.0f} s)"
+        else:
+            ratio = f"{base} did not reach it in every seed"
+        r = runs[runs["optimizer"] == opt]
+        budget = judged["budget"]
+        in_budget = pd.Series([within(run, budget, metric["key"]) for _, run in r.iterrows()],
+                              dtype=float)  # fmt: skip
+        rows.append(
+            {
+                "task": cfg["task"],
+                "metric": metric["label"] + (" ↑" if higher else " ↓"),
+                "AdaHessian": opt,
+                "final": final(opt),
+                "baseline": f"{base} {final(base)}",
+                "paired difference [95 %]": (
+                    f"{_fmt(p['mean'], metric, True)}{interval}" if p["n"] else "n/a"
+                ),
+                "per epoch": _verdict(p, higher),
+                "time to target": ratio,
+                "within the fastest first-order time": (
+                    f"{_mean_std(in_budget, metric['fmt'], metric['scale'])} "
+                    f"({judged['fastest']}'s {budget:.0f} s)"
+                    if np.isfinite(budget)
+                    else "n/a"
+                ),
+                "seeds": str(p["n"]),
+                "paper's claim": claim[1] if claim else "-",
+            }
+        )
+    return rows
+
+
+def overview(folders: list[Path]) -> str:
+    """The cross-task summary table (Markdown) of run folders (``adahessian-bench summary``)."""
+    rows = [row for out in folders for row in overview_rows(Path(out))]
+    if not rows:
+        raise ValueError("no folder holds an AdaHessian run beside a first-order baseline")
+    return tabulate(pd.DataFrame(rows), headers="keys", tablefmt="github", showindex=False,
+                    disable_numparse=True)  # fmt: skip
