@@ -209,12 +209,16 @@ def cmd_report(args: argparse.Namespace) -> int:
     from . import report, sweep
 
     try:
+        if sweep.is_sweep(args.dir) and args.publish is not None:
+            return fail(args, "--publish takes a run folder, not a sweep's", 2)
         if sweep.is_sweep(args.dir):  # a sweep folder: one table and plot over the grid
             text = sweep.make_report(Path(args.dir))
             plots: tuple[str, ...] = (sweep.plot_name(sweep.load(args.dir)["param"]),)
         else:
             text = report.make_report(Path(args.dir), target=args.target)
             plots = report.written_plots(args.dir)
+            if args.publish is not None:
+                report.publish(Path(args.dir), Path(args.publish))
     except report.NotWritten as e:  # a read-only folder: the report all the same
         print(e.text)
         return fail(args, f"{e}; the report is printed above", 1)
@@ -304,7 +308,12 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("dir")
     s.add_argument("--target", type=finite_number, default=None,
                    help="target value of the task's metric, e.g. a test accuracy in [0, 1] "
-                        "(default: from the profile)")  # fmt: skip
+                        "(default: the best first-order optimizer's median final validation "
+                        "metric)")  # fmt: skip
+    s.add_argument("--publish", metavar="DEST", default=None,
+                   help="also copy the report, plots and every run's metrics, config, "
+                        "environment and step costs (no checkpoints) to DEST, e.g. "
+                        "docs/results/TASK-quick")  # fmt: skip
     s.set_defaults(func=cmd_report)
 
     s = sub.add_parser(

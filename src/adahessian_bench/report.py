@@ -27,7 +27,7 @@ from tabulate import tabulate
 
 from . import optimizers, stepcost
 from .config import config_hash, run_config, run_dirs
-from .data import atomic_write_text
+from .data import atomic_write_bytes, atomic_write_text
 
 # The metric of runs whose config.json names none (written before tasks named their metric).
 ACCURACY: dict[str, Any] = {"key": "test_acc", "label": "test accuracy (%)",
@@ -609,6 +609,30 @@ def written_plots(out: str | Path) -> tuple[str, str]:
     """The names of the plots ``make_report`` wrote for the run folder ``out``."""
     cfg = read_json(Path(out) / "config.json")
     return plot_names(cfg.get("metric", ACCURACY)["key"])
+
+
+def publish(out: Path, dest: Path) -> list[Path]:
+    """Copy a reported run folder's results to ``dest`` (e.g. ``docs/results/TASK-quick``): the
+    report and its plots, and under ``dest/metrics`` every run's per-epoch metrics
+    (``OPT-seedS.jsonl``), the resolved configuration, the environment and the step costs; no
+    checkpoint. Returns the files written."""
+    out, dest = Path(out), Path(dest)
+    if not (out / "report.md").is_file():
+        raise FileNotFoundError(f"{out}/report.md is missing: run `adahessian-bench report` first")
+    cfg = read_json(out / "config.json")
+    (dest / "metrics").mkdir(parents=True, exist_ok=True)
+    copies = [(out / "report.md", dest / "report.md")]
+    copies += [(out / name, dest / name) for name in plot_names(cfg.get("metric", ACCURACY)["key"])]
+    for name in ("config.json", "env.json", stepcost.COST_FILE):
+        copies.append((out / name, dest / "metrics" / name))
+    for run in run_dirs(out):
+        copies.append((out / run / "metrics.jsonl", dest / "metrics" / f"{run}.jsonl"))
+    written = []
+    for src, target in copies:
+        if src.is_file():
+            atomic_write_bytes(target, src.read_bytes())
+            written.append(target)
+    return written
 
 
 # ----------------------------------------------------------------------------- over tasks

@@ -342,3 +342,26 @@ def test_summary_over_folders_sets_adahessian_against_the_papers_baseline(
     empty.mkdir()
     assert cli.main(["summary", str(empty)]) == 1
     assert "error" in capsys.readouterr().err
+
+
+def test_publish_copies_the_results_and_no_checkpoint(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "config.json").write_text(json.dumps(CFG))
+    (out / "env.json").write_text("{}")
+    for seed in (0, 1):
+        write_run(out, "adam", seed, [0.5, 0.7, 0.8], 0.1)
+        write_run(out, "adahessian", seed, [0.6, 0.8, 0.9], 0.3)
+    (out / "adam-seed0" / "checkpoint.pt").write_bytes(b"weights")
+    dest = tmp_path / "docs" / "fmnist-resnet20-quick"
+    assert cli.main(["report", str(out), "--publish", str(dest)]) == 0
+    files = sorted(str(p.relative_to(dest)) for p in dest.rglob("*") if p.is_file())
+    assert files == sorted(["report.md", *PLOTS, "metrics/config.json", "metrics/env.json",
+                            *(f"metrics/{o}-seed{s}.jsonl" for o in ("adam", "adahessian")
+                              for s in (0, 1))])  # fmt: skip
+    assert (dest / "report.md").read_text() == (out / "report.md").read_text()
+    assert (dest / PLOTS[0]).read_bytes() == (out / PLOTS[0]).read_bytes()
+    run = "adahessian-seed1"
+    assert (dest / "metrics" / f"{run}.jsonl").read_text() == (
+        out / run / "metrics.jsonl"
+    ).read_text()
