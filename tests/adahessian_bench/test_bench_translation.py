@@ -158,6 +158,30 @@ def test_setup_on_the_real_verses_respects_the_caps_and_covers_every_pair(bible:
     assert Counter(rows) == Counter(want)  # every pair within the caps once (some verses repeat)
 
 
+def test_valid_bleu_is_reported_on_request_for_a_fixed_subset_of_valid_pairs(bible: Bible) -> None:
+    cfg = train.resolve(TASK, config.load(TASK, "quick"), "quick", ["adamw"], 1)
+    cfg["model"].update(d_model=16, n_heads=2, n_layers=1, d_ff=32)
+    cfg["data"].update(bleu_subset=5, valid_bleu=False)
+    model = BIBLE_TRANSLATION.model(**cfg["model"])
+    setup = BIBLE_TRANSLATION.setup(bible, cfg, CPU, torch.Generator().manual_seed(0))
+    assert "valid_bleu" not in setup.evaluate(model)
+    cfg["data"]["valid_bleu"] = True
+    calls: list[int] = []
+
+    def counting_translate(*args: object, **kwargs: object) -> list[str]:
+        hyps = translate(*args, **kwargs)  # type: ignore[arg-type]
+        calls.append(len(hyps))
+        return hyps
+
+    setup = BIBLE_TRANSLATION.setup(bible, cfg, CPU, torch.Generator().manual_seed(0))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("adahessian_bench.translation.translate", counting_translate)
+        first = setup.evaluate(model)
+        again = setup.evaluate(model)
+    assert calls == [5, 5, 5, 5]  # test, then valid: 5 pairs each
+    assert 0.0 <= first["valid_bleu"] <= 100.0 and first == again  # the same pairs every time
+
+
 def test_profiles_load_and_resolve() -> None:
     for profile in ("quick", "paper"):
         cfg = train.resolve(TASK, config.load(TASK, profile), profile, ["adamw", "adahessian"], 1)
