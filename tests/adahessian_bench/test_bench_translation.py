@@ -205,9 +205,10 @@ def test_a_few_real_steps_of_each_optimizer_through_the_cli(
     quick = config.resources.files("adahessian_bench") / "configs" / f"{TASK}-quick.toml"
     text = (
         quick.read_text()
-        .replace("d_model = 128", "d_model = 32")
-        .replace("d_ff = 512", "d_ff = 64")
+        .replace("d_model = 256", "d_model = 32")
+        .replace("d_ff = 1024", "d_ff = 64")
     )
+    assert "d_model = 32" in text and "d_ff = 64" in text  # the tiny model, not the profile's
     profile.write_text(text)
     out = tmp_path / "run"
     argv = ["run", TASK, "--config", str(profile), "--seeds", "1", "--epochs", "2",
@@ -218,7 +219,7 @@ def test_a_few_real_steps_of_each_optimizer_through_the_cli(
         lines = (out / f"{opt}-seed0" / "metrics.jsonl").read_text().splitlines()
         metrics = [json.loads(line) for line in lines]
         assert [m["step"] for m in metrics] == [2, 4]
-        for key in ("test_bleu", "valid_loss", "test_loss", "test_ppl", "train_nll"):
+        for key in ("test_bleu", "valid_bleu", "valid_loss", "test_loss", "test_ppl", "train_nll"):
             assert math.isfinite(metrics[-1][key]), key
         assert 0.0 <= metrics[-1]["test_bleu"] <= 100.0
         assert metrics[-1]["test_ppl"] == pytest.approx(math.exp(metrics[-1]["test_loss"]))
