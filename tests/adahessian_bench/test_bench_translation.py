@@ -176,6 +176,36 @@ def test_load_gives_the_pairs_the_configuration_asks_for(bible: corpora.Parallel
         bible_pairs(bible, cfg)
 
 
+def test_valid_bleu_is_reported_on_request_for_a_fixed_subset_of_valid_pairs(
+    bible: corpora.ParallelCorpus,
+) -> None:
+    cfg = train.resolve(TASK, config.load(TASK, "quick"), "quick", ["adamw"], 1)
+    cfg["model"].update(d_model=16, n_heads=2, n_layers=1, d_ff=32)
+    cfg["data"].update(bleu_subset=5, valid_bleu=False)
+    model = BIBLE_TRANSLATION.model(**cfg["model"])
+    setup = BIBLE_TRANSLATION.setup(
+        bible_pairs(bible, cfg), RunContext(cfg, CPU, torch.Generator().manual_seed(0))
+    )
+    assert "valid_bleu" not in setup.evaluate(model)
+    cfg["data"]["valid_bleu"] = True
+    calls: list[int] = []
+
+    def counting_translate(*args: object, **kwargs: object) -> list[str]:
+        hyps = translate(*args, **kwargs)  # type: ignore[arg-type]
+        calls.append(len(hyps))
+        return hyps
+
+    setup = BIBLE_TRANSLATION.setup(
+        bible_pairs(bible, cfg), RunContext(cfg, CPU, torch.Generator().manual_seed(0))
+    )
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("adahessian_bench.translation.translate", counting_translate)
+        first = setup.evaluate(model)
+        again = setup.evaluate(model)
+    assert calls == [5, 5, 5, 5]  # test, then valid: 5 pairs each
+    assert 0.0 <= first["valid_bleu"] <= 100.0 and first == again  # the same pairs every time
+
+
 def test_profiles_load_and_resolve() -> None:
     for profile in ("quick", "paper"):
         cfg = train.resolve(TASK, config.load(TASK, profile), profile, ["adamw", "adahessian"], 1)
@@ -186,7 +216,8 @@ def test_profiles_load_and_resolve() -> None:
         assert cfg["optimizers"]["adamw"]["betas"] == [0.9, 0.98]
         positions = cfg["model"]["max_len"]
         assert cfg["data"]["max_src_len"] <= positions and cfg["data"]["max_tgt_len"] <= positions
-        assert list(config.load(TASK, profile)["optimizers"]) == ["adamw", "adahessian"]
+        lazy = ["adahessian-lazy"] if profile == "quick" else []  # the recommended setup
+        assert list(config.load(TASK, profile)["optimizers"]) == ["adamw", "adahessian", *lazy]
     assert TASKS[TASK] is BIBLE_TRANSLATION
 
 
@@ -199,9 +230,10 @@ def test_a_few_real_steps_of_each_optimizer_through_the_cli(
     quick = config.resources.files("adahessian_bench") / "configs" / f"{TASK}-quick.toml"
     text = (
         quick.read_text()
-        .replace("d_model = 128", "d_model = 32")
-        .replace("d_ff = 512", "d_ff = 64")
+        .replace("d_model = 256", "d_model = 32")
+        .replace("d_ff = 1024", "d_ff = 64")
     )
+    assert "d_model = 32" in text and "d_ff = 64" in text  # the tiny model, not the profile's
     profile.write_text(text)
     out = tmp_path / "run"
     argv = ["run", TASK, "--config", str(profile), "--seeds", "1", "--epochs", "2",
@@ -212,7 +244,7 @@ def test_a_few_real_steps_of_each_optimizer_through_the_cli(
         lines = (out / f"{opt}-seed0" / "metrics.jsonl").read_text().splitlines()
         metrics = [json.loads(line) for line in lines]
         assert [m["step"] for m in metrics] == [2, 4]
-        for key in ("test_bleu", "valid_loss", "test_loss", "test_ppl", "train_nll"):
+        for key in ("test_bleu", "valid_bleu", "valid_loss", "test_loss", "test_ppl", "train_nll"):
             assert math.isfinite(metrics[-1][key]), key
         assert 0.0 <= metrics[-1]["test_bleu"] <= 100.0
         assert metrics[-1]["test_ppl"] == pytest.approx(math.exp(metrics[-1]["test_loss"]))
