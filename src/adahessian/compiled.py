@@ -69,11 +69,11 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call, grad_and_value, jvp, vmap
+from torch.func import vmap
 
 from .batchnorm import _FastBatchNormMixin
 from .hutchinson import check_n_samples
-from .hvp import _TRANSFORM_FAILURES, ForwardOverReverseError
+from .hvp import _TRANSFORM_FAILURES, ForwardOverReverseError, functional_curvature
 
 __all__ = ["CompiledCurvature", "CompiledCurvatureError"]
 
@@ -200,19 +200,9 @@ class CompiledCurvature:
             target: Any,
             n_samples: int,
         ) -> tuple[Tensor, dict[str, Tensor], dict[str, Tensor], dict[str, Tensor]]:
-            def loss_and_buffers(p: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
-                # Fresh copies made inside the transform may be updated in place (running
-                # statistics); the inputs themselves may not.
-                state = {n: b.clone() for n, b in buffers.items()}
-                out = functional_call(model, (p, frozen, state), inputs)
-                return loss_fn(out, target), state
-
-            grad_fn = grad_and_value(loss_and_buffers, has_aux=True)
-
-            def with_tangent(tangent: dict[str, Tensor]) -> Any:
-                out: Any = jvp(grad_fn, (params,), (tangent,))
-                (grads, (loss, state)), (hvp, _) = out[0], out[1]
-                return (grads, loss, state), hvp
+            grad_fn, with_tangent = functional_curvature(
+                model, params, frozen, buffers, inputs, lambda out: loss_fn(out, target)
+            )
 
             if n_samples == 0:  # a plain step: the gradient only
                 grads, (loss, state) = grad_fn(params)

@@ -90,6 +90,39 @@ class HutchinsonResult(NamedTuple):
     diagonal: list[Tensor]
 
 
+def functional_curvature(
+    model: nn.Module,
+    primals: dict[str, Tensor],
+    frozen: dict[str, Tensor],
+    buffers: dict[str, Tensor],
+    inputs: tuple[Any, ...],
+    loss_of_output: Callable[[Any], Tensor],
+) -> tuple[Callable[..., Any], Callable[..., Any]]:
+    """The forward-over-reverse pieces that ``forward_hutchinson`` and the compiled path share:
+    ``grad_fn(params) -> (grads, (loss, buffers))`` (``torch.func.grad_and_value`` of the loss
+    through ``functional_call``) and ``with_tangent(v) -> ((grads, loss, buffers), H v)`` at
+    ``primals``. The buffers are cloned inside the transform, so BatchNorm may update its running
+    statistics there; the module's own buffers are left for the caller to write back."""
+
+    def loss_and_buffers(params: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+        # Fresh copies made inside the transform may be updated in place (running statistics);
+        # the module's own buffers, captured from outside, may not.
+        state = {n: b.clone() for n, b in buffers.items()}
+        out = functional_call(model, (params, frozen, state), inputs)
+        return loss_of_output(out), state
+
+    grad_fn = grad_and_value(loss_and_buffers, has_aux=True)
+
+    def with_tangent(
+        tangent: dict[str, Tensor],
+    ) -> tuple[tuple[dict[str, Tensor], Tensor, dict[str, Tensor]], dict[str, Tensor]]:
+        out: Any = jvp(grad_fn, (primals,), (tangent,))
+        (grads, (loss, state)), (hvp, _) = out[0], out[1]
+        return (grads, loss, state), hvp
+
+    return grad_fn, with_tangent
+
+
 def forward_hutchinson(
     model: nn.Module,
     loss_fn: Callable[[Any], Tensor],
@@ -151,22 +184,7 @@ def forward_hutchinson(
     primals = {n: p.detach() for n, p in named}
     frozen = {n: p.detach() for n, p in model.named_parameters() if not p.requires_grad}
     buffers = dict(model.named_buffers())
-
-    def loss_and_buffers(params: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
-        # Fresh copies made inside the transform may be updated in place (running statistics);
-        # the module's own buffers, captured from outside, may not.
-        state = {n: b.clone() for n, b in buffers.items()}
-        out = functional_call(model, (params, frozen, state), inputs)
-        return loss_fn(out), state
-
-    grad_fn = grad_and_value(loss_and_buffers, has_aux=True)
-
-    def with_tangent(
-        tangent: dict[str, Tensor],
-    ) -> tuple[tuple[dict[str, Tensor], Tensor, dict[str, Tensor]], dict[str, Tensor]]:
-        out: Any = jvp(grad_fn, (primals,), (tangent,))
-        (grads, (loss, state)), (hvp, _) = out[0], out[1]
-        return (grads, loss, state), hvp
+    _, with_tangent = functional_curvature(model, primals, frozen, buffers, inputs, loss_fn)
 
     params = list(primals.values())
     generator_state = None if generator is None else generator.get_state()
