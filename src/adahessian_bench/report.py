@@ -172,6 +172,13 @@ def paper_claim(task: str) -> tuple[str, str] | None:
     return PAPER_CLAIMS[max(names, key=len)] if names else None
 
 
+def baseline_of(task: str, trained: Any, fallback: str | None) -> str | None:
+    """The optimizer AdaHessian is paired with: the paper's baseline for ``task`` if the run
+    ``trained`` it, else ``fallback`` (the optimizer that set the target)."""
+    claim = paper_claim(task)
+    return claim[0] if claim and claim[0] in set(trained) else fallback
+
+
 def read_cost(out: Path) -> dict[str, dict[str, float]]:
     """The step costs measured side by side before training (``step_cost.json``, per optimizer);
     empty if the folder has none (runs of older versions, ``cost_rounds = 0``) or it is damaged."""
@@ -463,7 +470,7 @@ def comparison(
     for ``task`` (``fallback`` where the run has not trained it): Markdown lines."""
     claim = paper_claim(task)
     present = set(runs["optimizer"])
-    base = claim[0] if claim and claim[0] in present else fallback
+    base = baseline_of(task, present, fallback)
     ours = [o for o in order if o in present and not optimizers.first_order(o)]
     if base is None or not ours:
         return []
@@ -665,8 +672,8 @@ def overview_rows(out: Path) -> list[dict[str, str]]:
     _, judged = summary(df, None, order, order[0], metric)
     runs, target = judged["runs"], judged["target"]
     claim = paper_claim(cfg["task"])
-    base = claim[0] if claim and claim[0] in order else judged["source"]
-    if base not in order:
+    base = baseline_of(cfg["task"], order, judged["source"])
+    if base is None or base not in order:
         return []
 
     def final(opt: str) -> str:
