@@ -319,6 +319,70 @@ def _cell(r: pd.DataFrame, column: str, fmt: str, scale: float) -> str:
     return f"{text} ({n_div}/{len(r)} diverged)" if n_div else text
 
 
+TOLERANCE = 0.02  # "near the best": a final metric within 2 % (relative) of the optimizer's best
+NEAR = f"within {TOLERANCE * 100:g} % of its best"
+
+
+def sensitivity(
+    per_point: list[tuple[float, pd.DataFrame]],
+    swept: list[str],
+    higher: bool,
+    fmt: str,
+    scale: float,
+) -> pd.DataFrame:
+    """How much each swept optimizer cares about the swept value: its best value (by the mean
+    final metric over the seeds that did not diverge; among the values where none diverged, if
+    any), the mean final there, the worst mean over the grid ("diverged" if every seed of a value
+    diverged), the values within ``TOLERANCE`` (relative) of the best with no seed diverged, and
+    how many runs diverged."""
+    rows = []
+    for opt in swept:
+        means: dict[float, float] = {}
+        clean: set[float] = set()
+        diverged = total = 0
+        for v, r in per_point:
+            ro = r[r["optimizer"] == opt]
+            if not len(ro):
+                continue
+            total += len(ro)
+            n_div = int(ro["diverged"].sum())
+            diverged += n_div
+            f = ro["final"].dropna().to_numpy(dtype=float)
+            means[v] = float(f.mean()) if len(f) else math.nan
+            if not n_div:
+                clean.add(v)
+        finite = {v: m for v, m in means.items() if math.isfinite(m)}
+        if not finite:
+            rows.append({"optimizer": opt, "best value": "n/a", "final there": "n/a",
+                         "worst": "diverged" if means else "n/a", NEAR: "none",
+                         "diverged runs": f"{diverged}/{total}"})  # fmt: skip
+            continue
+        # The best among the values no seed diverged at (else among all): a survivor's good
+        # metric beside a diverged seed is no recommendation.
+        candidates = [v for v in finite if v in clean] or list(finite)
+        best_v = max(candidates, key=lambda v: finite[v] if higher else -finite[v])
+        best = finite[best_v]
+        if len(finite) < len(means):
+            worst_text = "diverged"
+        else:
+            worst = min(finite.values()) if higher else max(finite.values())
+            worst_text = format(worst * scale, fmt)
+        bound = best * (1 - TOLERANCE) if higher else best * (1 + TOLERANCE)
+        ok = {v: (m >= bound if higher else m <= bound) for v, m in finite.items()}
+        near = sorted(v for v in clean if ok.get(v, False))
+        rows.append(
+            {
+                "optimizer": opt,
+                "best value": f"{best_v:g}",
+                "final there": format(best * scale, fmt),
+                "worst": worst_text,
+                NEAR: ", ".join(f"{v:g}" for v in near) or "none",
+                "diverged runs": f"{diverged}/{total}",
+            }
+        )
+    return pd.DataFrame(rows)
+
+
 def make_report(out: str | Path) -> str:
     """Write ``out/report.md`` and ``out/PARAM.png`` for the sweep folder ``out``; return the
     Markdown."""
@@ -477,6 +541,18 @@ def make_report(out: str | Path) -> str:
         tabulate(table, headers="keys", tablefmt="github", showindex=False, disable_numparse=True),
         "",
     ]
+    if len(per_point) > 1:
+        sens = sensitivity(per_point, swept, higher, fmt, scale)
+        lines += [
+            f"Sensitivity: per optimizer, the {header} with the best mean final {label}, the worst "
+            f"mean over the grid, and the values whose mean is within {TOLERANCE * 100:g} % "
+            "(relative) of the best with no seed diverged:",
+            "",
+            tabulate(
+                sens, headers="keys", tablefmt="github", showindex=False, disable_numparse=True
+            ),
+            "",
+        ]
     if ref_table is not None and len(ref_table):
         lines += [
             tabulate(

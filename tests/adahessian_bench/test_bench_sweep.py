@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import errno
 import json
+import math
 import re
 from pathlib import Path
 
@@ -207,7 +208,7 @@ def test_sweep_report_table_and_plot_from_known_metrics(tmp_path: Path) -> None:
     rows = table_rows(text)
     header = rows.pop("lr multiplier")
     col = {name: header.index(name) for name in header}
-    assert list(rows) == ["0.5", "2"]
+    assert list(rows) == ["0.5", "2", "optimizer", "adahessian", "adamw"]
     # Final: the last epoch, mean ± std (ddof 1) over seeds, in percent; best: the best epoch's.
     assert rows["0.5"][col["adahessian final"]] == "70.00 ± 14.14"
     assert rows["0.5"][col["adahessian best"]] == "85.00 ± 7.07"
@@ -238,13 +239,64 @@ def test_sweep_report_draws_references_and_marks_divergence(tmp_path: Path) -> N
     rows = table_rows(text)
     header = rows.pop("update_interval")
     col = {name: header.index(name) for name in header}
-    assert list(rows) == ["1", "10", "reference (profile settings)", "adamw"]
+    assert list(rows) == [
+        "1", "10", "optimizer", "adahessian", "reference (profile settings)", "adamw"
+    ]  # fmt: skip
+    # Sensitivity: every seed of interval 10 diverged: the worst, and never near the best.
+    assert rows["adahessian"] == ["1", "85.00", "diverged", "1", "2/4"]
     assert rows["1"][col["adahessian final"]] == "85.00 ± 7.07"
     # Diverged runs have no value: left out of the mean, counted apart.
     assert rows["10"][col["adahessian final"]] == "n/a (2/2 diverged)"
     assert rows["adamw"] == ["85.00 ± 0.00", "85.00 ± 0.00"]
     assert "Not run yet: update_interval=20" in text
     assert (tmp_path / "update_interval.png").is_file()
+
+
+def test_sweep_report_sensitivity_from_known_metrics(tmp_path: Path) -> None:
+    write_sweep(tmp_path, "lr", [0.5, 1.0, 2.0, 4.0], ["adahessian", "adamw"], [])
+    write_point(tmp_path / "lr=0.5", {("adahessian", 0): [0.85], ("adamw", 0): [0.50],
+                                      ("adamw", 1): [0.70]})  # fmt: skip
+    run = tmp_path / "lr=0.5" / "adahessian-seed1"  # a diverged seed beside a good one
+    run.mkdir()
+    line = {"optimizer": "adahessian", "seed": 1, "epoch": 1, "test_acc": 0.1,
+            "wall_time_s": 3.0, "diverged": True}  # fmt: skip
+    (run / "metrics.jsonl").write_text(json.dumps(line) + "\n")
+    # Means: adahessian 0.80, 0.79 (within 2 % of 0.80: 0.784), 0.78 (not); adamw 0.6, 0.7, 0.9,
+    # 0.89 (within 2 % of 0.9: 0.882).
+    write_point(tmp_path / "lr=1", {("adahessian", 0): [0.8], ("adahessian", 1): [0.8],
+                                    ("adamw", 0): [0.7], ("adamw", 1): [0.7]})  # fmt: skip
+    write_point(tmp_path / "lr=2", {("adahessian", 0): [0.78], ("adahessian", 1): [0.80],
+                                    ("adamw", 0): [0.9], ("adamw", 1): [0.9]})  # fmt: skip
+    write_point(tmp_path / "lr=4", {("adahessian", 0): [0.78], ("adahessian", 1): [0.78],
+                                    ("adamw", 0): [0.88], ("adamw", 1): [0.9]})  # fmt: skip
+    text = sweep.make_report(tmp_path)
+    rows = table_rows(text)
+    assert rows["optimizer"] == [
+        "best value", "final there", "worst", "within 2 % of its best", "diverged runs"
+    ]  # fmt: skip
+    # lr=0.5's 0.85 is one survivor beside a diverged seed: not the best.
+    assert rows["adahessian"] == ["1", "80.00", "78.00", "1, 2", "1/8"]
+    assert rows["adamw"] == ["2", "90.00", "60.00", "2, 4", "0/8"]
+    assert "within 2 % (relative) of the best" in text
+
+
+def test_sensitivity_lower_is_better() -> None:
+    import pandas as pd
+
+    def point(finals: list[float]) -> pd.DataFrame:
+        rows = [{"optimizer": "adahessian", "seed": s, "final": f, "diverged": math.isnan(f)}
+                for s, f in enumerate(finals)]  # fmt: skip
+        return pd.DataFrame(rows)
+
+    nan = float("nan")
+    per_point = [(0.5, point([100.0, 102.0])), (1.0, point([92.0, 90.0])),
+                 (2.0, point([92.5, 93.0])), (4.0, point([nan, nan]))]  # fmt: skip
+    t = sweep.sensitivity(per_point, ["adahessian"], higher=False, fmt=".1f", scale=1.0)
+    row = t.iloc[0].to_dict()
+    # Best 91.0 at 1; 92.75 is within 2 % (<= 92.82); 101 is not; every seed of 4 diverged.
+    assert row == {"optimizer": "adahessian", "best value": "1", "final there": "91.0",
+                   "worst": "diverged", "within 2 % of its best": "1, 2",
+                   "diverged runs": "2/8"}  # fmt: skip
 
 
 def test_sweep_report_without_any_metrics_fails(tmp_path: Path) -> None:
@@ -285,7 +337,10 @@ def test_tiny_real_sweep_end_to_end(data_cache: Path, tmp_path: Path) -> None:
 
     assert cli.main(["report", str(out)]) == 0
     rows = table_rows((out / "report.md").read_text())
-    assert list(rows) == ["update_interval", "1", "2", "reference (profile settings)", "adamw"]
+    assert list(rows) == [
+        "update_interval", "1", "2", "optimizer", "adahessian", "reference (profile settings)",
+        "adamw",
+    ]  # fmt: skip
     assert (out / "update_interval.png").is_file()
     # Each grid point is an ordinary run folder.
     assert cli.main(["report", str(out / "update_interval=1")]) == 0
