@@ -56,6 +56,8 @@ from .tasks import TASKS
 # Besides these, a line holds the task's training statistics (``train_acc`` ...) and evaluation
 # metrics (``test_loss``, ``test_acc``, ``test_ppl`` ...: see base.Setup).
 # Non-finite values (a diverged run's loss) are written as null: the lines are strict JSON.
+# ``lr``: the lr of the epoch's last step (of its first group), so a per-step schedule (warm-up,
+# inverse_sqrt, cosine) shows where it stands, not where the epoch began.
 METRIC_FIELDS = (
     "optimizer", "seed", "epoch", "step", "lr", "train_loss",
     "epoch_time_s", "train_time_s", "wall_time_s", "mean_step_time_s", "peak_memory_mb",
@@ -484,6 +486,7 @@ class EpochStats:
     sums: dict[str, float] = field(default_factory=lambda: {"n": 0.0})
     step_times: list[float] = field(default_factory=list)
     diverged: bool = False  # a step's loss was not finite (the epoch stopped there)
+    last_lr: float | None = None  # the lr the epoch's last step took (None: no step)
 
 
 def build_run(cfg: dict[str, Any], opt_name: str, seed: int, dataset: Any) -> Run:
@@ -589,6 +592,7 @@ def train_epoch(run: Run, state: RunState, bar: tqdm) -> EpochStats:
         loss, batch_stats = stepcost.training_step(
             run.setup, model, optimizer, batch, average_gradients if world_size > 1 else None
         )
+        stats.last_lr = optimizer.param_groups[0]["lr"]
         if run.per_step:
             run.scheduler.step()
         if device.type == "cuda":
@@ -653,6 +657,7 @@ def run_epoch(run: Run, state: RunState, memory: PeakMemory, bar: tqdm) -> dict[
     epoch_start = time.perf_counter()
     lr = run.optimizer.param_groups[0]["lr"]
     stats = train_epoch(run, state, bar)
+    lr = stats.last_lr if stats.last_lr is not None else lr  # a per-step schedule moved it
     train_time = time.perf_counter() - epoch_start
     evaluation = evaluate(run)
     if not run.per_step:

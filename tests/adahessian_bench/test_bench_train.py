@@ -122,3 +122,22 @@ def test_run_context_gives_each_rank_its_shard_and_share_of_the_batch() -> None:
     assert [c.shard(items).tolist() for c in ranks] == [[0, 3, 6, 9], [1, 4, 7], [2, 5, 8]]
     with pytest.raises(AttributeError):
         alone.rank = 1  # type: ignore[misc]  # a frozen record
+
+
+def test_the_metrics_lr_is_the_lr_of_the_epochs_last_step(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(tasks.TASKS, "toy-regression", Regression())
+    monkeypatch.setitem(train.TASKS, "toy-regression", tasks.TASKS["toy-regression"])
+    per_step = {"epochs": 3, "batch_size": 16, "schedule": "inverse_sqrt", "warmup_steps": 6}
+    per_epoch = {"epochs": 3, "batch_size": 16, "milestones": [1], "gamma": 0.1}
+    for name, tc, want in [
+        # 4 steps per epoch: the last steps are 4, 8, 12; warm-up to step 6, then sqrt(6 / s).
+        ("inverse_sqrt", per_step, [0.3 * 4 / 6, 0.3 * math.sqrt(6 / 8), 0.3 * math.sqrt(6 / 12)]),
+        ("multistep", per_epoch, [0.3, 0.03, 0.03]),
+    ]:
+        cfg = train.resolve("toy-regression", {"train": tc, "optimizers": {"adam": {"lr": 0.3}}},
+                            "quick", ["adam"], 1)  # fmt: skip
+        train.run(cfg, tmp_path / name, progress=False)
+        lines = (tmp_path / name / "adam-seed0" / "metrics.jsonl").read_text().splitlines()
+        assert [json.loads(line)["lr"] for line in lines] == pytest.approx(want), name
