@@ -209,11 +209,11 @@ def cmd_report(args: argparse.Namespace) -> int:
     from . import report, sweep
 
     try:
-        if sweep.is_sweep(args.dir) and args.publish is not None:
-            return fail(args, "--publish takes a run folder, not a sweep's", 2)
         if sweep.is_sweep(args.dir):  # a sweep folder: one table and plot over the grid
             text = sweep.make_report(Path(args.dir))
             plots: tuple[str, ...] = (sweep.plot_name(sweep.load(args.dir)["param"]),)
+            if args.publish is not None:
+                sweep.publish(Path(args.dir), Path(args.publish))
         else:
             text = report.make_report(Path(args.dir), target=args.target)
             plots = report.written_plots(args.dir)
@@ -313,7 +313,8 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--publish", metavar="DEST", default=None,
                    help="also copy the report, plots and every run's metrics, config, "
                         "environment and step costs (no checkpoints) to DEST, e.g. "
-                        "docs/results/TASK-quick")  # fmt: skip
+                        "docs/results/TASK-quick (a sweep: its report, plot, sweep.json, every "
+                        "run's metrics and its --config profile)")  # fmt: skip
     s.set_defaults(func=cmd_report)
 
     s = sub.add_parser(

@@ -572,6 +572,43 @@ def make_report(out: str | Path) -> str:
     return text
 
 
+def publish(out: str | Path, dest: str | Path) -> list[Path]:
+    """Copy a reported sweep folder's results to ``dest`` (``docs/results/sweep-TASK-PARAM``): the
+    report, its plot and ``sweep.json``; under ``dest/metrics`` every run's per-epoch metrics
+    (``POINT_OPT-seedS.jsonl``, the point's folder with ``=`` as ``-``: ``lr-0.5_adamw-seed0``),
+    the first point's resolved configuration and environment; and, for a sweep of a ``--config``
+    profile file that still exists, that file as ``profile.toml``. No checkpoint. Returns the
+    files written."""
+    out, dest = Path(out), Path(dest)
+    sw = load(out)
+    if not (out / "report.md").is_file():
+        raise FileNotFoundError(f"{out}/report.md is missing: run `adahessian-bench report` first")
+    copies = [(out / name, dest / name) for name in ("report.md", plot_name(sw["param"]))]
+    copies.append((out / SWEEP_FILE, dest / SWEEP_FILE))
+    folders = [pt["dir"] for pt in sw["points"]]
+    if sw.get("reference_dir"):
+        folders.append(sw["reference_dir"])
+    first = next((f for f in folders if (out / f / "config.json").is_file()), None)
+    if first is not None:
+        for name in ("config.json", "env.json"):
+            copies.append((out / first / name, dest / "metrics" / name))
+        profile = report.read_json(out / first / "config.json").get("profile", "")
+        if str(profile).endswith(".toml") and Path(profile).is_file():
+            copies.append((Path(profile), dest / "profile.toml"))
+    for folder in folders:
+        if (out / folder).is_dir():
+            for run in config.run_dirs(out / folder):
+                name = f"{folder.replace('=', '-')}_{run}.jsonl"
+                copies.append((out / folder / run / "metrics.jsonl", dest / "metrics" / name))
+    written = []
+    for src, target in copies:
+        if src.is_file():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            data.atomic_write_bytes(target, src.read_bytes())
+            written.append(target)
+    return written
+
+
 def load(folder: str | Path) -> dict[str, Any]:
     """The sweep.json of a sweep folder."""
     sweep: dict[str, Any] = report.read_json(Path(folder) / SWEEP_FILE)

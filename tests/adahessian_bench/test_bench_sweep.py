@@ -299,6 +299,41 @@ def test_sensitivity_lower_is_better() -> None:
                    "diverged runs": "2/8"}  # fmt: skip
 
 
+def test_publish_copies_a_sweeps_results_and_no_checkpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out, dest = tmp_path / "sweep", tmp_path / "docs" / "sweep-x"
+    write_sweep(out, "update_interval", [1, 10], ["adahessian"], ["adamw"])
+    write_point(out / "update_interval=1", {("adahessian", 0): [0.8], ("adahessian", 1): [0.9]})
+    write_point(out / "update_interval=10", {("adahessian", 0): [0.7], ("adahessian", 1): [0.6]})
+    write_point(out / "reference", {("adamw", 0): [0.85], ("adamw", 1): [0.85]})
+    (out / "update_interval=1" / "adahessian-seed0" / "checkpoint.pt").write_bytes(b"ckpt")
+    (out / "update_interval=1" / "env.json").write_text('{"cpu_model": "X"}')
+    # A sweep of a --config profile file: the file goes along as profile.toml.
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "my.toml").write_text("# my profile\n")
+    cfg_path = out / "update_interval=1" / "config.json"
+    cfg_path.write_text(json.dumps({**json.loads(cfg_path.read_text()), "profile": "my.toml"}))
+
+    assert cli.main(["report", str(out), "--publish", str(dest)]) == 0
+    files = sorted(str(p.relative_to(dest)) for p in dest.rglob("*") if p.is_file())
+    assert files == [
+        "metrics/config.json", "metrics/env.json",
+        "metrics/reference_adamw-seed0.jsonl", "metrics/reference_adamw-seed1.jsonl",
+        "metrics/update_interval-10_adahessian-seed0.jsonl",
+        "metrics/update_interval-10_adahessian-seed1.jsonl",
+        "metrics/update_interval-1_adahessian-seed0.jsonl",
+        "metrics/update_interval-1_adahessian-seed1.jsonl",
+        "profile.toml", "report.md", "sweep.json", "update_interval.png",
+    ]  # fmt: skip
+    src = out / "update_interval=10" / "adahessian-seed1" / "metrics.jsonl"
+    assert (dest / "metrics" / "update_interval-10_adahessian-seed1.jsonl").read_bytes() == (
+        src.read_bytes()
+    )
+    assert (dest / "report.md").read_text() == (out / "report.md").read_text()
+    assert (dest / "profile.toml").read_text() == "# my profile\n"
+
+
 def test_sweep_report_without_any_metrics_fails(tmp_path: Path) -> None:
     write_sweep(tmp_path, "lr", [1.0], ["adamw"], [])
     assert cli.main(["report", str(tmp_path)]) == 1
