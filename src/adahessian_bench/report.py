@@ -70,10 +70,16 @@ def read_env(out: Path) -> dict[str, Any]:
     return env if isinstance(env, dict) else {}
 
 
+PROGRESS = "no run has finished, so the figures are of the epochs so far"
+
+
 def read_runs(out: Path, cfg: dict[str, Any]) -> tuple[pd.DataFrame, list[str], list[str]]:
-    """The metrics lines of the runs under ``out`` of the configuration ``cfg`` (config.json's),
-    in one frame (null, a non-finite value, read as NaN); the runs that are incomplete; and those
-    left out, each with the reason. FileNotFoundError if no run has a finished epoch."""
+    """The metrics lines of the finished runs under ``out`` of the configuration ``cfg``
+    (config.json's), in one frame (null, a non-finite value, read as NaN); the runs that are
+    incomplete; and those left out, each with the reason. An incomplete run (interrupted, or still
+    running) is named but not read, so that its last epoch so far never counts as a final one;
+    only when no run has finished are the incomplete runs' epochs read, as a progress report (its
+    note says so). FileNotFoundError if no run has a finished epoch."""
     ours = [f"{o}-seed{s}" for s in cfg.get("seeds", []) for o in cfg.get("optimizers", {})]
     epochs = cfg["train"]["epochs"]
 
@@ -86,6 +92,7 @@ def read_runs(out: Path, cfg: dict[str, Any]) -> tuple[pd.DataFrame, list[str], 
         return bool(m["config_hash"] == config_hash(run_config(cfg, m["optimizer"], m["seed"])))
 
     rows: list[dict[str, Any]] = []
+    partial: list[dict[str, Any]] = []  # the epochs of the incomplete runs
     incomplete, left_out = [], []
     for name in sorted(set(run_dirs(out)) | set(ours)):
         path = out / name / "metrics.jsonl"
@@ -105,9 +112,15 @@ def read_runs(out: Path, cfg: dict[str, Any]) -> tuple[pd.DataFrame, list[str], 
             incomplete.append(f"{name} ({'no finished epoch' if started else 'not started'})")
         else:
             last = lines[-1]
+            read = [{k: math.nan if v is None else v for k, v in m.items()} for m in lines]
             if last["epoch"] < epochs and not last.get("diverged"):
                 incomplete.append(f"{name} ({last['epoch']} of {epochs} epochs)")
-            rows += [{k: math.nan if v is None else v for k, v in m.items()} for m in lines]
+                partial += read
+            else:
+                rows += read
+    if not rows and partial:
+        incomplete.append(PROGRESS)
+        rows = partial
     if not rows:
         raise FileNotFoundError(
             f"no */metrics.jsonl with a finished epoch under {out}: "
@@ -119,11 +132,15 @@ def read_runs(out: Path, cfg: dict[str, Any]) -> tuple[pd.DataFrame, list[str], 
 def notes(incomplete: list[str], left_out: list[str]) -> list[str]:
     """The report's lines on the incomplete runs and the runs left out."""
     lines = []
-    if incomplete:
+    runs = [r for r in incomplete if r != PROGRESS]
+    if runs:
+        left = "" if PROGRESS in incomplete else "; left out of every figure until they finish"
         lines.append(
-            "- Incomplete (interrupted, or still running; `--resume` continues them): "
-            f"{', '.join(incomplete)}."
+            f"- Incomplete (interrupted, or still running; `--resume` continues them{left}): "
+            f"{', '.join(runs)}."
         )
+    if PROGRESS in incomplete:
+        lines.append(f"- Progress report: {PROGRESS}.")
     if left_out:
         lines.append(f"- Left out: {', '.join(left_out)}.")
     return lines

@@ -218,13 +218,34 @@ def test_report_of_a_half_written_folder_names_what_is_incomplete(
 
     assert cli.main(["report", str(tmp_path)]) == 0
     printed = capsys.readouterr().out
-    assert list(rows_of(printed)) == ["optimizer", "adam"]
+    rows = rows_of(printed)
+    assert list(rows) == ["optimizer", "adam"]
+    # adam-seed1's only epoch (50 %) is not a final one: the table holds seed 0 alone.
+    header = rows["optimizer"]
+    assert rows["adam"][header.index("seeds")] == "1"
+    assert rows["adam"][header.index("final test accuracy (%)")] == "70.00"
     assert (
-        "- Incomplete (interrupted, or still running; `--resume` continues them): "
-        "adahessian-seed0 (no finished epoch), adam-seed1 (1 of 3 epochs)." in printed
+        "- Incomplete (interrupted, or still running; `--resume` continues them; left out of "
+        "every figure until they finish): adahessian-seed0 (no finished epoch), adam-seed1 (1 of "
+        "3 epochs)." in printed
     )
     assert "- Left out: adahessian-seed1 (its metrics.jsonl is damaged)." in printed
     assert "- Machine: ?" in printed  # no env.json
+
+
+def test_report_while_no_run_has_finished_shows_the_epochs_so_far(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "config.json").write_text(json.dumps(CFG))
+    write_run(tmp_path, "adam", 0, [0.5, 0.6], 0.1)  # 2 of 3 epochs
+    assert cli.main(["report", str(tmp_path)]) == 0
+    printed = capsys.readouterr().out
+    rows = rows_of(printed)
+    assert rows["adam"][rows["optimizer"].index("final test accuracy (%)")] == "60.00"
+    assert "- Progress report: no run has finished, so the figures are of the epochs so far." in (
+        printed
+    )
+    assert "adam-seed0 (2 of 3 epochs)" in printed
 
 
 @pytest.mark.parametrize("damage", ["missing", "not JSON"])

@@ -152,9 +152,11 @@ def test_cli_refuses_bad_sweeps_before_writing_anything(
 def write_point(folder: Path, runs: dict[tuple[str, int], list[float]], diverged: bool = False):
     """A run folder with the given test accuracies per (optimizer, seed)."""
     folder.mkdir(parents=True)
+    epochs = max(len(accs) for accs in runs.values())  # every run finished
     (folder / "config.json").write_text(
         json.dumps({"task": "fmnist-resnet20", "profile": "quick", "metric": ACCURACY,
-                    "train": {"epochs": 2, "batch_size": 64, "milestones": [1], "gamma": 0.1}})
+                    "train": {"epochs": epochs, "batch_size": 64, "milestones": [1],
+                              "gamma": 0.1}})
     )  # fmt: skip
     for (opt, seed), accs in runs.items():
         run = folder / f"{opt}-seed{seed}"
