@@ -394,12 +394,13 @@ def make_report(out: str | Path) -> str:
     name = p.name
     runs, cfg, env = [], None, {}
     missing: list[str] = []
+    unfinished: list[str] = []
     incomplete: list[str] = []
     left_out: list[str] = []
 
     def point_runs(folder: str) -> pd.DataFrame | None:
-        """The metrics of a point's runs of its config.json's configuration; None if none has a
-        finished epoch. Notes on its incomplete runs and those left out go to the lists above."""
+        """The metrics of a point's finished runs of its config.json's configuration; None if none
+        has finished. Notes on its incomplete runs and those left out go to the lists above."""
         nonlocal cfg, env
         try:
             point_cfg = report.read_json(out / folder / "config.json")
@@ -410,8 +411,11 @@ def make_report(out: str | Path) -> str:
         except ValueError:
             left_out.append(f"{folder} (its config.json is damaged)")
             return None
-        incomplete.extend(f"{folder}/{r}" for r in inc)
+        incomplete.extend(f"{folder}/{r}" for r in inc if r != report.PROGRESS)
         left_out.extend(f"{folder}/{r}" for r in lo)
+        if report.PROGRESS in inc:  # a point none of whose runs has finished: not in the table
+            unfinished.append(folder)
+            return None
         if cfg is None:
             cfg, env = point_cfg, report.read_env(out / folder)
         return df
@@ -421,7 +425,9 @@ def make_report(out: str | Path) -> str:
         if df is not None:
             runs.append((point["value"], df))
     if cfg is None:
-        raise FileNotFoundError(f"no grid point of {out} has metrics: run the sweep first")
+        raise FileNotFoundError(
+            f"no grid point of {out} has a finished run: run the sweep first (or let it finish)"
+        )
     metric = cfg.get("metric", report.ACCURACY)
     key, label, scale, fmt = metric["key"], metric["label"], metric["scale"], metric["fmt"]
     higher = metric["higher_is_better"]
@@ -535,6 +541,8 @@ def make_report(out: str | Path) -> str:
     ]
     if missing:
         lines.append(f"- Not run yet: {', '.join(missing)}.")
+    if unfinished:
+        lines.append(f"- No run finished yet (left out): {', '.join(unfinished)}.")
     lines += report.notes(incomplete, left_out)
     lines += [
         "",

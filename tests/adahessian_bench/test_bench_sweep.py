@@ -336,6 +336,24 @@ def test_publish_copies_a_sweeps_results_and_no_checkpoint(
     assert (dest / "profile.toml").read_text() == "# my profile\n"
 
 
+def test_sweep_report_leaves_out_runs_and_points_that_have_not_finished(tmp_path: Path) -> None:
+    write_sweep(tmp_path, "lr", [1.0, 2.0], ["adahessian"], [])
+    write_point(tmp_path / "lr=1", {("adahessian", 0): [0.5, 0.8], ("adahessian", 1): [0.6]})
+    write_point(tmp_path / "lr=2", {("adahessian", 0): [0.9]})
+    cfg_path = tmp_path / "lr=2" / "config.json"  # its run is 1 epoch into 2
+    cfg = json.loads(cfg_path.read_text())
+    cfg["train"]["epochs"] = 2
+    cfg_path.write_text(json.dumps(cfg))
+    text = sweep.make_report(tmp_path)
+    rows = table_rows(text)
+    header = rows.pop("lr multiplier")
+    assert list(rows) == ["1"]  # lr=2 has no finished run: no row, no sensitivity table
+    # lr=1: seed 1's 1 epoch of 2 is no final accuracy; seed 0 alone counts.
+    assert rows["1"][header.index("adahessian final")] == "80.00"
+    assert "lr=1/adahessian-seed1 (1 of 2 epochs), lr=2/adahessian-seed0 (1 of 2 epochs)" in text
+    assert "- No run finished yet (left out): lr=2." in text
+
+
 def test_sweep_report_without_any_metrics_fails(tmp_path: Path) -> None:
     write_sweep(tmp_path, "lr", [1.0], ["adamw"], [])
     assert cli.main(["report", str(tmp_path)]) == 1
