@@ -637,9 +637,10 @@ def written_plots(out: str | Path) -> tuple[str, str]:
 
 def publish(out: Path, dest: Path) -> list[Path]:
     """Copy a reported run folder's results to ``dest`` (e.g. ``docs/results/TASK-quick``): the
-    report and its plots, and under ``dest/metrics`` every run's per-epoch metrics
-    (``OPT-seedS.jsonl``), the resolved configuration, the environment and the step costs; no
-    checkpoint. Returns the files written."""
+    report and its plots, and under ``dest/metrics`` the per-epoch metrics of the runs the report
+    reads (``OPT-seedS.jsonl``; those it leaves out, unfinished or of another configuration, stay
+    behind), the resolved configuration, the environment and the step costs; no checkpoint.
+    Returns the files written."""
     out, dest = Path(out), Path(dest)
     if not (out / "report.md").is_file():
         raise FileNotFoundError(f"{out}/report.md is missing: run `adahessian-bench report` first")
@@ -649,8 +650,11 @@ def publish(out: Path, dest: Path) -> list[Path]:
     copies += [(out / name, dest / name) for name in plot_names(cfg.get("metric", ACCURACY)["key"])]
     for name in ("config.json", "env.json", stepcost.COST_FILE):
         copies.append((out / name, dest / "metrics" / name))
+    df, _, _ = read_runs(out, cfg)
+    reported = {f"{o}-seed{int(s)}" for o, s in zip(df["optimizer"], df["seed"], strict=True)}
     for run in run_dirs(out):
-        copies.append((out / run / "metrics.jsonl", dest / "metrics" / f"{run}.jsonl"))
+        if run in reported:  # the runs the report reads: finished, of config.json's configuration
+            copies.append((out / run / "metrics.jsonl", dest / "metrics" / f"{run}.jsonl"))
     written = []
     for src, target in copies:
         if src.is_file():

@@ -368,12 +368,13 @@ def test_summary_over_folders_sets_adahessian_against_the_papers_baseline(
 def test_publish_copies_the_results_and_no_checkpoint(tmp_path: Path) -> None:
     out = tmp_path / "run"
     out.mkdir()
-    (out / "config.json").write_text(json.dumps(CFG))
+    (out / "config.json").write_text(json.dumps({**CFG, "seeds": [0, 1, 2]}))
     (out / "env.json").write_text("{}")
     for seed in (0, 1):
         write_run(out, "adam", seed, [0.5, 0.7, 0.8], 0.1)
         write_run(out, "adahessian", seed, [0.6, 0.8, 0.9], 0.3)
     (out / "adam-seed0" / "checkpoint.pt").write_bytes(b"weights")
+    write_run(out, "adam", 2, [0.5], 0.1)  # unfinished (1 of 3 epochs): left behind
     dest = tmp_path / "docs" / "fmnist-resnet20-quick"
     assert cli.main(["report", str(out), "--publish", str(dest)]) == 0
     files = sorted(str(p.relative_to(dest)) for p in dest.rglob("*") if p.is_file())
