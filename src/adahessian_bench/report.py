@@ -651,13 +651,24 @@ def publish(out: Path, dest: Path) -> list[Path]:
     for name in ("config.json", "env.json", stepcost.COST_FILE):
         copies.append((out / name, dest / "metrics" / name))
     df, _, _ = read_runs(out, cfg)
-    reported = {f"{o}-seed{int(s)}" for o, s in zip(df["optimizer"], df["seed"], strict=True)}
-    for run in run_dirs(out):
-        if run in reported:  # the runs the report reads: finished, of config.json's configuration
-            copies.append((out / run / "metrics.jsonl", dest / "metrics" / f"{run}.jsonl"))
+    for run in reported_runs(df):
+        copies.append((out / run / "metrics.jsonl", dest / "metrics" / f"{run}.jsonl"))
+    return copy_files(copies)
+
+
+def reported_runs(df: pd.DataFrame) -> list[str]:
+    """The run folders (``OPT-seedS``) whose metrics ``read_runs`` read into ``df``: the finished
+    runs of config.json's configuration (the unfinished ones only in a progress report)."""
+    return sorted({f"{o}-seed{int(s)}" for o, s in zip(df["optimizer"], df["seed"], strict=True)})
+
+
+def copy_files(copies: list[tuple[Path, Path]]) -> list[Path]:
+    """Copy each existing ``src`` to its ``target`` (atomically, creating its folder); return the
+    targets written. ``publish``'s copying, for run and sweep folders alike."""
     written = []
     for src, target in copies:
         if src.is_file():
+            target.parent.mkdir(parents=True, exist_ok=True)
             atomic_write_bytes(target, src.read_bytes())
             written.append(target)
     return written

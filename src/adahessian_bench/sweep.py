@@ -608,13 +608,7 @@ def publish(out: str | Path, dest: str | Path) -> list[Path]:
             for run in config.run_dirs(out / folder):
                 name = f"{folder.replace('=', '-')}_{run}.jsonl"
                 copies.append((out / folder / run / "metrics.jsonl", dest / "metrics" / name))
-    written = []
-    for src, target in copies:
-        if src.is_file():
-            target.parent.mkdir(parents=True, exist_ok=True)
-            data.atomic_write_bytes(target, src.read_bytes())
-            written.append(target)
-    return written
+    return report.copy_files(copies)
 
 
 def load(folder: str | Path) -> dict[str, Any]:
