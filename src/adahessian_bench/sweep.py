@@ -582,8 +582,9 @@ def make_report(out: str | Path) -> str:
 
 def publish(out: str | Path, dest: str | Path) -> list[Path]:
     """Copy a reported sweep folder's results to ``dest`` (``docs/results/sweep-TASK-PARAM``): the
-    report, its plot and ``sweep.json``; under ``dest/metrics`` every run's per-epoch metrics
-    (``POINT_OPT-seedS.jsonl``, the point's folder with ``=`` as ``-``: ``lr-0.5_adamw-seed0``),
+    report, its plot and ``sweep.json``; under ``dest/metrics`` the per-epoch metrics of the runs
+    the report reads, the finished ones (``POINT_OPT-seedS.jsonl``, the point's folder with ``=``
+    as ``-``: ``lr-0.5_adamw-seed0``),
     the first point's resolved configuration and environment; and, for a sweep of a ``--config``
     profile file that still exists, that file as ``profile.toml``. No checkpoint. Returns the
     files written."""
@@ -604,10 +605,17 @@ def publish(out: str | Path, dest: str | Path) -> list[Path]:
         if str(profile).endswith(".toml") and Path(profile).is_file():
             copies.append((Path(profile), dest / "profile.toml"))
     for folder in folders:
-        if (out / folder).is_dir():
-            for run in config.run_dirs(out / folder):
-                name = f"{folder.replace('=', '-')}_{run}.jsonl"
-                copies.append((out / folder / run / "metrics.jsonl", dest / "metrics" / name))
+        try:  # the runs the sweep's report reads (make_report's point_runs): finished ones
+            df, inc, _ = report.read_runs(
+                out / folder, report.read_json(out / folder / "config.json")
+            )
+        except (FileNotFoundError, ValueError):
+            continue
+        if report.PROGRESS in inc:
+            continue
+        for run in report.reported_runs(df):
+            name = f"{folder.replace('=', '-')}_{run}.jsonl"
+            copies.append((out / folder / run / "metrics.jsonl", dest / "metrics" / name))
     return report.copy_files(copies)
 
 

@@ -305,11 +305,14 @@ def test_publish_copies_a_sweeps_results_and_no_checkpoint(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     out, dest = tmp_path / "sweep", tmp_path / "docs" / "sweep-x"
-    write_sweep(out, "update_interval", [1, 10], ["adahessian"], ["adamw"])
+    write_sweep(out, "update_interval", [1, 10, 20], ["adahessian"], ["adamw"])
     write_point(out / "update_interval=1", {("adahessian", 0): [0.8], ("adahessian", 1): [0.9]})
     write_point(out / "update_interval=10", {("adahessian", 0): [0.7], ("adahessian", 1): [0.6]})
     write_point(out / "reference", {("adamw", 0): [0.85], ("adamw", 1): [0.85]})
     (out / "update_interval=1" / "adahessian-seed0" / "checkpoint.pt").write_bytes(b"ckpt")
+    # An unfinished run (1 of 2 epochs) beside finished ones: left behind, as the report leaves it.
+    write_point(out / "update_interval=20", {("adahessian", 0): [0.7, 0.7],
+                                             ("adahessian", 1): [0.7]})  # fmt: skip
     (out / "update_interval=1" / "env.json").write_text('{"cpu_model": "X"}')
     # A sweep of a --config profile file: the file goes along as profile.toml.
     monkeypatch.chdir(tmp_path)
@@ -326,6 +329,7 @@ def test_publish_copies_a_sweeps_results_and_no_checkpoint(
         "metrics/update_interval-10_adahessian-seed1.jsonl",
         "metrics/update_interval-1_adahessian-seed0.jsonl",
         "metrics/update_interval-1_adahessian-seed1.jsonl",
+        "metrics/update_interval-20_adahessian-seed0.jsonl",
         "profile.toml", "report.md", "sweep.json", "update_interval.png",
     ]  # fmt: skip
     src = out / "update_interval=10" / "adahessian-seed1" / "metrics.jsonl"
