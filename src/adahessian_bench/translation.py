@@ -407,9 +407,10 @@ class TranslationTask(Task):
         valid_batches = TokenBatches(data.valid, eval_tokens, device, sw.pad_id)
         test_batches = TokenBatches(data.test, eval_tokens, device, sw.pad_id)
         bleu_batches = TokenBatches(data.bleu, eval_tokens, device, sw.pad_id)
-        valid_bleu = data.valid_bleu
-        valid_bleu_batches = (
-            TokenBatches(valid_bleu, eval_tokens, device, sw.pad_id) if valid_bleu else None
+        valid_bleu = (  # the batches to decode and their references, with [data] valid_bleu
+            (TokenBatches(data.valid_bleu, eval_tokens, device, sw.pad_id), data.valid_bleu.refs)
+            if data.valid_bleu
+            else None
         )
 
         def loss(model: nn.Module, batch: Any) -> tuple[torch.Tensor, dict[str, float]]:
@@ -423,10 +424,10 @@ class TranslationTask(Task):
                 assert isinstance(model, Seq2SeqTransformer)
                 hyps = translate(model, bleu_batches, sw.decode, sw.bos_id, sw.eos_id)
                 extra: dict[str, float] = {}
-                if valid_bleu_batches is not None:
-                    valid_hyps = translate(model, valid_bleu_batches, sw.decode, sw.bos_id,
-                                           sw.eos_id)  # fmt: skip
-                    extra["valid_bleu"] = bleu(valid_hyps, valid_bleu.refs)  # type: ignore[union-attr]
+                if valid_bleu is not None:
+                    batches, refs = valid_bleu
+                    valid_hyps = translate(model, batches, sw.decode, sw.bos_id, sw.eos_id)
+                    extra["valid_bleu"] = bleu(valid_hyps, refs)
             return {
                 "test_bleu": bleu(hyps, data.bleu.refs),
                 **extra,
