@@ -645,7 +645,6 @@ def publish(out: Path, dest: Path) -> list[Path]:
     if not (out / "report.md").is_file():
         raise FileNotFoundError(f"{out}/report.md is missing: run `adahessian-bench report` first")
     cfg = read_json(out / "config.json")
-    (dest / "metrics").mkdir(parents=True, exist_ok=True)
     copies = [(out / "report.md", dest / "report.md")]
     copies += [(out / name, dest / name) for name in plot_names(cfg.get("metric", ACCURACY)["key"])]
     for name in ("config.json", "env.json", stepcost.COST_FILE):
