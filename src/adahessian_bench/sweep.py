@@ -347,7 +347,8 @@ def sensitivity(
             total += len(ro)
             n_div = int(ro["diverged"].sum())
             diverged += n_div
-            f = ro["final"].dropna().to_numpy(dtype=float)
+            # Scaled before the mean, as the grid table's cells are, so both print the same digits.
+            f = ro["final"].dropna().to_numpy(dtype=float) * scale
             means[v] = float(f.mean()) if len(f) else math.nan
             if not n_div:
                 clean.add(v)
@@ -366,7 +367,7 @@ def sensitivity(
             worst_text = "diverged"
         else:
             worst = min(finite.values()) if higher else max(finite.values())
-            worst_text = format(worst * scale, fmt)
+            worst_text = format(worst, fmt)
         bound = best * (1 - TOLERANCE) if higher else best * (1 + TOLERANCE)
         ok = {v: (m >= bound if higher else m <= bound) for v, m in finite.items()}
         near = sorted(v for v in clean if ok.get(v, False))
@@ -374,7 +375,7 @@ def sensitivity(
             {
                 "optimizer": opt,
                 "best value": f"{best_v:g}",
-                "final there": format(best * scale, fmt),
+                "final there": format(best, fmt),
                 "worst": worst_text,
                 NEAR: ", ".join(f"{v:g}" for v in near) or "none",
                 "diverged runs": f"{diverged}/{total}",

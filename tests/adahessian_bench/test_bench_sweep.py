@@ -282,6 +282,18 @@ def test_sweep_report_sensitivity_from_known_metrics(tmp_path: Path) -> None:
     assert "within 2 % (relative) of the best" in text
 
 
+def test_sensitivity_prints_the_same_mean_as_the_grid_table(tmp_path: Path) -> None:
+    # 0.8575 and 0.844: the mean of the fractions, scaled, prints 85.08; the mean of the scaled
+    # values (the grid table's cell) 85.07. Both tables must print the same digits.
+    write_sweep(tmp_path, "lr", [1.0, 2.0], ["adahessian"], [])
+    write_point(tmp_path / "lr=1", {("adahessian", 0): [0.8575], ("adahessian", 1): [0.844]})
+    write_point(tmp_path / "lr=2", {("adahessian", 0): [0.8], ("adahessian", 1): [0.8]})
+    rows = table_rows(sweep.make_report(tmp_path))
+    header = rows["lr multiplier"]
+    assert rows["1"][header.index("adahessian final")] == "85.07 ± 0.95"
+    assert rows["adahessian"][:3] == ["1", "85.07", "80.00"]
+
+
 def test_sensitivity_lower_is_better() -> None:
     import pandas as pd
 
