@@ -321,7 +321,7 @@ def parser() -> argparse.ArgumentParser:
         "summary",
         help="one table over run folders: AdaHessian against the paper's baseline per task",
         description="Print a Markdown table with a row per AdaHessian of each run folder: its "
-        "final metric against the paper's baseline for the task, paired by seed with a 95 %% "
+        "final metric against the paper's baseline for the task, paired by seed with a 95 % "
         "interval, the time to the first-order target relative to the baseline's, and the metric "
         "within the fastest first-order optimizer's time.",
     )

@@ -42,6 +42,19 @@ def test_list_names_tasks_profiles_and_optimizers(capsys: pytest.CaptureFixture[
         assert opt in out
 
 
+@pytest.mark.parametrize(
+    "command", [[], ["list"], ["data", "fetch"], ["run"], ["sweep"], ["report"], ["summary"]]
+)
+def test_help_prints_its_text_as_written(
+    command: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    # argparse %-formats help strings but prints descriptions as they are: a "%%" escaped for the
+    # former shows doubled in the latter (the summary's "95 %% interval").
+    assert cli.main([*command, "--help"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: adahessian-bench") and "%%" not in out and "%(" not in out
+
+
 def test_run_writes_per_epoch_metrics_for_every_optimizer(smoke_run: Path) -> None:
     cfg = json.loads((smoke_run / "config.json").read_text())
     for opt in OPTIMIZERS:
