@@ -384,6 +384,20 @@ def sensitivity(
     return pd.DataFrame(rows)
 
 
+def read_point(
+    point: Path,
+) -> tuple[dict[str, Any], pd.DataFrame | None, list[str], list[str]]:
+    """A grid point's configuration (its config.json), the metrics of its finished runs (None if
+    none has finished), its incomplete runs and those left out (``report.read_runs``); for the
+    sweep's report and its publish alike. FileNotFoundError and ValueError as ``read_runs`` and
+    ``read_json`` raise them."""
+    point_cfg = report.read_json(point / "config.json")
+    df, inc, lo = report.read_runs(point, point_cfg)
+    if report.PROGRESS in inc:  # read_runs' progress report: the epochs of unfinished runs
+        return point_cfg, None, [r for r in inc if r != report.PROGRESS], lo
+    return point_cfg, df, inc, lo
+
+
 def make_report(out: str | Path) -> str:
     """Write ``out/report.md`` and ``out/PARAM.png`` for the sweep folder ``out``; return the
     Markdown."""
@@ -404,17 +418,16 @@ def make_report(out: str | Path) -> str:
         has finished. Notes on its incomplete runs and those left out go to the lists above."""
         nonlocal cfg, env
         try:
-            point_cfg = report.read_json(out / folder / "config.json")
-            df, inc, lo = report.read_runs(out / folder, point_cfg)
+            point_cfg, df, inc, lo = read_point(out / folder)
         except FileNotFoundError:
             missing.append(folder)
             return None
         except ValueError:
             left_out.append(f"{folder} (its config.json is damaged)")
             return None
-        incomplete.extend(f"{folder}/{r}" for r in inc if r != report.PROGRESS)
+        incomplete.extend(f"{folder}/{r}" for r in inc)
         left_out.extend(f"{folder}/{r}" for r in lo)
-        if report.PROGRESS in inc:  # a point none of whose runs has finished: not in the table
+        if df is None:  # a point none of whose runs has finished: not in the table
             unfinished.append(folder)
             return None
         if cfg is None:
@@ -606,13 +619,11 @@ def publish(out: str | Path, dest: str | Path) -> list[Path]:
         if str(profile).endswith(".toml") and Path(profile).is_file():
             copies.append((Path(profile), dest / "profile.toml"))
     for folder in folders:
-        try:  # the runs the sweep's report reads (make_report's point_runs): finished ones
-            df, inc, _ = report.read_runs(
-                out / folder, report.read_json(out / folder / "config.json")
-            )
+        try:  # the runs the sweep's report reads: finished ones
+            _, df, _, _ = read_point(out / folder)
         except (FileNotFoundError, ValueError):
             continue
-        if report.PROGRESS in inc:
+        if df is None:
             continue
         for run in report.reported_runs(df):
             name = f"{folder.replace('=', '-')}_{run}.jsonl"
