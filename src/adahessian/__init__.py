@@ -3,6 +3,7 @@
 from .averaging import spatial_average
 from .batchnorm import use_fast_batchnorm
 from .compiled import CompiledCurvature, CompiledCurvatureError
+from .finite_difference import FiniteDifferenceError, finite_difference_diagonal
 from .functional import adahessian
 from .hutchinson import hutchinson_diagonal, rademacher
 from .hvp import (
@@ -17,10 +18,12 @@ __all__ = [
     "AdaHessian",
     "CompiledCurvature",
     "CompiledCurvatureError",
+    "FiniteDifferenceError",
     "ForwardOverReverseError",
     "HutchinsonResult",
     "adahessian",
     "batched_hutchinson_diagonal",
+    "finite_difference_diagonal",
     "forward_hutchinson",
     "hutchinson_diagonal",
     "rademacher",

@@ -373,8 +373,6 @@ class CompiledCurvature:
 
         # The step's probes, drawn from the optimizer's generator on the first call of the step
         # (exactly as the eager step draws them) and shared by later micro-batches.
-        first = opt._pending is None
-        rng_state = opt._probe_generator().get_state() if first else None
         probe_params, drawn = opt.hessian_probes()
         trainable = [p for p in self.model.parameters() if p.requires_grad]
         position = {id(p): i for i, p in enumerate(probe_params)}
@@ -385,14 +383,12 @@ class CompiledCurvature:
         try:
             loss, grads, estimate = self.hutchinson(probes, *model_inputs, target=target)
         except BaseException:
-            if first:  # a failed first call draws nothing
-                opt._pending = None
-                opt._probe_generator().set_state(rng_state)
+            opt.discard_hessian_probes()  # a failed first call draws nothing
             raise
         by_param = {id(p): e for p, e in zip(trainable, estimate, strict=True)}
         opt.add_hessian_estimate([by_param.get(id(p), torch.zeros_like(p)) for p in probe_params])
         _add_grads(trainable, grads)
-        total = dict(zip(map(id, probe_params), opt._pending["estimate"], strict=True))
+        total = dict(zip(map(id, probe_params), opt.hessian_estimate(), strict=True))
         flat = [p for group in opt.param_groups for p in group["params"] if p.grad is not None]
         self.estimate = [total.get(id(p), torch.zeros_like(p)) for p in flat]
         return loss

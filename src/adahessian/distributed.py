@@ -24,6 +24,7 @@ Typical use, launched with ``torchrun --nproc-per-node N train.py``::
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import torch
@@ -31,6 +32,71 @@ import torch.distributed as dist
 from torch import nn
 
 __all__ = ["all_reduce_mean_", "average_buffers", "broadcast_module", "unwrap"]
+
+
+def initialised() -> bool:
+    """Whether ``torch.distributed`` runs with more than one rank."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def is_sharded(p: Any) -> bool:
+    """An FSDP1 flat parameter or a DTensor (FSDP2 ``fully_shard``, tensor parallelism)."""
+    return bool(getattr(p, "_is_flat_param", False)) or type(p).__name__ == "DTensor"
+
+
+def resolve_seed(seed: int | None, process_group: Any, *, everywhere: bool = False) -> int:
+    """The probe seed. When none is given, one is drawn, and with a process group (or with
+    ``everywhere``, whenever ``torch.distributed`` runs with several ranks) rank 0's is broadcast,
+    so that every rank starts from the same seed."""
+    if seed is not None:
+        return seed
+    drawn = int(torch.Generator().seed()) % (2**62)
+    if process_group is None and not (everywhere and initialised()):
+        return drawn
+    box = [drawn]
+    src = 0 if process_group is None else dist.get_global_rank(process_group, 0)
+    dist.broadcast_object_list(box, src=src, group=process_group)
+    return int(box[0])
+
+
+def rank_offset(process_group: Any, shared_probes: bool, sharded: bool) -> int:
+    """What a rank adds to the seed of its probe generator: its rank where the ranks draw
+    independent probes (with a process group, unless ``shared_probes``), and where each rank
+    draws the probes of its own shard of sharded parameters; 0 otherwise."""
+    if sharded and initialised():
+        return dist.get_rank()
+    if process_group is not None and not shared_probes:
+        return dist.get_rank(process_group)
+    return 0
+
+
+def check_not_sharded(param_groups: list[dict[str, Any]]) -> None:
+    """Refuse sharded parameters on the double-backward path, which they do not support."""
+    for group in param_groups:
+        for p in group["params"]:
+            if is_sharded(p):
+                raise ValueError(
+                    "AdaHessian(hvp='autograd') needs double backward, which FSDP and "
+                    "DTensor-sharded parameters do not support: use "
+                    "AdaHessian(..., hvp='finite-difference') with opt.step(closure), or pass "
+                    "the unwrapped model's parameters and process_group=... "
+                    "(see adahessian.distributed)"
+                )
+
+
+def warn_if_unsynchronised(process_group: Any) -> None:
+    """Double backward through a DDP model is not synchronised: say so when there are several
+    ranks and no process group to average over."""
+    if process_group is not None or not initialised():
+        return
+    warnings.warn(
+        "torch.distributed is initialised but AdaHessian has no process_group, so the "
+        "ranks' Hessian estimates are not averaged (DDP does not synchronise double "
+        "backward): train the unwrapped model with "
+        "AdaHessian(..., process_group=dist.group.WORLD), or use "
+        "AdaHessian(..., hvp='finite-difference') with the DDP model",
+        stacklevel=4,
+    )
 
 
 def unwrap(model: nn.Module) -> nn.Module:

@@ -5,58 +5,58 @@ from __future__ import annotations
 import warnings
 import weakref
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any, cast
 
 import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from . import _checks, curvature
+from . import _checks, curvature, distributed
+from . import finite_difference as fd
 from .functional import adahessian
 from .functional import state_dtype as _state_dtype
 from .hutchinson import hutchinson_diagonal, rademacher
+from .scaling import GROWTH_INTERVAL, ProbeScaler
 
-__all__ = ["AdaHessian"]
+__all__ = ["HVP_SOURCES", "AdaHessian"]
 
+#: The ways a Hessian step takes its Hessian-vector products (``AdaHessian(hvp=...)``).
+HVP_SOURCES = ("autograd", "finite-difference")
 
-def _resolve_seed(seed: int | None, process_group: Any) -> int:
-    """The probe seed; with a process group, rank 0's seed is broadcast when none is given."""
-    if seed is not None:
-        return seed
-    drawn = int(torch.Generator().seed()) % (2**62)
-    if process_group is None:
-        return drawn
-    import torch.distributed as dist
-
-    box = [drawn]
-    dist.broadcast_object_list(box, src=dist.get_global_rank(process_group, 0), group=process_group)
-    return int(box[0])
+_PROBE_SCALE_GROWTH_INTERVAL = GROWTH_INTERVAL
 
 
-def _check_not_sharded(param_groups: list[dict[str, Any]]) -> None:
-    for group in param_groups:
-        for p in group["params"]:
-            if getattr(p, "_is_flat_param", False) or type(p).__name__ == "DTensor":
-                raise ValueError(
-                    "AdaHessian needs double backward, which FSDP and DTensor-sharded parameters "
-                    "do not support: pass the unwrapped model's parameters and "
-                    "process_group=... (see adahessian.distributed)"
-                )
+@dataclass(frozen=True)
+class _Field:
+    """One attribute of the optimizer's own state (beside torch's ``state`` and groups)."""
+
+    attr: str
+    default: Any  # what a copy pickled before the attribute existed gets
+    key: str | None = None  # its key in state_dict()["adahessian"]; None: not saved there
 
 
-def _warn_if_unsynchronised(process_group: Any) -> None:
-    import torch.distributed as dist
-
-    if process_group is not None or not (dist.is_available() and dist.is_initialized()):
-        return
-    if dist.get_world_size() > 1:
-        warnings.warn(
-            "torch.distributed is initialised but AdaHessian has no process_group, so the "
-            "ranks' Hessian estimates are not averaged (DDP does not synchronise double "
-            "backward): train the unwrapped model with "
-            "AdaHessian(..., process_group=dist.group.WORLD)",
-            stacklevel=3,
-        )
+# The one record of the optimizer's own state: copies (deepcopy, pickle, torch.save(opt)) carry
+# every field, state_dict() saves those with a key, load_state_dict() restores them, and a copy
+# pickled by an older version gets the defaults of the fields it lacks. The probe scaler and the
+# generator are saved by state_dict() in their own formats.
+_OWN_STATE = (
+    _Field("_update_interval", 1, "update_interval"),
+    _Field("_hessian_warmup", 0, "hessian_warmup"),
+    _Field("_n_samples", 1, "n_samples"),
+    _Field("seed", 0, "seed"),
+    _Field("_steps", 0, "steps"),
+    _Field("_hessian_updates", 0, "hessian_updates"),
+    _Field("skipped_steps", 0, "skipped_steps"),
+    _Field("shared_probes", False),
+    _Field("hvp", "autograd"),
+    _Field("fd_eps", None),
+    _Field("fd_scheme", "forward"),
+    _Field("_probe_scaler", None),
+    _Field("_generator", None),
+    _Field("_pending", None),
+    _Field("_graph_kept", None),
+)
 
 
 class AdaHessian(Optimizer):
@@ -174,6 +174,23 @@ class AdaHessian(Optimizer):
     # instead of unscaling the gradients itself: the Hessian estimate needs the scale too.
     _step_supports_amp_scaling = True
 
+    # The optimizer's own state (see _OWN_STATE).
+    _update_interval: int
+    _hessian_warmup: int
+    _n_samples: int
+    seed: int
+    _steps: int  # optimizer steps taken
+    _hessian_updates: int  # Hessian steps taken
+    skipped_steps: int  # steps skipped for inf/NaN under a GradScaler
+    shared_probes: bool
+    hvp: str
+    fd_eps: float | None
+    fd_scheme: str
+    _probe_scaler: ProbeScaler
+    _generator: torch.Generator | None
+    _pending: dict[str, Any] | None  # this step's probes and the estimate added so far
+    _graph_kept: bool | None  # did the last backward() keep the graph?
+
     def __init__(
         self,
         params: Iterable[Tensor] | Iterable[dict[str, Any]],
@@ -193,6 +210,9 @@ class AdaHessian(Optimizer):
         update_clip: float | None = None,
         process_group: Any = None,
         shared_probes: bool = False,
+        hvp: str = "autograd",
+        fd_eps: float | None = None,
+        fd_scheme: str = "forward",
     ) -> None:
         defaults = dict(
             lr=lr,
@@ -212,26 +232,32 @@ class AdaHessian(Optimizer):
         _checks.check_seed(seed)
         if not isinstance(shared_probes, bool):
             raise ValueError(f"shared_probes must be True or False, got {shared_probes!r}")
+        if hvp not in HVP_SOURCES:
+            raise ValueError(
+                f"Invalid hvp: {hvp!r} (must be one of {', '.join(map(repr, HVP_SOURCES))})"
+            )
+        fd_eps = fd.check_eps(fd_eps)
+        fd_scheme = fd.check_scheme(fd_scheme)
+        for field in _OWN_STATE:
+            setattr(self, field.attr, field.default)
         self._update_interval = update_interval
         self._hessian_warmup = hessian_warmup
         self._n_samples = n_samples
         self.process_group = process_group
         self.shared_probes = shared_probes
-        self.seed: int = _resolve_seed(seed, process_group)
-        self._steps = 0  # optimizer steps taken
-        self._hessian_updates = 0  # Hessian steps taken
-        self._generator: torch.Generator | None = None
-        self._pending: dict[str, Any] | None = None  # estimate accumulated by backward()
-        self.skipped_steps = 0  # steps skipped for inf/NaN under a GradScaler
-        # Under a GradScaler the Hessian-vector product runs on the scaled loss and can overflow
-        # where the gradient does not; the probes are then scaled down by this power of two
-        # (and the product back up), as GradScaler does for the loss. See _skip_overflow.
-        self.probe_scale = 1.0
-        self._probe_scale_growth = 0  # finite scaled Hessian steps since the last change
-        self._graph_kept: bool | None = None  # did the last backward() keep the graph?
+        self.hvp = hvp
+        self.fd_eps = fd_eps
+        self.fd_scheme = fd_scheme
+        self._probe_scaler = ProbeScaler(growth_interval=_PROBE_SCALE_GROWTH_INTERVAL)
         super().__init__(params, defaults)
-        _check_not_sharded(self.param_groups)
-        _warn_if_unsynchronised(process_group)
+        if hvp == "autograd":
+            distributed.check_not_sharded(self.param_groups)
+            distributed.warn_if_unsynchronised(process_group)
+        # With the finite-difference source a DDP model's ranks must perturb by the same probes:
+        # rank 0's seed is broadcast whenever there are several ranks.
+        self.seed = distributed.resolve_seed(
+            seed, process_group, everywhere=hvp == "finite-difference"
+        )
 
     # ------------------------------------------------------------------ settings
 
@@ -308,22 +334,14 @@ class AdaHessian(Optimizer):
             return True
         return (self._steps - self._hessian_warmup) % self._update_interval == 0
 
-    # Attributes that copy.deepcopy, pickle and torch.save(opt) carry besides torch's three.
-    _COPIED = (
-        "_update_interval",
-        "_hessian_warmup",
-        "_n_samples",
-        "shared_probes",
-        "seed",
-        "_steps",
-        "_hessian_updates",
-        "_generator",
-        "_pending",
-        "skipped_steps",
-        "probe_scale",
-        "_probe_scale_growth",
-        "_graph_kept",
-    )
+    @property
+    def probe_scale(self) -> float:
+        """The scale of the probes of scaled-loss products (:class:`.scaling.ProbeScaler`)."""
+        return self._probe_scaler.scale
+
+    @property
+    def _probe_scale_growth(self) -> int:
+        return self._probe_scaler.growth
 
     def __getstate__(self) -> dict[str, Any]:
         if self.process_group is not None:
@@ -332,7 +350,7 @@ class AdaHessian(Optimizer):
                 "cannot): save opt.state_dict() and load it into a new optimizer"
             )
         state = super().__getstate__()
-        state.update({k: self.__dict__[k] for k in self._COPIED})
+        state.update({f.attr: self.__dict__[f.attr] for f in _OWN_STATE})
         state["process_group"] = None
         return state
 
@@ -344,8 +362,13 @@ class AdaHessian(Optimizer):
         for group in self.param_groups:  # groups saved before a key existed get its default
             for key, value in defaults.items():
                 group.setdefault(key, value)
-        for key, value in _NEW_ATTRIBUTE_DEFAULTS.items():
-            self.__dict__.setdefault(key, value)
+        self.__dict__.setdefault("process_group", None)
+        if "_probe_scaler" not in self.__dict__:  # pickled before the probe scaler existed
+            self._probe_scaler = ProbeScaler(
+                self.__dict__.pop("probe_scale", 1.0), self.__dict__.pop("_probe_scale_growth", 0)
+            )
+        for field in _OWN_STATE:
+            self.__dict__.setdefault(field.attr, field.default)
         if "_graph_hooks" not in self.__dict__:  # a copy: its parameters are new tensors
             for group in self.param_groups:
                 self._watch_graphs(group["params"])
@@ -361,15 +384,8 @@ class AdaHessian(Optimizer):
                 "state": self._generator.get_state(),
             }
         state["adahessian"] = {
-            "steps": self._steps,
-            "hessian_updates": self._hessian_updates,
-            "update_interval": self.update_interval,
-            "hessian_warmup": self.hessian_warmup,
-            "n_samples": self.n_samples,
-            "seed": self.seed,
-            "skipped_steps": self.skipped_steps,
-            "probe_scale": self.probe_scale,
-            "probe_scale_growth": self._probe_scale_growth,
+            **{f.key: getattr(self, f.attr) for f in _OWN_STATE if f.key is not None},
+            **self._probe_scaler.state_dict(),
             "generator": generator,
         }
         return state
@@ -415,15 +431,11 @@ class AdaHessian(Optimizer):
             for name in _checks.MOMENTS:
                 if name in value and self.state[p][name].dtype != _state_dtype(p):
                     self.state[p][name] = value[name].to(device=p.device, dtype=_state_dtype(p))
-        self._update_interval = extra["update_interval"]
-        self._hessian_warmup = extra["hessian_warmup"]
-        self._n_samples = extra["n_samples"]
+        for field in _OWN_STATE:
+            if field.key is not None:
+                setattr(self, field.attr, extra[field.key])
         self.seed = int(extra["seed"])
-        self._steps = extra["steps"]
-        self._hessian_updates = extra["hessian_updates"]
-        self.skipped_steps = extra["skipped_steps"]
-        self.probe_scale = extra["probe_scale"]
-        self._probe_scale_growth = extra["probe_scale_growth"]
+        self._probe_scaler.load_state_dict(extra)
         self._pending = None
         self._graph_kept = None
         self._generator = None
@@ -441,14 +453,12 @@ class AdaHessian(Optimizer):
 
     def _probe_generator(self) -> torch.Generator:
         if self._generator is None:
-            device = self.param_groups[0]["params"][0].device if self.param_groups else "cpu"
-            seed = self.seed
-            if self.process_group is not None and not self.shared_probes:
-                import torch.distributed as dist
-
-                seed += dist.get_rank(self.process_group)  # independent probes on each rank
+            params = self._probe_params() or [p for g in self.param_groups for p in g["params"]]
+            device = params[0].device if params else "cpu"
+            sharded = any(distributed.is_sharded(p) for p in params)
+            offset = distributed.rank_offset(self.process_group, self.shared_probes, sharded)
             self._generator = torch.Generator(device=device)
-            self._generator.manual_seed(seed)
+            self._generator.manual_seed(self.seed + offset)
         return self._generator
 
     def _probe_params(self) -> list[Tensor]:
@@ -471,13 +481,24 @@ class AdaHessian(Optimizer):
         when accumulating gradients: gradients add up in ``p.grad`` as usual, and the estimates
         of all micro-batches of a step use the same probes, so the step's estimate is that of
         the Hessian of the summed loss (pass ``loss / K`` for the mean over K micro-batches).
-        Each micro-batch's graph is freed before the call returns.
+        Each micro-batch's graph is freed before the call returns. If it raises, the step's
+        probes are put back (when no micro-batch has added an estimate yet).
         """
+        if self.hvp != "autograd":
+            raise RuntimeError(
+                "opt.backward(loss) takes double-backward products (hvp='autograd'); with "
+                "hvp='finite-difference' accumulate the micro-batches inside the closure and "
+                "call opt.step(closure)"
+            )
         if not self.hessian_due:
             loss.backward()
             return
         params, probes = self.hessian_probes()
-        grads = torch.autograd.grad(loss, params, create_graph=True, allow_unused=True)
+        try:
+            grads = torch.autograd.grad(loss, params, create_graph=True, allow_unused=True)
+        except BaseException:
+            self.discard_hessian_probes()
+            raise
         if any(g is not None and g.requires_grad for g in grads):
             self._add_estimate(
                 hutchinson_diagonal(grads, params, probes=probes, scale=self.probe_scale)
@@ -504,7 +525,8 @@ class AdaHessian(Optimizer):
         order, and ``n_samples`` lists of probes shaped like them. They are drawn from the
         optimizer's own generator on the first call of a step (exactly as the step itself would
         draw them) and the same ones are returned until the step is taken or ``zero_grad()``
-        is called. Estimates taken with them go to :meth:`add_hessian_estimate`.
+        is called. Estimates taken with them go to :meth:`add_hessian_estimate`; an estimator
+        that fails before adding one returns them with :meth:`discard_hessian_probes`.
         """
         if not self.hessian_due:
             raise RuntimeError(
@@ -513,11 +535,35 @@ class AdaHessian(Optimizer):
         params = self._probe_params()
         if self._pending is None:
             generator = self._probe_generator()
+            rng_state = generator.get_state()
             probes = [rademacher(params, generator=generator) for _ in range(self.n_samples)]
-            self._pending = {"params": params, "probes": probes, "estimate": None}
+            self._pending = {
+                "params": params,
+                "probes": probes,
+                "estimate": None,
+                "rng_state": rng_state,
+            }
         if [id(p) for p in self._pending["params"]] != [id(p) for p in params]:
             raise RuntimeError("the parameters changed between backward() calls of one step")
         return params, self._pending["probes"]
+
+    def discard_hessian_probes(self) -> bool:
+        """Put back the probes that :meth:`hessian_probes` drew for this step, if no estimate has
+        been added with them: the generator is rewound, so the next step draws exactly what it
+        would have drawn had the failed attempt never happened. Returns whether they were put
+        back (False when there were none, or an estimate already uses them)."""
+        if self._pending is None or self._pending["estimate"] is not None:
+            return False
+        self._probe_generator().set_state(self._pending["rng_state"])
+        self._pending = None
+        return True
+
+    def hessian_estimate(self) -> list[Tensor] | None:
+        """The estimate added to this step so far (by :meth:`add_hessian_estimate`,
+        :meth:`backward` or the finite-difference passes), one tensor per parameter of
+        :meth:`hessian_probes`; None when none was added. It is the optimizer's own: read it,
+        do not change it."""
+        return None if self._pending is None else self._pending["estimate"]
 
     def add_hessian_estimate(self, estimate: Sequence[Tensor]) -> None:
         """Add ``estimate`` (one tensor per parameter of :meth:`hessian_probes`, taken with its
@@ -555,28 +601,163 @@ class AdaHessian(Optimizer):
         *,
         hessian: Sequence[Tensor] | None = None,
         loss_scale: float | Tensor | None = None,
+        scaler: Any = None,
     ) -> Any:
         """Take one optimisation step.
 
         Args:
-            closure: re-evaluates the model and returns the loss; it runs with gradients enabled
-                and must call ``loss.backward(create_graph=opt.hessian_due)`` itself.
+            closure: re-evaluates the model and returns the loss; it runs with gradients enabled.
+                With ``hvp="autograd"`` it calls ``loss.backward(create_graph=opt.hessian_due)``
+                itself. With ``hvp="finite-difference"`` it is ``torch.optim``'s ordinary closure
+                (zero the gradients, compute the loss, ``loss.backward()``, return the loss),
+                which a Hessian step calls once more per probe at :math:`\\theta + \\varepsilon
+                v` (twice for the central difference); it is required on Hessian steps.
             hessian: optional Hessian-diagonal estimates (signed, like ``v * Hv``), one per
                 parameter that has a gradient, in parameter-group order; used in place of the
                 Hutchinson estimate, and the step becomes a Hessian step.
             loss_scale: the factor the loss was multiplied by, when the gradients were already
                 unscaled (``scaler.step(opt, loss_scale=scaler.get_scale())`` after
                 ``scaler.unscale_(opt)``); the Hessian estimate is divided by it.
+            scaler: a ``torch.amp.GradScaler`` whose scaled loss the closure back-propagates
+                (``scaler.scale(loss).backward()``): the step is then taken through it, as
+                ``scaler.step(opt)`` would (which refuses closures); call ``scaler.update()``
+                after it as usual.
 
         Returns:
             The closure's loss, or None.
         """
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-
+        if scaler is not None:
+            return self._step_with_scaler(closure, scaler, hessian)
+        loss, first_pass = self._run_closure(closure, hessian)
         # Every check comes first: a step that fails changes nothing.
+        groups = self._gather()
+        flat = [p for ps in groups for p in ps]
+        grads = [cast(Tensor, p.grad) for p in flat]
+        scaling = self._scaling(loss_scale, hessian)
+        if first_pass is not None:  # a finite-difference Hessian step: the perturbed passes
+            self._finite_differences(cast(Callable[[], Any], closure), first_pass)
+        try:
+            source = self._curvature_source(hessian, bool(flat), finite=not scaling.active)
+            estimates = None if source is None else source.estimate(flat, grads)
+        except BaseException:
+            if first_pass is not None:
+                self._drop_pending()
+            raise
+        from_loss = source is not None and source.from_loss
+
+        # From here on nothing can fail on user input.
+        self._release_graphs(flat)
+        grads = [cast(Tensor, p.grad) for p in flat]
+        with torch.no_grad():
+            estimates = scaling.unscale(grads, estimates, from_loss)
+            if self.process_group is not None:
+                distributed.all_reduce_mean_(grads + (estimates or []), self.process_group)
+            if scaling.active and not _all_finite(grads, estimates, scaling.found_inf):
+                self.skipped_steps += 1
+                if _all_finite(grads, None, scaling.found_inf) and from_loss:
+                    self._probe_scaler.backoff()  # the estimate alone overflowed
+                return loss
+            offset = 0
+            for group, ps in zip(self.param_groups, groups, strict=True):
+                n = len(ps)
+                group_estimates = None if estimates is None else estimates[offset : offset + n]
+                self._update_group(group, ps, grads[offset : offset + n], group_estimates)
+                offset += n
+
+        self._steps += 1
+        if estimates is not None:
+            self._hessian_updates += 1
+            if scaling.active and from_loss:
+                self._probe_scaler.grow()
+        return loss
+
+    def _run_closure(
+        self, closure: Callable[[], Any] | None, hessian: Sequence[Tensor] | None
+    ) -> tuple[Any, fd.FirstPass | None]:
+        """Call the closure once, as torch's optimizers do. On a finite-difference Hessian step,
+        also return what the perturbed passes need (and check the closure's contract)."""
+        finite_difference = self.hvp == "finite-difference" and self.hessian_due and hessian is None
+        if not finite_difference:
+            if closure is None:
+                return None, None
+            with torch.enable_grad():
+                return closure(), None
+        if closure is None:
+            if self._pending is not None:  # an estimate from the compiled path or elsewhere
+                return None, None
+            raise RuntimeError(
+                f"step {self._steps + 1} is a Hessian step and AdaHessian(hvp='finite-difference')"
+                " needs the closure to take its gradients at θ + εv: call opt.step(closure) with "
+                "def closure(): opt.zero_grad(); loss = loss_fn(model(x), y); loss.backward(); "
+                "return loss"
+            )
+        if self._pending is not None:
+            raise RuntimeError(
+                "this Hessian step already has an estimate (from hessian_probes() / "
+                "add_hessian_estimate, e.g. CompiledCurvature): with hvp='finite-difference' "
+                "the closure takes it; call opt.step() without a closure, or zero_grad() first"
+            )
+        first = fd.FirstPass.run(closure, self._probe_params())
+        return first.loss, first
+
+    def _finite_differences(self, closure: Callable[[], Any], first: fd.FirstPass) -> None:
+        """The perturbed passes of a finite-difference Hessian step: the estimate becomes the
+        step's pending estimate (the probes are put back if they fail)."""
+        params, probes = self.hessian_probes()
+        eps = self.fd_eps or fd.params_eps(params, self.fd_scheme)
+        try:
+            estimate = fd.finite_difference_products(
+                closure,
+                params,
+                [p.grad for p in params],
+                probes,
+                eps=eps,
+                scheme=self.fd_scheme,
+                first=first,
+            )
+        except BaseException:
+            self.discard_hessian_probes()
+            raise
+        self._add_estimate(estimate)
+
+    def _step_with_scaler(
+        self, closure: Callable[[], Any] | None, scaler: Any, hessian: Sequence[Tensor] | None
+    ) -> Any:
+        """``step(closure, scaler=scaler)``: the closure's passes here, then ``scaler.step``."""
+        if closure is None:
+            raise ValueError(
+                "step(scaler=...) is for a closure that scales its own loss; without a closure "
+                "call scaler.step(opt) as usual"
+            )
+        loss, first_pass = self._run_closure(closure, hessian)
+        if first_pass is None:
+            scaler.step(self, hessian=hessian)
+            return loss
+        self._gather()  # the checks of the step, before the perturbed passes
+        self._finite_differences(closure, first_pass)
+        try:
+            estimate = cast(list[Tensor], self.hessian_estimate())
+            if not _all_finite(estimate, None, None) and scaler.is_enabled():
+                # A perturbed gradient overflowed where g(θ) did not: the loss scale is too
+                # large near θ. Tell the scaler, which backs off on update().
+                scaler.unscale_(self)
+                _record_inf(scaler, self)
+                scaler.step(self, loss_scale=scaler.get_scale())
+            else:
+                scaler.step(self)
+        except BaseException:
+            self._drop_pending()
+            raise
+        return loss
+
+    def _drop_pending(self) -> None:
+        """Forget this step's probes and estimate and rewind the generator to before them."""
+        if self._pending is not None:
+            self._probe_generator().set_state(self._pending["rng_state"])
+            self._pending = None
+
+    def _gather(self) -> list[list[Tensor]]:
+        """The parameters with gradients, per group, after checking the groups and states."""
         groups: list[list[Tensor]] = []
         for index, group in enumerate(self.param_groups):
             try:
@@ -592,21 +773,22 @@ class AdaHessian(Optimizer):
                     )
                 self._check_state_matches(p)
             groups.append(with_grad)
-        flat = [p for ps in groups for p in ps]
-        grads = [cast(Tensor, p.grad) for p in flat]
+        return groups
+
+    def _scaling(self, loss_scale: Any, hessian: Sequence[Tensor] | None) -> _Scaling:
+        """How the gradients and the estimate of this step are scaled (GradScaler, loss_scale)."""
         if loss_scale is not None:
             value = _checks.scalar("loss_scale", "loss_scale", loss_scale, tensor_ok=True)
             if not 0.0 < value < float("inf"):
                 raise ValueError(f"Invalid loss_scale: {value} (must be finite and > 0)")
-
         # Set by torch.amp.GradScaler.step() (see _step_supports_amp_scaling).
-        grad_scale: Tensor | None = getattr(self, "grad_scale", None)
-        found_inf: Tensor | None = getattr(self, "found_inf", None)
-        under_scaler = grad_scale is not None or found_inf is not None
+        scaling = _Scaling(
+            getattr(self, "grad_scale", None), getattr(self, "found_inf", None), loss_scale
+        )
         hessian_step = hessian is not None or self._pending is not None or self.hessian_due
         if (
-            found_inf is not None
-            and grad_scale is None
+            scaling.found_inf is not None
+            and scaling.grad_scale is None
             and loss_scale is None
             and hessian_step
             and hessian is None
@@ -616,47 +798,15 @@ class AdaHessian(Optimizer):
                 "comes from the scaled loss and AdaHessian cannot tell the scale: call "
                 "scaler.step(opt, loss_scale=scaler.get_scale())"
             )
+        return scaling
 
-        source = self._curvature_source(hessian, bool(flat), finite=not under_scaler)
-        estimates = None if source is None else source.estimate(flat, grads)
-        from_loss = source is not None and source.from_loss
-
-        # From here on nothing can fail on user input.
+    def _release_graphs(self, params: list[Tensor]) -> None:
+        """The step's estimate is taken: drop its probes and the graphs held by ``p.grad``."""
         self._pending = None
         self._graph_kept = None
-        for p in flat:  # release the graph held by p.grad
+        for p in params:
             if p.grad is not None and p.grad.grad_fn is not None:
                 p.grad = p.grad.detach()
-        grads = [cast(Tensor, p.grad) for p in flat]
-
-        with torch.no_grad():
-            if grad_scale is not None:  # gradients and estimate are both scaled
-                inv_scale = grad_scale.double().reciprocal()
-                for g in grads:
-                    g.mul_(inv_scale.to(g.device, g.dtype))
-                if estimates is not None and from_loss:
-                    estimates = [e * inv_scale.to(e.device, e.dtype) for e in estimates]
-            elif loss_scale is not None and estimates is not None and from_loss:
-                estimates = [e / loss_scale for e in estimates]
-            if self.process_group is not None:
-                self._all_reduce(grads, estimates)
-            if under_scaler and not _all_finite(grads, estimates, found_inf):
-                self._skip_overflow(_all_finite(grads, None, found_inf) and from_loss)
-                return loss
-
-            offset = 0
-            for group, ps in zip(self.param_groups, groups, strict=True):
-                n = len(ps)
-                group_estimates = None if estimates is None else estimates[offset : offset + n]
-                self._update_group(group, ps, grads[offset : offset + n], group_estimates)
-                offset += n
-
-        self._steps += 1
-        if estimates is not None:
-            self._hessian_updates += 1
-            if under_scaler and from_loss:
-                self._grow_probe_scale()
-        return loss
 
     def _check_state_matches(self, p: Tensor) -> None:
         """Refuse a parameter whose state no longer fits it (``model.double()`` after steps)."""
@@ -691,39 +841,6 @@ class AdaHessian(Optimizer):
                 self._steps + 1,
             )
         return None
-
-    def _skip_overflow(self, estimate_only: bool) -> None:
-        """A step under a GradScaler found inf/NaN: skip it. When only the Hutchinson estimate
-        overflowed (the scaler saw finite gradients and does not back off), halve the probe
-        scale so that the next Hessian-vector product stays in range."""
-        self.skipped_steps += 1
-        if not estimate_only:
-            return
-        self._probe_scale_growth = 0
-        if self.probe_scale > _MIN_PROBE_SCALE:
-            self.probe_scale /= 2
-        else:
-            warnings.warn(
-                "the Hessian estimate holds inf/NaN although the gradients are finite, even "
-                f"with probes scaled by {_MIN_PROBE_SCALE}: the steps are skipped. Check the "
-                "model for operations whose second derivative is not finite",
-                stacklevel=3,
-            )
-
-    def _grow_probe_scale(self) -> None:
-        """Like GradScaler's growth: after many finite scaled Hessian steps, try a larger scale."""
-        if self.probe_scale >= 1.0:
-            return
-        self._probe_scale_growth += 1
-        if self._probe_scale_growth >= _PROBE_SCALE_GROWTH_INTERVAL:
-            self.probe_scale *= 2
-            self._probe_scale_growth = 0
-
-    def _all_reduce(self, grads: list[Tensor], estimates: list[Tensor] | None) -> None:
-        """Average gradients and estimates over the process group in one collective call."""
-        from .distributed import all_reduce_mean_
-
-        all_reduce_mean_(grads + (estimates or []), self.process_group)
 
     def _update_group(
         self,
@@ -783,21 +900,42 @@ def _remove_hooks(handles: list[Any]) -> None:
         handle.remove()
 
 
-# What a copy pickled by an older version lacks.
-_NEW_ATTRIBUTE_DEFAULTS: dict[str, Any] = {
-    "_hessian_warmup": 0,
-    "process_group": None,
-    "shared_probes": False,
-    "_pending": None,
-    "skipped_steps": 0,
-    "probe_scale": 1.0,
-    "_probe_scale_growth": 0,
-    "_graph_kept": None,
-}
+@dataclass
+class _Scaling:
+    """The loss scale of a step: a GradScaler's (``grad_scale``, ``found_inf``, set on the
+    optimizer by ``scaler.step``) or one passed as ``step(loss_scale=...)``."""
+
+    grad_scale: Tensor | None
+    found_inf: Tensor | None
+    loss_scale: float | Tensor | None
+
+    @property
+    def active(self) -> bool:
+        """Under a GradScaler: a step whose values hold inf/NaN is skipped, not refused."""
+        return self.grad_scale is not None or self.found_inf is not None
+
+    def unscale(
+        self, grads: list[Tensor], estimates: list[Tensor] | None, from_loss: bool
+    ) -> list[Tensor] | None:
+        """Unscale the gradients in place (under a GradScaler) and return the estimate unscaled
+        (when it was taken on the scaled loss)."""
+        if self.grad_scale is not None:  # gradients and estimate are both scaled
+            inv_scale = self.grad_scale.double().reciprocal()
+            for g in grads:
+                g.mul_(inv_scale.to(g.device, g.dtype))
+            if estimates is not None and from_loss:
+                return [e * inv_scale.to(e.device, e.dtype) for e in estimates]
+        elif self.loss_scale is not None and estimates is not None and from_loss:
+            return [e / self.loss_scale for e in estimates]
+        return estimates
 
 
-_MIN_PROBE_SCALE = 2.0**-64
-_PROBE_SCALE_GROWTH_INTERVAL = 2000  # GradScaler's default growth_interval
+def _record_inf(scaler: Any, opt: Optimizer) -> None:
+    """Make ``scaler.update()`` back off as for an overflowed gradient, after
+    ``scaler.unscale_(opt)`` recorded this step's (finite) gradients."""
+    found = scaler._per_optimizer_states[id(opt)]["found_inf_per_device"]
+    for t in found.values():
+        t.fill_(1.0)
 
 
 def _as_state_dtype(t: Tensor) -> Tensor:

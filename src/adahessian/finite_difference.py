@@ -1,0 +1,363 @@
+"""Hutchinson's estimate from ordinary gradients: finite-difference Hessian-vector products.
+
+A Hessian-vector product does not need second derivatives:
+
+.. math::
+
+    Hv &= \\frac{g(\\theta + \\varepsilon v) - g(\\theta)}{\\varepsilon} + O(\\varepsilon)
+        \\qquad\\text{(forward difference)} \\\\
+    Hv &= \\frac{g(\\theta + \\varepsilon v) - g(\\theta - \\varepsilon v)}{2\\varepsilon}
+        + O(\\varepsilon^2) \\qquad\\text{(central difference)}
+
+where :math:`g` is the gradient that an ordinary ``loss.backward()`` computes. The forward
+difference reuses the step's own gradient :math:`g(\\theta)`, so each probe costs one more forward
+and backward pass (the central difference: two). Nothing is differentiated twice: the products run
+wherever ``backward()`` runs (fused attention kernels, FSDP, compiled models, activation
+checkpointing), and no gradient graph is kept.
+
+The gradients come from a *closure*, the ordinary one of ``torch.optim``: it zeroes the gradients,
+computes the loss, calls ``loss.backward()`` and returns the loss. The perturbed passes leave no
+trace:
+
+* the parameters are put back bit for bit (copied back, not subtracted);
+* ``p.grad`` holds :math:`g(\\theta)` afterwards;
+* every module buffer that a perturbed pass could change (BatchNorm's running statistics) is put
+  back, so the buffers are as after the one forward at :math:`\\theta`;
+* the global random state (CPU and the parameters' CUDA devices) is rewound before each perturbed
+  pass, so dropout draws the same masks as at :math:`\\theta`, and is left as after that one
+  forward.
+
+**Choosing ε** (:func:`default_eps`). Rounding error grows like :math:`u / \\varepsilon` (``u``
+the unit roundoff of the dtype the gradient is *computed* in) and truncation error like
+:math:`\\varepsilon` (forward) or :math:`\\varepsilon^2` (central); the step moves each
+coordinate by exactly :math:`\\pm\\varepsilon`. Under ``torch.autocast`` the parameters are float32
+but the gradient is computed in float16/bfloat16: pass the compute dtype's ε (``eps=``).
+
+**ReLU networks** are piecewise linear. The quotient sees the units that switch sides inside the
+step, which autodiff's Hessian (and the paper's AdaHessian) ignores: it estimates the curvature of
+the loss smoothed at scale ε, and does not converge to autodiff's product as ε shrinks (it grows
+like :math:`\\varepsilon^{-1/2}`). Keep ε at least 1e-3 for ReLU networks in float32.
+
+This module knows nothing about optimizers; :class:`adahessian.AdaHessian` uses it with
+``hvp="finite-difference"``.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.nn.modules.module import register_module_forward_pre_hook
+
+from .functional import state_dtype
+
+__all__ = [
+    "SCHEMES",
+    "FiniteDifferenceError",
+    "FirstPass",
+    "RandomState",
+    "default_eps",
+    "finite_difference_diagonal",
+    "finite_difference_products",
+]
+
+SCHEMES = ("forward", "central")
+
+# ε per dtype the gradient is computed in (measured: docs/finite-difference.md). float32's
+# value keeps ReLU networks near autograd's learning (1e-4 cost a ResNet20 about 20 points).
+_DEFAULT_EPS = {
+    torch.float64: 1e-5,
+    torch.float32: 1e-3,
+    torch.float16: 1e-2,
+    torch.bfloat16: 1e-1,
+}
+
+
+class FiniteDifferenceError(RuntimeError):
+    """The closure cannot be used for finite differences (it returned no loss, called no
+    ``backward()``, or changed the parameters)."""
+
+
+def default_eps(dtype: torch.dtype, scheme: str = "forward") -> float:
+    """The default step ε for gradients computed in ``dtype``; the central difference's
+    truncation error is :math:`O(\\varepsilon^2)`, so it takes a larger one in float64."""
+    check_scheme(scheme)
+    if dtype not in _DEFAULT_EPS:
+        raise ValueError(f"no default finite-difference eps for {dtype}: pass eps= explicitly")
+    if scheme == "central" and dtype == torch.float64:
+        return 1e-4
+    return _DEFAULT_EPS[dtype]
+
+
+def check_scheme(scheme: Any) -> str:
+    if scheme not in SCHEMES:
+        raise ValueError(f"Invalid fd_scheme: {scheme!r} (must be one of {', '.join(SCHEMES)})")
+    return str(scheme)
+
+
+def check_eps(eps: Any) -> float | None:
+    """None (the dtype's default) or a finite number in (0, 1]."""
+    if eps is None:
+        return None
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0.0 < eps <= 1.0:
+        raise ValueError(
+            f"Invalid fd_eps: {eps!r} (must be None for the dtype's default, or a number in "
+            "(0, 1]; 1e-3 suits float32)"
+        )
+    return float(eps)
+
+
+def params_eps(params: Sequence[Tensor], scheme: str) -> float:
+    """One ε for all parameters: the largest default among their dtypes (the step must be the
+    same for every coordinate for the quotient to be a Hessian-vector product)."""
+    return max(default_eps(p.dtype, scheme) for p in params)
+
+
+class RandomState:
+    """The global random state of the CPU and of the given CUDA devices, to rewind to."""
+
+    def __init__(self, tensors: Sequence[Tensor]) -> None:
+        self.cuda_devices = sorted(
+            {t.device.index or 0 for t in tensors if t.device.type == "cuda"}
+        )
+        self.cpu = torch.get_rng_state()
+        self.cuda = [torch.cuda.get_rng_state(d) for d in self.cuda_devices]
+
+    def restore(self) -> None:
+        torch.set_rng_state(self.cpu)
+        for d, state in zip(self.cuda_devices, self.cuda, strict=True):
+            torch.cuda.set_rng_state(state, d)
+
+
+_COMPILED_HOOK_WARNING = "Using `torch.compile(module)` when there are global hooks"
+
+
+@contextmanager
+def buffers_kept() -> Iterator[None]:
+    """Put back every buffer of every module called inside the block as it was before the
+    call (BatchNorm's running statistics, ``num_batches_tracked``). The modules are found by a
+    global forward pre-hook: the first module called (the model) saves all of its buffers."""
+    saved: dict[int, tuple[Tensor, Tensor]] = {}
+    seen: set[int] = set()
+
+    def save(module: torch.nn.Module, _: Any) -> None:
+        if id(module) in seen:
+            return
+        for m in module.modules():
+            seen.add(id(m))
+        for b in module.buffers():
+            if id(b) not in saved:
+                saved[id(b)] = (b, b.detach().clone())
+
+    handle = register_module_forward_pre_hook(save)
+    try:
+        with warnings.catch_warnings():
+            # A compiled model warns that a global hook fires once more for its wrapper: harmless.
+            warnings.filterwarnings("ignore", message=_COMPILED_HOOK_WARNING)
+            yield
+    finally:
+        handle.remove()
+        with torch.no_grad():
+            for b, copy in saved.values():
+                b.copy_(copy)
+
+
+def _versions(params: Sequence[Tensor]) -> list[int]:
+    return [p._version for p in params]
+
+
+def check_closure_result(
+    loss: Any, params: Sequence[Tensor], grads: Sequence[Tensor | None], where: str
+) -> None:
+    """A closure used for finite differences returns the loss and calls ``backward()``."""
+    if loss is None:
+        raise FiniteDifferenceError(
+            f"the closure returned None {where}: it must return the loss, as in "
+            "def closure(): opt.zero_grad(); loss = loss_fn(model(x), y); loss.backward(); "
+            "return loss"
+        )
+    if not any(g is not None for g in grads):
+        raise FiniteDifferenceError(
+            f"the closure left no gradient on the parameters {where}: it must call "
+            "loss.backward() (without create_graph), as in def closure(): opt.zero_grad(); "
+            "loss = loss_fn(model(x), y); loss.backward(); return loss"
+        )
+
+
+def closure_changed_params(where: str) -> FiniteDifferenceError:
+    return FiniteDifferenceError(
+        f"the closure changed the parameters {where} (in place): a finite-difference step needs "
+        "a closure that only zeroes the gradients, computes the loss and calls backward(); the "
+        "parameters were put back"
+    )
+
+
+@dataclass
+class FirstPass:
+    """The closure's call at :math:`\theta`, with what the perturbed passes need: the loss, the
+    parameters as they were (bit-exact copies) and the global random state before the call."""
+
+    loss: Any
+    theta: list[Tensor]
+    random_state: RandomState
+
+    @classmethod
+    def run(cls, closure: Callable[[], Any], params: Sequence[Tensor]) -> FirstPass:
+        """Call the closure at :math:`\theta` and check its contract: it returns the loss,
+        computes gradients and leaves the parameters as they were (else they are put back and
+        :class:`FiniteDifferenceError` is raised)."""
+        before = RandomState(params)
+        theta = [p.detach().clone() for p in params]
+        versions = _versions(params)
+        with torch.enable_grad():
+            loss = closure()
+        if _versions(params) != versions:
+            with torch.no_grad():
+                for p, t in zip(params, theta, strict=True):
+                    p.copy_(t)
+            raise closure_changed_params("at θ")
+        check_closure_result(loss, params, [p.grad for p in params], "at θ")
+        return cls(loss, theta, before)
+
+
+def finite_difference_products(
+    closure: Callable[[], Any],
+    params: Sequence[Tensor],
+    grads: Sequence[Tensor | None],
+    directions: Sequence[Sequence[Tensor]],
+    *,
+    eps: float,
+    scheme: str = "forward",
+    first: FirstPass | None = None,
+    estimate_dtype: Callable[[Tensor], torch.dtype] = state_dtype,
+) -> list[Tensor]:
+    """Hutchinson's estimate :math:`\\frac1n\\sum_i v_i \\odot H v_i` from finite differences of
+    the closure's gradients, with the gradients ``grads`` = :math:`g(\\theta)` already computed.
+
+    Args:
+        closure: zeroes the gradients, computes the loss, calls ``loss.backward()`` and returns
+            the loss (``torch.optim``'s closure); called ``len(directions)`` times (forward) or
+            twice as often (central), each time at :math:`\\theta \\pm \\varepsilon v_i`.
+        params: the tensors perturbed; :math:`H` is taken with respect to them.
+        grads: :math:`g(\\theta)`, one entry per parameter (None: no gradient; such a parameter's
+            estimate is zero). Left on ``p.grad`` afterwards.
+        directions: the probes, one list shaped like ``params`` per sample.
+        eps: the step; each coordinate moves by exactly ``eps`` times its probe entry.
+        scheme: ``"forward"`` or ``"central"``.
+        first: the closure's call at :math:`\\theta` (:meth:`FirstPass.run`): each perturbed pass
+            starts from the random state before it (the same dropout masks), and the
+            parameters are put back from its copies. None: the state and parameters now.
+        estimate_dtype: the dtype of the quotient for a parameter (float32 for float16/bfloat16
+            parameters, their own otherwise).
+
+    Returns:
+        One tensor per parameter: the signed estimate, in ``estimate_dtype``.
+
+    On return, and when anything raises, the parameters are bit-identical to before the call,
+    ``p.grad`` is ``grads``, the buffers are as before the call and the global random state is
+    as it was when the call began.
+    """
+    check_scheme(scheme)
+    if not 0.0 < eps < math.inf:
+        raise ValueError(f"eps must be a finite number > 0, got {eps!r}")
+    if len(grads) != len(params) or any(len(v) != len(params) for v in directions):
+        raise ValueError("grads and each direction need one tensor per parameter")
+    after_first = RandomState(params)
+    before = first.random_state if first is not None else after_first
+    theta = first.theta if first is not None else [p.detach().clone() for p in params]
+    estimate = [torch.zeros_like(p, dtype=estimate_dtype(p)) for p in params]
+    signs = (1.0,) if scheme == "forward" else (1.0, -1.0)
+    try:
+        for v in directions:
+            sides = [_gradient_at(closure, params, theta, v, sign * eps, before) for sign in signs]
+            if scheme == "forward":
+                plus, minus = sides[0], list(grads)
+            else:
+                plus, minus = sides
+            with torch.no_grad():
+                for e, vi, gp, gm in zip(estimate, v, plus, minus, strict=True):
+                    if gp is None and gm is None:
+                        continue
+                    dtype = e.dtype
+                    diff = _as(gp, dtype, e) - _as(gm, dtype, e)
+                    e.addcmul_(vi.to(dtype), diff)
+    finally:
+        with torch.no_grad():
+            for p, t in zip(params, theta, strict=True):
+                p.copy_(t)
+        for p, g in zip(params, grads, strict=True):
+            p.grad = g
+        after_first.restore()
+    width = eps * len(directions) * (1.0 if scheme == "forward" else 2.0)
+    torch._foreach_div_(estimate, width)
+    return estimate
+
+
+def _as(g: Tensor | None, dtype: torch.dtype, like: Tensor) -> Tensor:
+    return torch.zeros_like(like) if g is None else g.detach().to(dtype)
+
+
+def _gradient_at(
+    closure: Callable[[], Any],
+    params: Sequence[Tensor],
+    theta: Sequence[Tensor],
+    direction: Sequence[Tensor],
+    step: float,
+    random_state: RandomState,
+) -> list[Tensor | None]:
+    """:math:`g(\\theta + \\text{step} \\cdot v)`, the parameters and buffers put back after."""
+    with torch.no_grad():
+        for p, t, v in zip(params, theta, direction, strict=True):
+            p.copy_(t + step * v.to(t.dtype))
+    versions = _versions(params)
+    for p in params:
+        p.grad = None  # the closure's zero_grad() must not touch g(θ)
+    random_state.restore()
+    with buffers_kept(), torch.enable_grad():
+        loss = closure()
+    grads = [p.grad for p in params]
+    if _versions(params) != versions:
+        raise closure_changed_params("on a perturbed pass")
+    check_closure_result(loss, params, grads, "on a perturbed pass")
+    return grads
+
+
+def finite_difference_diagonal(
+    closure: Callable[[], Any],
+    params: Sequence[Tensor],
+    *,
+    n_samples: int = 1,
+    generator: torch.Generator | None = None,
+    eps: float | None = None,
+    scheme: str = "forward",
+    probes: Sequence[Sequence[Tensor]] | None = None,
+) -> tuple[Any, list[Tensor]]:
+    """Call the closure at :math:`\\theta` and return ``(loss, estimate)``: its loss and
+    Hutchinson's estimate :math:`\\frac1n\\sum_i v_i \\odot H v_i` from finite differences.
+
+    The probes are those :func:`adahessian.hutchinson_diagonal` draws from the same generator
+    state (one :func:`adahessian.rademacher` call over ``params`` per sample), unless given.
+    Afterwards ``p.grad`` holds :math:`g(\\theta)`, the parameters are bit-identical, the buffers
+    and the global random state are as after one call of the closure. ``eps`` None: the
+    parameters' dtype's :func:`default_eps`.
+    """
+    from .hutchinson import check_n_samples, rademacher
+
+    params = list(params)
+    check_scheme(scheme)
+    step = check_eps(eps) or params_eps(params, scheme)
+    first = FirstPass.run(closure, params)
+    grads = [p.grad for p in params]
+    if probes is None:
+        check_n_samples(n_samples)
+        probes = [rademacher(params, generator=generator) for _ in range(n_samples)]
+    estimate = finite_difference_products(
+        closure, params, grads, probes, eps=step, scheme=scheme, first=first
+    )
+    return first.loss, estimate
