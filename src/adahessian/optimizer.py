@@ -704,6 +704,7 @@ class AdaHessian(Optimizer):
         """The perturbed passes of a finite-difference Hessian step: the estimate becomes the
         step's pending estimate (the probes are put back if they fail)."""
         params, probes = self.hessian_probes()
+        pending = self._pending  # the closure's opt.zero_grad() drops it: keep it here
         eps = self.fd_eps or fd.params_eps(params, self.fd_scheme)
         try:
             estimate = fd.finite_difference_products(
@@ -716,8 +717,10 @@ class AdaHessian(Optimizer):
                 first=first,
             )
         except BaseException:
+            self._pending = pending
             self.discard_hessian_probes()
             raise
+        self._pending = pending
         self._add_estimate(estimate)
 
     def _step_with_scaler(

@@ -172,6 +172,20 @@ class Case:
 ints = torch.tensor([1, 2])
 
 CASES = [
+    # --- the curvature source (closure cases: test_finite_difference.py)
+    Case("hvp-unknown", construct(hvp="fd"), ValueError, r"Invalid hvp: 'fd' \(must be one of 'au"),
+    Case(
+        "fd-eps-zero",
+        construct(hvp="finite-difference", fd_eps=0.0),
+        ValueError,
+        r"Invalid fd_eps: 0\.0 \(must be None for the dtype's default, or a number in \(0, 1\]",
+    ),
+    Case(
+        "fd-scheme-unknown",
+        construct(hvp="finite-difference", fd_scheme="backward"),
+        ValueError,
+        r"Invalid fd_scheme: 'backward' \(must be one of forward, central\)",
+    ),
     # --- hyperparameters
     Case("lr-negative", construct(lr=-0.1), ValueError, r"learning rate: -0\.1 .*must be .*>= 0"),
     Case("lr-string", construct(lr="0.1"), ValueError, r"learning rate: '0\.1' \(lr must be a num"),
