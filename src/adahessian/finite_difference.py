@@ -75,7 +75,7 @@ _DEFAULT_EPS = {
     torch.float64: 1e-5,
     torch.float32: 1e-3,
     torch.float16: 1e-2,
-    torch.bfloat16: 1e-1,
+    torch.bfloat16: 1e-2,
 }
 
 
