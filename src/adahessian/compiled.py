@@ -73,7 +73,13 @@ from torch.func import vmap
 
 from .batchnorm import _FastBatchNormMixin
 from .hutchinson import check_n_samples
-from .hvp import _TRANSFORM_FAILURES, ForwardOverReverseError, functional_curvature
+from .hvp import (
+    ForwardOverReverseError,
+    ModuleSplit,
+    error_chain,
+    functional_curvature,
+    is_transform_failure,
+)
 
 __all__ = ["CompiledCurvature", "CompiledCurvatureError"]
 
@@ -93,26 +99,13 @@ def _dynamo_errors() -> tuple[type[BaseException], ...]:
     return (exc.Unsupported, exc.BackendCompilerFailed, exc.UserError, exc.InternalTorchDynamoError)
 
 
-def _chain(error: BaseException) -> list[BaseException]:
-    """The error and its causes, outermost first."""
-    out: list[BaseException] = []
-    current: BaseException | None = error
-    while current is not None and current not in out:
-        out.append(current)
-        current = current.__cause__ or current.__context__
-    return out
-
-
 def _first_line(error: BaseException) -> str:
     lines = str(error).strip().splitlines()
     return f"{type(error).__name__}: {lines[0] if lines else ''}"
 
 
 def _is_transform_failure(error: BaseException) -> bool:
-    message = " ".join(str(e) for e in _chain(error))
-    if any(sig in message for sig in (*_TRANSFORM_FAILURES, "forward mode AD")):
-        return True
-    return isinstance(error, _dynamo_errors())
+    return is_transform_failure(error) or isinstance(error, _dynamo_errors())
 
 
 def _graph_count() -> int:
@@ -257,44 +250,41 @@ class CompiledCurvature:
         Raises:
             CompiledCurvatureError: the model or loss cannot be compiled or transformed.
         """
-        named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
-        if not named:
-            raise ValueError("the model has no parameter with requires_grad=True")
+        split = ModuleSplit.of(self.model)
         n_samples = len(probes)
         check_n_samples(n_samples)
-        if any(len(v) != len(named) for v in probes):
-            raise ValueError(f"each probe needs one tensor per trainable parameter ({len(named)})")
-        names = [n for n, _ in named]
-        if n_samples == 1:
-            tangents = dict(zip(names, probes[0], strict=True))
-        else:
-            tangents = {n: torch.stack([v[i] for v in probes]) for i, n in enumerate(names)}
-        return self._evaluate(tangents, n_samples, inputs, target)
+        if any(len(v) != len(split.names) for v in probes):
+            raise ValueError(
+                f"each probe needs one tensor per trainable parameter ({len(split.names)})"
+            )
+        return self._evaluate(split.tangents(probes), n_samples, inputs, target)
 
     def _evaluate(
         self, tangents: dict[str, Tensor], n_samples: int, inputs: tuple[Any, ...], target: Any
     ) -> tuple[Tensor, list[Tensor], list[Tensor]]:
-        named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
-        names = [n for n, _ in named]
-        params = {n: p.detach() for n, p in named}
-        frozen = {n: p.detach() for n, p in self.model.named_parameters() if not p.requires_grad}
-        buffers = dict(self.model.named_buffers())
-        args = (params, frozen, buffers, tangents, tuple(inputs), target, n_samples)
+        split = ModuleSplit.of(self.model)
+        args = (
+            split.params,
+            split.frozen,
+            split.buffers,
+            tangents,
+            tuple(inputs),
+            target,
+            n_samples,
+        )
         try:
             loss, grads, estimate, state = self._run(args)
         except Exception as exc:
             if not _is_transform_failure(exc):
                 raise
-            causes = " <- ".join(_first_line(e) for e in _chain(exc)[:3])
+            causes = " <- ".join(_first_line(e) for e in error_chain(exc)[:3])
             raise CompiledCurvatureError(
                 "the compiled forward-over-reverse path (torch.compile of torch.func.jvp of "
                 f"torch.func.grad_and_value) failed for this model or loss ({causes}). "
                 f"{_EAGER_HINT}"
             ) from exc
-        with torch.no_grad():
-            for n, b in buffers.items():
-                b.copy_(state[n])
-        return loss.detach(), [grads[n] for n in names], [estimate[n] for n in estimate]
+        split.write_back(state)
+        return loss.detach(), [grads[n] for n in split.names], [estimate[n] for n in estimate]
 
     def _run(self, args: tuple[Any, ...]) -> Any:
         n_samples = args[6]

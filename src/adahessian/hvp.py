@@ -35,6 +35,7 @@ Known limitations in PyTorch 2.13 (checked by the tests):
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import torch
@@ -67,7 +68,60 @@ _TRANSFORM_FAILURES = (
     "vmap:",
     "functorch",
     "torch.func",
+    "forward mode AD",
 )
+
+
+def is_transform_failure(error: BaseException, message: str | None = None) -> bool:
+    """Whether ``error`` (or a cause of it) says that ``torch.func`` cannot transform the model or
+    loss, as opposed to an ordinary error in the user's code."""
+    text = message if message is not None else " ".join(str(e) for e in error_chain(error))
+    return any(sig in text for sig in _TRANSFORM_FAILURES)
+
+
+def error_chain(error: BaseException) -> list[BaseException]:
+    """The error and its causes, outermost first."""
+    out: list[BaseException] = []
+    current: BaseException | None = error
+    while current is not None and current not in out:
+        out.append(current)
+        current = current.__cause__ or current.__context__
+    return out
+
+
+@dataclass
+class ModuleSplit:
+    """A module's tensors as the functional transforms take them: the trainable parameters
+    (``requires_grad``, in ``parameters()`` order, detached), the frozen ones and the buffers."""
+
+    names: list[str]
+    params: dict[str, Tensor]
+    frozen: dict[str, Tensor]
+    buffers: dict[str, Tensor]
+
+    @classmethod
+    def of(cls, model: nn.Module) -> ModuleSplit:
+        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        if not named:
+            raise ValueError("the model has no parameter with requires_grad=True")
+        return cls(
+            [n for n, _ in named],
+            {n: p.detach() for n, p in named},
+            {n: p.detach() for n, p in model.named_parameters() if not p.requires_grad},
+            dict(model.named_buffers()),
+        )
+
+    def tangents(self, probes: Sequence[Sequence[Tensor]]) -> dict[str, Tensor]:
+        """The probes as ``jvp`` tangents: one probe as is, several stacked (for ``vmap``)."""
+        if len(probes) == 1:
+            return dict(zip(self.names, probes[0], strict=True))
+        return {n: torch.stack([probe[i] for probe in probes]) for i, n in enumerate(self.names)}
+
+    def write_back(self, state: dict[str, Tensor]) -> None:
+        """Copy the buffers that the transform updated (running statistics) into the module."""
+        with torch.no_grad():
+            for n, b in self.buffers.items():
+                b.copy_(state[n])
 
 
 class ForwardOverReverseError(RuntimeError):
@@ -177,30 +231,23 @@ def forward_hutchinson(
         ValueError: ``n_samples < 1`` or the model has no trainable parameter.
     """
     check_n_samples(n_samples)
-    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    if not named:
-        raise ValueError("the model has no parameter with requires_grad=True")
-    names = [n for n, _ in named]
-    primals = {n: p.detach() for n, p in named}
-    frozen = {n: p.detach() for n, p in model.named_parameters() if not p.requires_grad}
-    buffers = dict(model.named_buffers())
-    _, with_tangent = functional_curvature(model, primals, frozen, buffers, inputs, loss_fn)
+    split = ModuleSplit.of(model)
+    names = split.names
+    _, with_tangent = functional_curvature(
+        model, split.params, split.frozen, split.buffers, inputs, loss_fn
+    )
 
-    params = list(primals.values())
+    params = list(split.params.values())
     generator_state = None if generator is None else generator.get_state()
     probes = [rademacher(params, generator=generator) for _ in range(n_samples)]
     try:
         if n_samples == 1 or vectorize:
             if n_samples == 1:
-                tangents = dict(zip(names, probes[0], strict=True))
-                (grads, loss, state), hvp = with_tangent(tangents)
+                (grads, loss, state), hvp = with_tangent(split.tangents(probes))
                 hvps = [[hvp[n] for n in names]]
             else:
-                stacked = {
-                    n: torch.stack([probe[i] for probe in probes]) for i, n in enumerate(names)
-                }
                 batched = vmap(with_tangent, out_dims=(None, 0), randomness="same")  # type: ignore[arg-type]
-                (grads, loss, state), hvp = batched(stacked)
+                (grads, loss, state), hvp = batched(split.tangents(probes))
                 hvps = [[hvp[n][k] for n in names] for k in range(n_samples)]
         else:
             rng = torch.get_rng_state()
@@ -218,7 +265,7 @@ def forward_hutchinson(
         if generator is not None and generator_state is not None:
             generator.set_state(generator_state)  # a failed call draws nothing
         message = str(exc)
-        if not any(sig in message for sig in _TRANSFORM_FAILURES):
+        if not is_transform_failure(exc, message):
             raise
         raise ForwardOverReverseError(
             "forward-over-reverse Hessian-vector products (torch.func.jvp of "
@@ -226,9 +273,7 @@ def forward_hutchinson(
             f"{_REVERSE_HINT}"
         ) from exc
 
-    with torch.no_grad():
-        for n, b in buffers.items():
-            b.copy_(state[n])
+    split.write_back(state)
     diagonal = [torch.zeros_like(p) for p in params]
     for probe, hv in zip(probes, hvps, strict=True):
         torch._foreach_addcmul_(diagonal, probe, hv)
