@@ -652,10 +652,7 @@ class AdaHessian(Optimizer):
             estimates = scaling.unscale(grads, estimates, from_loss)
             if self.process_group is not None:
                 distributed.all_reduce_mean_(grads + (estimates or []), self.process_group)
-            if scaling.active and not _all_finite(grads, estimates, scaling.found_inf):
-                self.skipped_steps += 1
-                if _all_finite(grads, None, scaling.found_inf) and from_loss:
-                    self._probe_scaler.backoff()  # the estimate alone overflowed
+            if self._overflowed(scaling, grads, estimates, from_loss):
                 return loss
             offset = 0
             for group, ps in zip(self.param_groups, groups, strict=True):
@@ -663,7 +660,6 @@ class AdaHessian(Optimizer):
                 group_estimates = None if estimates is None else estimates[offset : offset + n]
                 self._update_group(group, ps, grads[offset : offset + n], group_estimates)
                 offset += n
-
         self._steps += 1
         if estimates is not None:
             self._hessian_updates += 1
@@ -752,6 +748,22 @@ class AdaHessian(Optimizer):
             self._drop_pending()
             raise
         return loss
+
+    def _overflowed(
+        self,
+        scaling: _Scaling,
+        grads: list[Tensor],
+        estimates: list[Tensor] | None,
+        from_loss: bool,
+    ) -> bool:
+        """Under a GradScaler, a step whose gradients or estimate hold inf/NaN is skipped; when
+        the estimate alone overflowed, the probe scale backs off."""
+        if not scaling.active or _all_finite(grads, estimates, scaling.found_inf):
+            return False
+        self.skipped_steps += 1
+        if _all_finite(grads, None, scaling.found_inf) and from_loss:
+            self._probe_scaler.backoff()
+        return True
 
     def _drop_pending(self) -> None:
         """Forget this step's probes and estimate and rewind the generator to before them."""
