@@ -5,11 +5,20 @@ embedding-heavy classifier) every contender gets its own copy of the model and o
 synthetic batch. Contenders run interleaved in one process, one round at a time (the order
 rotates each round), after warm-up rounds; a round times one step, or one whole 10-step cycle
 for ``update_interval=10`` (divided by 10). The table reports the median step time relative to
-Adam's. Peak memory above the baseline is measured for each contender in a subprocess of its own
-(the process's peak resident set size, ``VmHWM``, over two steps, minus its resident size before
-the first, with the peak reset in between where the kernel allows; glibc's allocator is set to give
-freed tensors back at once, see ``MEMORY_ENV``); for ``update_interval=10`` also over the nine
-plain steps that follow the Hessian step.
+Adam's; a compiled contender's ratio to Adam on the same compiled model (``adam-compiled``, run
+whenever ``adahessian-fd-compiled`` is) follows the table, with the compile time, which the
+warm-up round absorbs and the step times leave out. Peak memory above the baseline is measured
+for each contender in a subprocess of its own (the process's peak resident set size, ``VmHWM``,
+over two steps, minus its resident size before the first, with the peak reset in between where the
+kernel allows; glibc's allocator is set to give freed tensors back at once, see ``MEMORY_ENV``);
+for ``update_interval=10`` also over the nine plain steps that follow the Hessian step.
+
+The ``adahessian-fd*`` contenders take finite-difference Hessian-vector products
+(``AdaHessian(hvp="finite-difference")``, stepped as ``opt.step(closure)`` with torch.optim's
+ordinary closure, which a Hessian step calls once more at θ + εv): two ordinary forward+backward
+passes per Hessian step, no double backward. The compiled contenders compile with inductor; with
+``--quick`` with aot_eager (the same graphs without inductor's code generation, which takes minutes
+on a small machine), so a ``--quick`` run still runs every contender.
 
 The PyPI implementations (torch-optimizer, pytorch-optimizer) are contenders when installed:
 ``pip install -e '.[references]'`` (``make setup`` does it).
@@ -20,6 +29,10 @@ Usage::
     python benchmarks/step_cost.py --quick              # tiny sizes, a few steps: a smoke test
     python benchmarks/step_cost.py --json out.json --markdown out.md
     python benchmarks/step_cost.py --models resnet20 --contenders adam,adahessian
+    python benchmarks/step_cost.py --models resnet20,transformer \
+        --contenders adam,adahessian,adahessian-fd,adahessian-int10,adahessian-fd-int10
+    python benchmarks/step_cost.py --models resnet20,transformer \
+        --contenders adam-compiled,adahessian-fd-compiled      # adam is always added
 
 Timings on a shared machine are noisy; the ratios are indicative only.
 """
@@ -35,6 +48,7 @@ import importlib
 import json
 import os
 import platform
+import re
 import statistics
 import subprocess
 import sys
@@ -60,6 +74,11 @@ from adahessian.batchnorm import use_fast_batchnorm
 # backward(create_graph=True) warns about a parameter <-> gradient reference cycle; the
 # AdaHessian contenders break it in step() and the external ones by zero_grad(set_to_none=True).
 warnings.filterwarnings("ignore", message="Using backward\\(\\) with create_graph=True")
+# The finite-difference passes put BatchNorm's statistics back through a global forward pre-hook,
+# which torch.compile(model) warns fires once more for its wrapper (harmless).
+warnings.filterwarnings(
+    "ignore", message=re.escape("Using `torch.compile(module)` when there are global hooks")
+)
 
 # ----------------------------------------------------------------------------------- models
 
@@ -205,6 +224,9 @@ class Contender:
     # Compiles on its first step: the memory subprocess runs one cycle before its baseline, so
     # that the compiler's own memory is not counted as the step's.
     compiles: bool = False
+    # Another contender the run adds whenever this one is chosen (as it adds Adam): a compiled
+    # contender is also compared with Adam on the same compiled model.
+    reference: str | None = None
 
 
 def _first_order(cls: Callable[..., torch.optim.Optimizer], **kw: Any) -> Callable:
@@ -356,6 +378,55 @@ def _adahessian_compiled(interval: int, compile_plain: bool = False) -> Callable
     return make
 
 
+def _adahessian_fd(interval: int = 1, compiled: bool = False, **kw: Any) -> Callable:
+    """Finite-difference Hessian-vector products (``hvp="finite-difference"``): stepped as
+    ``opt.step(closure)`` with torch.optim's ordinary closure, which a Hessian step calls once
+    more at θ + εv. ``compiled``: the model under ``torch.compile`` (inductor; aot_eager with
+    --quick), the optimizer eager; the compile time is reported apart (``step.report()``).
+    ``step.counts`` holds the number of steps and of the closure's calls (also in the report)."""
+
+    def make(task: Task) -> Callable[[], None]:
+        backend = "aot_eager" if task.quick else "inductor"
+        model = (
+            torch.compile(task.model, backend=backend, dynamic=False) if compiled else task.model
+        )
+        opt = AdaHessian(
+            task.model.parameters(), update_interval=interval, seed=0, hvp="finite-difference", **kw
+        )
+        clock = _CompileClock()
+        counts = {"steps": 0, "closure_calls": 0}
+
+        def closure() -> Tensor:
+            counts["closure_calls"] += 1
+            opt.zero_grad(set_to_none=True)
+            loss = task.loss_fn(model(task.x), task.y)
+            loss.backward()
+            return loss
+
+        def once() -> None:
+            opt.step(closure)
+            counts["steps"] += 1
+
+        def step() -> None:
+            if compiled:
+                clock(once)
+            else:
+                once()
+
+        def report() -> dict[str, Any]:
+            out: dict[str, Any] = dict(counts)
+            if compiled:
+                out.update(backend=backend, compile_s=clock.seconds, compiles=clock.compiles)
+            return out
+
+        step.counts = counts  # type: ignore[attr-defined]
+        step.optimizer = opt  # type: ignore[attr-defined]
+        step.report = report  # type: ignore[attr-defined]
+        return step
+
+    return make
+
+
 def _external(module: str, cls: str, **kw: Any) -> Callable:
     def make(task: Task) -> Callable[[], None]:
         opt_cls = getattr(importlib.import_module(module), cls)
@@ -394,6 +465,7 @@ def contenders() -> list[Contender]:
         "reverse-over-reverse, fast BatchNorm",
         "forward-over-reverse, compiled",
     )
+    fdf, cfd = "finite differences (forward)", "finite differences (forward), compiled model"
     out = [
         Contender("sgd", "SGD (momentum 0.9)", _first_order(torch.optim.SGD, lr=0.1, momentum=0.9)),
         Contender("adam", "Adam", _first_order(torch.optim.Adam, lr=1e-3)),
@@ -405,6 +477,19 @@ def contenders() -> list[Contender]:
             _adahessian(interval=10),
             cycle=10,
             meta={"hvp": ror, "n": 1, "interval": 10},
+        ),
+        Contender(
+            "adahessian-fd",
+            "AdaHessian, finite differences",
+            _adahessian_fd(),
+            meta={"hvp": fdf, "n": 1},
+        ),
+        Contender(
+            "adahessian-fd-int10",
+            "AdaHessian, finite differences, update_interval 10",
+            _adahessian_fd(interval=10),
+            cycle=10,
+            meta={"hvp": fdf, "n": 1, "interval": 10},
         ),
         Contender(
             "adahessian-n4", "AdaHessian, 4 probes", _adahessian(n=4), meta={"hvp": ror, "n": 4}
@@ -455,6 +540,15 @@ def contenders() -> list[Contender]:
             "Adam on torch.compile(model)",
             _first_order_compiled(torch.optim.Adam, lr=1e-3),
             compiles=True,
+        ),
+        Contender(
+            "adahessian-fd-compiled",
+            "AdaHessian, finite differences, on torch.compile(model)",
+            # lr as adahessian-compiled's (the step cost does not depend on it)
+            _adahessian_fd(compiled=True, lr=0.01),
+            meta={"hvp": cfd, "n": 1},
+            compiles=True,
+            reference="adam-compiled",
         ),
         Contender(
             "adahessian-fastbn",
@@ -584,6 +678,13 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def _error(exc: BaseException) -> str:
+    """A contender's status after ``exc``: its type and the first line of its message (which may
+    be empty, as an assertion's is)."""
+    first = (str(exc).splitlines() or [""])[0]
+    return f"error: {type(exc).__name__}: {first[:200]}"
+
+
 def run_task(
     task_name: str, names: list[str], quick: bool, rounds: int, warmup: int, memory: bool
 ) -> dict:
@@ -606,7 +707,7 @@ def run_task(
             with task.context():
                 steps[name] = c.make(task)
         except Exception as exc:
-            entry["status"] = f"error: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+            entry["status"] = _error(exc)
     times: dict[str, list[float]] = {name: [] for name in steps}
     for r in range(warmup + rounds):
         live = list(steps)
@@ -620,9 +721,7 @@ def run_task(
                         steps[name]()
                     elapsed = (time.perf_counter() - start) / cycle
             except Exception as exc:
-                results[name]["status"] = (
-                    f"error: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
-                )
+                results[name]["status"] = _error(exc)
                 del steps[name]
                 continue
             if r >= warmup:
@@ -645,6 +744,13 @@ def run_task(
         entry["peak_above_baseline_mib"] = None
         if memory and entry["status"] == "ok":
             entry.update(measure_memory(task_name, name, quick))
+    # A compiled contender is also compared with Adam on the same compiled model.
+    adam_compiled = results.get("adam-compiled", {})
+    for name, entry in results.items():
+        if name == "adam-compiled" or not all_contenders[name].compiles:
+            continue
+        med, ref = entry.get("median_step_s"), adam_compiled.get("median_step_s")
+        entry["relative_to_adam_compiled"] = med / ref if med is not None and ref else None
     return {"description": base.description, "parameters": n_params, "results": results}
 
 
@@ -686,8 +792,24 @@ def markdown(report: dict) -> str:
                 f"{_ratio(entry.get('plain_step_peak_above_baseline_mib'), adam_mem)} |"
             )
         lines.append("")
+        adam_compiled_mem = task["results"].get("adam-compiled", {}).get("peak_above_baseline_mib")
         for entry in task["results"].values():
-            if entry.get("compile_s") is not None:
+            if entry.get("relative_to_adam_compiled") is not None:
+                lines.append(
+                    f"- {entry['label']}: step time / compiled Adam "
+                    f"{entry['relative_to_adam_compiled']:.2f}, memory / compiled Adam "
+                    f"{_ratio(entry.get('peak_above_baseline_mib'), adam_compiled_mem)}"
+                )
+        for entry in task["results"].values():
+            if entry.get("compile_s") is not None and entry.get("compiles") == 0:
+                # torch.compile(model) of another copy of the same model compiled the graph
+                # first (dynamo reuses it: the parameters are inputs, not guards)
+                lines.append(
+                    f"- {entry['label']}: compiled nothing of its own (backend "
+                    f"{entry['backend']}; it ran the graph that another contender compiled for "
+                    "the same model code)"
+                )
+            elif entry.get("compile_s") is not None:
                 lines.append(
                     f"- {entry['label']}: compiled in {entry['compile_s']:.1f} s "
                     f"({entry['compiles']} graph(s), backend {entry['backend']}; compile time "
@@ -731,6 +853,11 @@ def main(argv: list[str] | None = None) -> dict | None:
         names = [n for n in names if n in wanted]
     if "adam" not in names:
         names.insert(0, "adam")  # the reference for the ratios
+    by_name = {c.name: c for c in contenders()}
+    for name in list(names):  # e.g. adam-compiled, for the compiled contenders' second ratio
+        ref = by_name[name].reference
+        if ref is not None and ref not in names:
+            names.insert(names.index(name), ref)
     models = args.models.split(",")
     unknown = sorted(set(models) - set(MODELS))
     if unknown:

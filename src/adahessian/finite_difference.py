@@ -45,6 +45,7 @@ This module knows nothing about optimizers; :class:`adahessian.AdaHessian` uses 
 from __future__ import annotations
 
 import math
+import re
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -159,7 +160,7 @@ def buffers_kept() -> Iterator[None]:
     try:
         with warnings.catch_warnings():
             # A compiled model warns that a global hook fires once more for its wrapper: harmless.
-            warnings.filterwarnings("ignore", message=_COMPILED_HOOK_WARNING)
+            warnings.filterwarnings("ignore", message=re.escape(_COMPILED_HOOK_WARNING))
             yield
     finally:
         handle.remove()

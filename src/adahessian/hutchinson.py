@@ -19,6 +19,7 @@ used on its own.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -35,17 +36,49 @@ def rademacher(
     All entries come from a single draw of ``generator`` (on the generator's device, or the first
     tensor's device when ``generator`` is None), so the probes depend only on the generator's state
     and the tensors' sizes, not on how the tensors are later grouped.
+
+    A DTensor (FSDP2 ``fully_shard``, tensor parallelism) gets a probe for this rank's shard only
+    (drawn like a tensor shaped as ``t.to_local()``), returned as a DTensor with ``t``'s mesh and
+    placements: each rank draws the probe of its own shard, from its own generator.
     """
     if not tensors:
         return []
-    device = generator.device if generator is not None else tensors[0].device
-    sizes = [t.numel() for t in tensors]
+    local = [_local(t) for t in tensors]
+    device = generator.device if generator is not None else local[0].device
+    sizes = [t.numel() for t in local]
     bits = torch.randint(0, 2, (sum(sizes),), generator=generator, device=device, dtype=torch.int8)
     flat = bits.mul_(2).sub_(1)
-    return [
+    probes = [
         chunk.view(t.shape).to(device=t.device, dtype=t.dtype)
-        for chunk, t in zip(flat.split(sizes), tensors, strict=True)
+        for chunk, t in zip(flat.split(sizes), local, strict=True)
     ]
+    return [
+        v if loc is t else _like_dtensor(v, t)
+        for v, loc, t in zip(probes, local, tensors, strict=True)
+    ]
+
+
+def _is_dtensor(t: Tensor) -> bool:
+    return type(t).__name__ == "DTensor" and hasattr(t, "to_local")
+
+
+def _local(t: Tensor) -> Tensor:
+    """This rank's shard of a DTensor (the tensor itself otherwise)."""
+    return t.to_local() if _is_dtensor(t) else t  # type: ignore[attr-defined]
+
+
+def _like_dtensor(local: Tensor, like: Any) -> Tensor:
+    """``local`` as this rank's shard of a DTensor laid out like ``like``."""
+    from torch.distributed.tensor import DTensor
+
+    return DTensor.from_local(
+        local,
+        like.device_mesh,
+        like.placements,
+        run_check=False,
+        shape=like.shape,
+        stride=like.stride(),
+    )
 
 
 def check_n_samples(n_samples: int) -> None:

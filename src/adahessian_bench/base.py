@@ -57,6 +57,12 @@ class Setup:
     number of items the loss averages over) and any others, each reported as ``train_KEY`` divided
     by the summed ``n``. ``evaluate(model)`` returns the evaluation metrics (``test_loss``, the
     task's metric key, ...), with the model in eval mode and no gradients.
+
+    ``loss`` may be called more than once on one batch (AdaHessian with
+    ``hvp="finite-difference"`` calls it again at perturbed parameters: ``stepcost.closure_step``),
+    so it must have no side effect but one: a loss that carries state from batch to batch (the
+    LSTM's hidden state) holds it in an attribute ``state``, which the training step sets back to
+    what the batch began with before each call and to the first call's result after.
     """
 
     train_batches: SizedIterable

@@ -1,8 +1,16 @@
 """The optimizers compared, built from the hyperparameters of a profile's ``[optimizers.NAME]``.
 
 ``NAME`` is one of ``OPTIMIZERS``, or a variant of one: ``KIND-LABEL`` (``adahessian-lazy``,
-``adamw-lr2``) builds ``KIND`` with its own table, so that one run can train the same optimizer
-in two settings side by side (AdaHessian as the paper sets it, and in the recommended setup).
+``adamw-lr2``, ``adahessian-fd-lazy``: the label may hold further ``-``) builds ``KIND`` with its
+own table, so that one run can train the same optimizer in two settings side by side (AdaHessian
+as the paper sets it, and in the recommended setup).
+
+AdaHessian's ``hvp`` picks how a Hessian step takes its Hessian-vector products: ``"autograd"``
+(the default: double backward) or ``"finite-difference"`` (two ordinary gradients, the step taken
+as ``opt.step(closure)``: ``stepcost.training_step``), with ``fd_eps`` (the step ε, in (0, 1];
+left out: the default of the dtype) and ``fd_scheme`` (``"forward"`` or ``"central"``). The
+constructor checks their values; ``check`` also refuses ``fd_eps`` or ``fd_scheme`` without
+``hvp = "finite-difference"``, where they would do nothing.
 """
 
 from __future__ import annotations
@@ -18,7 +26,9 @@ from .config import did_you_mean
 
 OPTIMIZERS = ("sgd", "adam", "adamw", "adagrad", "adahessian")
 SET_BY_BUILD = ("params", "seed", "process_group")  # not hyperparameters of a profile
-VARIANT = re.compile(r"[a-z]+(-[a-z0-9_.]+)?")
+VARIANT = re.compile(r"[a-z]+(-[a-z0-9_.]+)*")
+# AdaHessian keys that only finite-difference Hessian-vector products use.
+FINITE_DIFFERENCE_KEYS = ("fd_eps", "fd_scheme")
 
 
 def kind(name: str) -> str:
@@ -88,6 +98,13 @@ def check(name: str, hp: dict[str, Any]) -> None:
             raise ValueError(
                 f"{key}: unknown key{did_you_mean(key, known)}; known: {', '.join(known)}"
             )
+    if kind(name) == "adahessian" and hp.get("hvp", "autograd") == "autograd":
+        for key in FINITE_DIFFERENCE_KEYS:
+            if key in hp:
+                raise ValueError(
+                    f'{key}: only used with hvp = "finite-difference" (here hvp is "autograd", '
+                    'the default); remove it, or set hvp = "finite-difference"'
+                )
 
     def fails(kw: dict[str, Any]) -> Exception | None:
         try:

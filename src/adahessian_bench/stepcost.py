@@ -8,9 +8,12 @@ the order rotating from round to round, and the median over rounds is its cost. 
 moment then falls on all contenders alike, and the report's time axis is the number of steps
 times that cost (``cost_time``); the raw wall clock stays in the metrics (``train_time_s``).
 
-AdaHessian takes two kinds of step: a Hessian step (the Hutchinson product: the gradient's graph
-kept, one more backward pass) and, with ``update_interval`` > 1, plain steps in between that cost
-about what Adam's cost. Each is timed as a contender of its own (``NAME:hessian`` with the
+AdaHessian takes two kinds of step: a Hessian step (the Hutchinson product; with
+``hvp="autograd"`` the gradient's graph kept and one more backward pass through it, about 4
+gradients' cost; with ``hvp="finite-difference"`` one more ordinary forward and backward pass at
+θ + εv, about 2) and, with ``update_interval`` > 1, plain steps in between that cost about what
+Adam's cost. A finite-difference variant (``adahessian-fd``) is timed like any other, through its
+closure step. Each is timed as a contender of its own (``NAME:hessian`` with the
 Hessian every step, ``NAME:plain`` with none after the first), and a run's time after ``s`` steps
 counts how many of them were Hessian steps under its ``update_interval`` and ``hessian_warmup``
 (``hessian_steps``). A first-order optimizer's two costs are the same number.
@@ -52,7 +55,12 @@ def training_step(
     """One step of the training loop (``train.train_epoch``'s, and what ``measure`` times):
     forward, backward (keeping the gradient's graph when AdaHessian's Hessian step is due),
     ``average(model)`` for a first-order optimizer's gradients if given (data-parallel runs:
-    AdaHessian averages its own), optimizer step. Returns the loss and the batch's statistics."""
+    AdaHessian averages its own), optimizer step. Returns the loss and the batch's statistics.
+
+    AdaHessian with ``hvp="finite-difference"`` takes its Hessian-vector products from ordinary
+    gradients at θ + εv instead: its step is ``closure_step``."""
+    if finite_difference(optimizer):
+        return closure_step(setup, model, optimizer, batch)
     loss, stats = setup.loss(model, batch)
     optimizer.zero_grad(set_to_none=True)
     adahessian = hasattr(optimizer, "hessian_due")
@@ -62,6 +70,47 @@ def training_step(
         average(model)
     optimizer.step()
     return loss.detach(), stats
+
+
+def finite_difference(optimizer: Any) -> bool:
+    """Whether ``optimizer`` is an AdaHessian taking finite-difference Hessian-vector products."""
+    return hasattr(optimizer, "hessian_due") and getattr(optimizer, "hvp", None) == (
+        "finite-difference"
+    )
+
+
+def closure_step(
+    setup: Any, model: torch.nn.Module, optimizer: Any, batch: Any
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """``optimizer.step(closure)`` with the ordinary closure (zero the gradients, the batch's loss,
+    ``backward()``, return the loss): the optimizer calls it once, and on a Hessian step once more
+    per probe at θ + εv (twice for the central difference: θ ± εv), putting the parameters,
+    buffers and random state back after. No gradient graph is kept. The loss and statistics
+    returned are those of the first call, at θ. (Data-parallel runs: AdaHessian averages the
+    gradients and estimates itself.)
+
+    A loss that carries state from batch to batch (``Setup.loss.state``: the LSTM's hidden state)
+    starts every call from the state the batch began with, and is left with the state after the
+    first call: the perturbed passes change nothing that the next batch sees."""
+    stateful = hasattr(setup.loss, "state")
+    incoming = setup.loss.state if stateful else None
+    first: list[tuple[torch.Tensor, dict[str, float], Any]] = []
+
+    def closure() -> torch.Tensor:
+        if stateful:
+            setup.loss.state = incoming
+        optimizer.zero_grad(set_to_none=True)
+        loss, stats = setup.loss(model, batch)
+        loss.backward()
+        if not first:
+            first.append((loss.detach(), stats, setup.loss.state if stateful else None))
+        return loss
+
+    optimizer.step(closure)
+    loss, stats, outgoing = first[0]
+    if stateful:
+        setup.loss.state = outgoing
+    return loss, stats
 
 
 def hessian_steps(steps: int, hp: dict[str, Any]) -> int:

@@ -188,7 +188,9 @@ def test_profiles_load_resolve_and_build(
     cfg_file = config.load(task, profile)
     names = list(cfg_file["optimizers"])
     assert names[:3] == ["adamw", "adam", "adahessian"]
-    assert names[3:] == (["adahessian-lazy"] if (task, profile) == ("brown-lm", "quick") else [])
+    lazy = ["adahessian-lazy"] if (task, profile) == ("brown-lm", "quick") else []
+    fd = ["adahessian-fd", "adahessian-fd-lazy"] if profile == "quick" else []
+    assert names[3:] == lazy + fd
     cfg = train.resolve(task, cfg_file, profile, names, 1)
     assert cfg["metric"]["key"] == "test_ppl" and cfg["metric"]["higher_is_better"] is False
     assert cfg["metric"]["extra"] == ["valid_ppl"]

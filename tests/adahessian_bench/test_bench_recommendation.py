@@ -212,7 +212,8 @@ def test_run_writes_the_task_metric_and_the_report(movielens_dir: Path, tmp_path
 def test_profiles_load_and_resolve(profile: str) -> None:
     p = config.load("movielens-dlrm", profile)
     # The quick profile adds AdaHessian's recommended setup beside the paper's.
-    assert list(p["optimizers"]) == OPTS + (["adahessian-lazy"] if profile == "quick" else [])
+    quick = ["adahessian-lazy", "adahessian-fd", "adahessian-fd-lazy"]
+    assert list(p["optimizers"]) == OPTS + (quick if profile == "quick" else [])
     assert p["data"]["split"] == "random"
     cfg = train.resolve("movielens-dlrm", p, profile, list(p["optimizers"]), 3)
     assert cfg["seeds"] == [0, 1, 2] and cfg["train"]["schedule"] in train.SCHEDULES

@@ -216,7 +216,10 @@ def test_profiles_load_and_resolve() -> None:
         assert cfg["optimizers"]["adamw"]["betas"] == [0.9, 0.98]
         positions = cfg["model"]["max_len"]
         assert cfg["data"]["max_src_len"] <= positions and cfg["data"]["max_tgt_len"] <= positions
-        lazy = ["adahessian-lazy"] if profile == "quick" else []  # the recommended setup
+        # The recommended setup, and both with finite-difference Hessian-vector products.
+        lazy = (
+            ["adahessian-lazy", "adahessian-fd", "adahessian-fd-lazy"] if profile == "quick" else []
+        )
         assert list(config.load(TASK, profile)["optimizers"]) == ["adamw", "adahessian", *lazy]
     assert TASKS[TASK] is BIBLE_TRANSLATION
 

@@ -125,3 +125,104 @@ def test_compiled_memory_is_measured_after_compiling(step_cost: ModuleType) -> N
     assert "error" not in result, result
     assert result["warmed_up"] is True
     assert 0 <= result["plain_step_peak_above_baseline_mib"] <= result["peak_above_baseline_mib"]
+
+
+def test_finite_difference_contenders_quick_run(step_cost: ModuleType, tmp_path: Path) -> None:
+    out, md = tmp_path / "out.json", tmp_path / "out.md"
+    chosen = ["adahessian-fd", "adahessian-fd-int10"]
+    argv = ["--quick", "--no-memory", "--rounds", "1", "--warmup", "0"]
+    step_cost.main(
+        [*argv, "--contenders", ",".join(chosen), "--json", str(out), "--markdown", str(md)]
+    )
+    report = json.loads(out.read_text())
+    assert list(report["models"]) == ["resnet20", "transformer", "embedding"]
+    for name, task in report["models"].items():
+        results = task["results"]
+        assert list(results) == ["adam", *chosen]  # no compiled reference without a compiled one
+        for contender in chosen:
+            entry = results[contender]
+            assert entry["status"] == "ok", (name, contender, entry["status"])
+            assert entry["hvp"] == "finite differences (forward)" and entry["n"] == 1
+            assert len(entry["times_s"]) == 1
+            assert entry["median_step_s"] > 0 and entry["relative_to_adam"] > 0
+            assert "relative_to_adam_compiled" not in entry and "compile_s" not in entry
+        # One round and no warm-up: one Hessian step (two forward+backward passes) for
+        # adahessian-fd; one 10-step cycle (one Hessian step, nine plain) for the lazy one.
+        assert results["adahessian-fd"]["steps"] == 1
+        assert results["adahessian-fd"]["closure_calls"] == 2
+        assert results["adahessian-fd-int10"]["cycle"] == 10
+        assert results["adahessian-fd-int10"]["steps"] == 10
+        assert results["adahessian-fd-int10"]["closure_calls"] == 11
+    table = md.read_text()
+    assert "| AdaHessian, finite differences | finite differences (forward) | 1 |" in table
+    assert "| AdaHessian, finite differences, update_interval 10 | finite differences" in table
+
+
+def _hessian_updates(opt: torch.optim.Optimizer) -> int:
+    return int(opt.state_dict()["adahessian"]["hessian_updates"])
+
+
+@pytest.mark.parametrize("task_name", ["resnet20", "transformer"])
+def test_finite_difference_step_calls_the_closure_again_and_never_double_backward(
+    step_cost: ModuleType, task_name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    task = step_cost.make_task(task_name, quick=True)
+    by_name = {c.name: c for c in step_cost.contenders()}
+    create_graph: list[bool] = []
+    backward = torch.Tensor.backward
+
+    def spy(self: torch.Tensor, *args: object, **kwargs: object) -> None:
+        create_graph.append(bool(kwargs.get("create_graph", False)))
+        backward(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(torch.Tensor, "backward", spy)
+    with task.context():
+        step = by_name["adahessian-fd"].make(task)
+        lazy = by_name["adahessian-fd-int10"].make(step_cost.make_task(task_name, quick=True))
+        opt = step.optimizer
+        assert opt.hvp == "finite-difference"
+        before = [p.detach().clone() for p in task.model.parameters()]
+        for k in range(1, 3):
+            step()
+            assert step.counts == {"steps": k, "closure_calls": 2 * k}  # θ, then θ + εv
+            assert _hessian_updates(opt) == k
+        assert any(
+            not torch.equal(b, p) for b, p in zip(before, task.model.parameters(), strict=True)
+        )
+        for k in range(1, 12):  # Hessian steps 1 and 11: one extra pass each
+            lazy()
+            assert lazy.counts["closure_calls"] == k + (1 if k < 11 else 2)
+        assert _hessian_updates(lazy.optimizer) == 2
+    assert create_graph and not any(create_graph)  # ordinary backward passes only
+
+
+def test_compiled_finite_difference_contender_is_compared_with_compiled_adam(
+    step_cost: ModuleType, tmp_path: Path
+) -> None:
+    # --quick compiles with the aot_eager backend; adam-compiled is added as the reference.
+    out, md = tmp_path / "out.json", tmp_path / "out.md"
+    argv = ["--quick", "--no-memory", "--rounds", "1", "--warmup", "1", "--models", "resnet20"]
+    argv += ["--contenders", "adahessian-fd-compiled", "--json", str(out), "--markdown", str(md)]
+    step_cost.main(argv)
+    results = json.loads(out.read_text())["models"]["resnet20"]["results"]
+    assert list(results) == ["adam", "adam-compiled", "adahessian-fd-compiled"]
+    entry = results["adahessian-fd-compiled"]
+    assert entry["status"] == "ok", entry["status"]
+    assert entry["backend"] == "aot_eager"
+    assert entry["steps"] == 2 and entry["closure_calls"] == 4
+    assert len(entry["times_s"]) == 1
+    assert entry["relative_to_adam"] > 0 and entry["relative_to_adam_compiled"] > 0
+    assert entry["relative_to_adam_compiled"] == pytest.approx(
+        entry["median_step_s"] / results["adam-compiled"]["median_step_s"]
+    )
+    # The same model code: the graph is compiled once, by whichever ran first (the warm-up).
+    compiled = results["adam-compiled"]["compiles"] + entry["compiles"]
+    assert compiled == 1
+    assert "relative_to_adam_compiled" not in results["adam-compiled"]
+    assert "step time / compiled Adam" in md.read_text()
+
+
+def test_finite_difference_memory_is_measured_in_a_subprocess(step_cost: ModuleType) -> None:
+    result = step_cost.measure_memory("resnet20", "adahessian-fd-int10", quick=True)
+    assert "error" not in result, result
+    assert 0 <= result["plain_step_peak_above_baseline_mib"] <= result["peak_above_baseline_mib"]
