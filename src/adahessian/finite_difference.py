@@ -281,17 +281,17 @@ def finite_difference_products(
                 plus, minus = sides[0], list(grads)
             else:
                 plus, minus = sides
+            live = [i for i in range(len(params)) if plus[i] is not None or minus[i] is not None]
+            es = [estimate[i] for i in live]
             with torch.no_grad():
-                for e, vi, gp, gm in zip(estimate, v, plus, minus, strict=True):
-                    if gp is None and gm is None:
-                        continue
-                    dtype = e.dtype
-                    diff = _as(gp, dtype, e) - _as(gm, dtype, e)
-                    e.addcmul_(vi.to(dtype), diff)
+                diff = _foreach(
+                    "sub",
+                    [_as(plus[i], estimate[i]) for i in live],
+                    [_as(minus[i], estimate[i]) for i in live],
+                )
+                _foreach("addcmul_", es, [v[i].to(estimate[i].dtype) for i in live], diff)
     finally:
-        with torch.no_grad():
-            for p, t in zip(params, theta, strict=True):
-                p.copy_(t)
+        _foreach("copy_", list(params), list(theta))
         for p, g in zip(params, grads, strict=True):
             p.grad = g
         after_first.restore()
@@ -300,8 +300,21 @@ def finite_difference_products(
     return estimate
 
 
-def _as(g: Tensor | None, dtype: torch.dtype, like: Tensor) -> Tensor:
-    return torch.zeros_like(like) if g is None else g.detach().to(dtype)
+def _as(g: Tensor | None, like: Tensor) -> Tensor:
+    """``g`` in ``like``'s dtype (zeros for no gradient)."""
+    return torch.zeros_like(like) if g is None else g.detach().to(like.dtype)
+
+
+@torch.no_grad()
+def _foreach(op: str, *lists: list[Tensor], **kwargs: Any) -> Any:
+    """``torch._foreach_<op>`` over plain tensors; one op per tensor for DTensors (sharded
+    parameters), whose foreach support varies."""
+    if not lists[0]:
+        return []
+    if not any(type(t).__name__ == "DTensor" for t in lists[0]):
+        return getattr(torch, f"_foreach_{op}")(*lists, **kwargs)
+    out = [getattr(t, op)(*rest, **kwargs) for t, *rest in zip(*lists, strict=True)]
+    return None if op.endswith("_") else out
 
 
 def _gradient_at(
@@ -313,9 +326,13 @@ def _gradient_at(
     random_state: RandomState,
 ) -> list[Tensor | None]:
     """:math:`g(\\theta + \\text{step} \\cdot v)`, the parameters and buffers put back after."""
-    with torch.no_grad():
-        for p, t, v in zip(params, theta, direction, strict=True):
-            p.copy_(t + step * v.to(t.dtype))
+    _foreach("copy_", list(params), list(theta))
+    _foreach(
+        "add_",
+        list(params),
+        [v.to(p.dtype) for v, p in zip(direction, params, strict=True)],
+        alpha=step,
+    )
     versions = _versions(params)
     for p in params:
         p.grad = None  # the closure's zero_grad() must not touch g(θ)
