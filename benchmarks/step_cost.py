@@ -248,8 +248,10 @@ def _adahessian(
 ) -> Callable:
     def make(task: Task) -> Callable[[], None]:
         model = use_fast_batchnorm(task.model) if fast_bn else task.model
-        opt = AdaHessian(model.parameters(), update_interval=interval, n_samples=n, seed=0,
-                         hessian_power=hessian_power)  # fmt: skip
+        # lr 0.01: the step cost does not depend on lr, but at the default 0.15 the lazy
+        # contenders reached NaN on the Transformer within 25 steps, and NaN is no fair time.
+        opt = AdaHessian(model.parameters(), lr=0.01, update_interval=interval, n_samples=n,
+                         seed=0, hessian_power=hessian_power)  # fmt: skip
 
         def step() -> None:
             opt.zero_grad(set_to_none=True)
@@ -391,7 +393,11 @@ def _adahessian_fd(interval: int = 1, compiled: bool = False, **kw: Any) -> Call
             torch.compile(task.model, backend=backend, dynamic=False) if compiled else task.model
         )
         opt = AdaHessian(
-            task.model.parameters(), update_interval=interval, seed=0, hvp="finite-difference", **kw
+            task.model.parameters(),
+            **{"lr": 0.01, **kw},  # as _adahessian's
+            update_interval=interval,
+            seed=0,
+            hvp="finite-difference",
         )
         clock = _CompileClock()
         counts = {"steps": 0, "closure_calls": 0}
