@@ -18,8 +18,8 @@ passes, probes and random state: dropout draws the same masks at :math:`\\theta`
 
 Limits: ``gradient_accumulation_steps`` must be 1 (the perturbed passes must see the whole
 step's batch), and gradient clipping is off (``max_grad_norm=0``): clipping rescales the gradient
-but not the curvature. Under mixed precision (``fp16=True``) pass ``fd_eps=1e-2`` (bf16:
-``1e-1``), the ε of the dtype the gradients are computed in.
+but not the curvature. Under mixed precision (``fp16=True`` or ``bf16=True``) pass ``fd_eps=1e-2``,
+the ε of the dtype the gradients are computed in.
 """
 
 from __future__ import annotations
