@@ -570,3 +570,36 @@ def test_sharded_parameters_are_refused_only_for_autograd():
     with pytest.raises(ValueError, match=r"hvp='finite-difference'"):
         AdaHessian([p])
     AdaHessian([p], hvp="finite-difference")
+
+
+def test_a_perturbed_gradient_that_overflows_skips_the_step_and_backs_the_scaler_off():
+    """Under ``step(closure, scaler=...)``: g(θ) finite, g(θ + εv) inf (the scaled loss overflows
+    just beside θ). The step is skipped with nothing changed, and the scaler, which saw finite
+    gradients, is told: ``scaler.update()`` halves the scale as for any overflow."""
+    model, loss_fn = smooth_model("tanh-mlp")
+    opt = AdaHessian(model.parameters(), lr=0.05, seed=0, hvp="finite-difference")
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
+    calls = []
+
+    def closure() -> Tensor:
+        calls.append(1)
+        opt.zero_grad()
+        loss = loss_fn(model)
+        scaler.scale(loss).backward()
+        if len(calls) == 2:  # the perturbed pass: as if the scaled gradient overflowed there
+            next(model.parameters()).grad[0, 0] = math.inf
+        return loss
+
+    before = [p.detach().clone() for p in model.parameters()]
+    opt.step(closure, scaler=scaler)
+    scaler.update()
+    assert len(calls) == 2
+    assert all(torch.equal(p, b) for p, b in zip(model.parameters(), before, strict=True))
+    assert opt.skipped_steps == 1 and not opt.state
+    assert scaler.get_scale() == 2.0**9
+    assert all(bool(torch.isfinite(p.grad).all()) for p in model.parameters()), "g(θ) kept"
+    # The next step (calls 3 and 4: no overflow) is taken.
+    opt.step(closure, scaler=scaler)
+    scaler.update()
+    assert opt.state_dict()["adahessian"]["hessian_updates"] == 1
+    assert not all(torch.equal(p, b) for p, b in zip(model.parameters(), before, strict=True))
