@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import os
+import socket
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 import torch
@@ -142,3 +148,61 @@ def one_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+# ----------------------------------------------------------------------------- two gloo ranks
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def two_ranks(tmp_path: Path) -> Callable[..., list[dict | None]]:
+    """Run a worker script as two gloo ranks on loopback: ``two_ranks(worker, scenario)`` returns
+    each rank's JSON result (None for a rank that wrote none). Both must exit 0 unless
+    ``must_succeed=False``; a rank that hangs fails the test."""
+
+    def launch(worker: Path, scenario: str, *, must_succeed: bool = True) -> list[dict | None]:
+        port = _free_port()
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        procs = [
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    str(worker),
+                    "--rank",
+                    str(r),
+                    "--port",
+                    str(port),
+                    "--scenario",
+                    scenario,
+                    "--out",
+                    str(tmp_path / f"rank{r}.json"),
+                ],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+            for r in range(2)
+        ]
+        logs = []
+        for p in procs:
+            try:
+                logs.append(p.communicate(timeout=120)[0])
+            except subprocess.TimeoutExpired:
+                for q in procs:
+                    q.kill()
+                pytest.fail(f"scenario {scenario}: a rank hung")
+        results: list[dict | None] = []
+        for r, p in enumerate(procs):
+            out = tmp_path / f"rank{r}.json"
+            results.append(json.loads(out.read_text()) if out.exists() else None)
+            if must_succeed:
+                assert p.returncode == 0, logs[r][-3000:]
+        return results
+
+    return launch

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import json
 import os
 import re
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -24,63 +22,16 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def run_ranks(scenario: str, tmp_path: Path) -> list[dict | None]:
-    port = free_port()
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    procs = [
-        subprocess.Popen(
-            [
-                sys.executable,
-                str(WORKER),
-                "--rank",
-                str(r),
-                "--port",
-                str(port),
-                "--scenario",
-                scenario,
-                "--out",
-                str(tmp_path / f"rank{r}.json"),
-            ],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        for r in range(2)
-    ]
-    logs = []
-    for p in procs:
-        try:
-            logs.append(p.communicate(timeout=120)[0])
-        except subprocess.TimeoutExpired:
-            for q in procs:
-                q.kill()
-            pytest.fail(f"scenario {scenario}: a rank hung")
-    results = []
-    for r, p in enumerate(procs):
-        out = tmp_path / f"rank{r}.json"
-        results.append(json.loads(out.read_text()) if out.exists() else None)
-        if scenario != "error":
-            assert p.returncode == 0, logs[r]
-    return results
-
-
-def test_ranks_stay_identical_across_hessian_and_plain_steps(tmp_path):
-    r0, r1 = run_ranks("sync", tmp_path)
+def test_ranks_stay_identical_across_hessian_and_plain_steps(two_ranks):
+    r0, r1 = two_ranks(WORKER, "sync")
     assert r0 is not None and r1 is not None
     assert r0["params"] == r1["params"], "every rank must apply the same update"
     assert r0["buffers"] == r1["buffers"], "average_buffers makes BatchNorm statistics agree"
     assert "process_group=dist.group.WORLD" in r0["warning"]
 
 
-def test_shared_probes_two_ranks_equal_one_process_with_double_batch(tmp_path):
-    r0, r1 = run_ranks("shared", tmp_path)
+def test_shared_probes_two_ranks_equal_one_process_with_double_batch(two_ranks):
+    r0, r1 = two_ranks(WORKER, "shared")
     assert r0 is not None and r1 is not None
     assert r0["params"] == r1["params"]
 
@@ -100,8 +51,8 @@ def test_shared_probes_two_ranks_equal_one_process_with_double_batch(tmp_path):
                               dist_worker.make_model(seed=0).parameters()]))  # fmt: skip
 
 
-def test_a_failed_rank_does_not_leave_the_other_hanging(tmp_path):
-    r0, r1 = run_ranks("error", tmp_path)
+def test_a_failed_rank_does_not_leave_the_other_hanging(two_ranks):
+    r0, r1 = two_ranks(WORKER, "error", must_succeed=False)
     assert r1 is None
     assert r0 is not None and "error" in r0, r0
 

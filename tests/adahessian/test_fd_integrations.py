@@ -6,10 +6,8 @@ strong reference (a plain closure loop, double backward, one process with the wh
 from __future__ import annotations
 
 import copy
-import json
 import os
 import re
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -427,49 +425,6 @@ def test_bfloat16_autocast_estimate_matches_float32():
 # ----------------------------------------------------------------------------- 6, 7. DDP, FSDP2
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def run_ranks(scenario: str, tmp_path: Path) -> list[dict]:
-    port = free_port()
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    procs = [
-        subprocess.Popen(
-            [
-                sys.executable,
-                str(WORKER),
-                "--rank",
-                str(r),
-                "--port",
-                str(port),
-                "--scenario",
-                scenario,
-                "--out",
-                str(tmp_path / f"rank{r}.json"),
-            ],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        for r in range(2)
-    ]
-    logs = []
-    for p in procs:
-        try:
-            logs.append(p.communicate(timeout=120)[0])
-        except subprocess.TimeoutExpired:
-            for q in procs:
-                q.kill()
-            pytest.fail(f"scenario {scenario}: a rank hung")
-    for r, p in enumerate(procs):
-        assert p.returncode == 0, logs[r][-3000:]
-    return [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
-
-
 def import_worker():
     sys.path.insert(0, str(HERE))
     try:
@@ -484,8 +439,8 @@ def flat(tensors) -> torch.Tensor:
 
 
 @needs_gloo
-def test_ddp_two_ranks_equal_one_process_with_the_double_batch(tmp_path):
-    r0, r1 = run_ranks("ddp", tmp_path)
+def test_ddp_two_ranks_equal_one_process_with_the_double_batch(two_ranks):
+    r0, r1 = two_ranks(WORKER, "ddp")
     assert r0["seed"] == r1["seed"], "seed=None: rank 0's seed must be broadcast"
     assert r0["steps"] == 4 and r0["hessian_updates"] == 2
     assert r0["params"] == r1["params"]
@@ -508,9 +463,9 @@ def test_ddp_two_ranks_equal_one_process_with_the_double_batch(tmp_path):
 
 
 @needs_gloo
-def test_fsdp2_shard_estimates_equal_the_full_batch_estimate_with_the_gathered_probe(tmp_path):
+def test_fsdp2_shard_estimates_equal_the_full_batch_estimate_with_the_gathered_probe(two_ranks):
     pytest.importorskip("torch.distributed.fsdp", reason="needs FSDP2")
-    r0, r1 = run_ranks("fsdp", tmp_path)
+    r0, r1 = two_ranks(WORKER, "fsdp")
     for key in ("probes", "estimate", "params"):  # all-gathered: the same on both ranks
         assert r0[key] == r1[key], key
     assert r0["probe_types"] == ["DTensor"] * 6
