@@ -127,6 +127,19 @@ class AdaHessian(Optimizer):
         shared_probes: with a process group, draw the same probes on every rank (then R ranks
             with batch B are equivalent to one process with batch R*B); by default each rank
             draws its own, and averaging R independent probes lowers the variance for free.
+        hvp: how a Hessian step takes its Hessian-vector products. ``"autograd"`` (the
+            default): double backward through the graph that
+            ``loss.backward(create_graph=opt.hessian_due)`` keeps. ``"finite-difference"``:
+            :math:`Hv \approx (g(\theta + \varepsilon v) - g(\theta)) / \varepsilon` from
+            ordinary gradients; steps are ``opt.step(closure)`` with ``torch.optim``'s ordinary
+            closure, which a Hessian step calls once more per probe (see
+            :mod:`adahessian.finite_difference`). It needs no graph (Adam's activation memory)
+            and runs with fused attention, compiled models, DDP and FSDP2.
+        fd_eps: the finite-difference step ε (None: the parameters' dtype's,
+            :func:`adahessian.finite_difference.default_eps`; float32: 1e-3). Under autocast
+            pass the compute dtype's (1e-2 for float16/bfloat16).
+        fd_scheme: ``"forward"`` (one extra pass per probe, error :math:`O(\varepsilon)`) or
+            ``"central"`` (two, :math:`O(\varepsilon^2)`).
 
     ``lr``, ``betas``, ``eps``, ``weight_decay``, ``hessian_power``, ``block_size``,
     ``spatial_average``, ``update_clip`` and ``foreach`` can be set per parameter group.
@@ -140,7 +153,8 @@ class AdaHessian(Optimizer):
         opt.zero_grad()
 
     ``step(closure)`` runs the closure with gradients enabled (it calls
-    ``backward(create_graph=...)`` itself). ``step(hessian=[...])`` takes a Hessian-diagonal
+    ``backward(create_graph=...)`` itself; with ``hvp="finite-difference"`` plain
+    ``backward()``). ``step(hessian=[...])`` takes a Hessian-diagonal
     estimate from elsewhere (one tensor per parameter that has a gradient, in parameter-group
     order) in place of Hutchinson's, and makes that step a Hessian step.
 
