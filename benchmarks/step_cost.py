@@ -48,7 +48,6 @@ import importlib
 import json
 import os
 import platform
-import re
 import statistics
 import subprocess
 import sys
@@ -74,11 +73,6 @@ from adahessian.batchnorm import use_fast_batchnorm
 # backward(create_graph=True) warns about a parameter <-> gradient reference cycle; the
 # AdaHessian contenders break it in step() and the external ones by zero_grad(set_to_none=True).
 warnings.filterwarnings("ignore", message="Using backward\\(\\) with create_graph=True")
-# The finite-difference passes put BatchNorm's statistics back through a global forward pre-hook,
-# which torch.compile(model) warns fires once more for its wrapper (harmless).
-warnings.filterwarnings(
-    "ignore", message=re.escape("Using `torch.compile(module)` when there are global hooks")
-)
 
 # ----------------------------------------------------------------------------------- models
 

@@ -568,8 +568,7 @@ class AdaHessian(Optimizer):
         back (False when there were none, or an estimate already uses them)."""
         if self._pending is None or self._pending["estimate"] is not None:
             return False
-        self._probe_generator().set_state(self._pending["rng_state"])
-        self._pending = None
+        self._drop_pending()
         return True
 
     def hessian_estimate(self) -> list[Tensor] | None:
@@ -728,7 +727,7 @@ class AdaHessian(Optimizer):
             )
         except BaseException:
             self._pending = pending
-            self.discard_hessian_probes()
+            self._drop_pending()  # the probes were drawn for these passes alone
             raise
         self._pending = pending
         self._add_estimate(estimate)

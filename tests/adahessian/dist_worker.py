@@ -40,11 +40,13 @@ def train(model, opt, batches) -> None:
         opt.step()
 
 
-def main() -> None:
+def join(scenarios: list[str], timeout_s: int) -> argparse.Namespace:
+    """Parse a worker's command line (``--rank --port --scenario --out``, as the test's
+    ``two_ranks`` fixture passes it) and join the 2-rank gloo group on loopback."""
     parser = argparse.ArgumentParser()
     parser.add_argument("--rank", type=int, required=True)
     parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--scenario", choices=["sync", "shared", "error"], required=True)
+    parser.add_argument("--scenario", choices=scenarios, required=True)
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
     dist.init_process_group(
@@ -52,8 +54,13 @@ def main() -> None:
         init_method=f"tcp://127.0.0.1:{args.port}",
         rank=args.rank,
         world_size=2,
-        timeout=datetime.timedelta(seconds=20),
+        timeout=datetime.timedelta(seconds=timeout_s),
     )
+    return args
+
+
+def main() -> None:
+    args = join(["sync", "shared", "error"], timeout_s=20)
     rank = args.rank
     model = make_model(seed=rank)  # different on purpose: broadcast_module must align them
     broadcast_module(model)

@@ -13,8 +13,6 @@ Each rank writes a JSON file of what the test compares with a single unsharded p
 
 from __future__ import annotations
 
-import argparse
-import datetime
 import json
 
 import torch
@@ -137,19 +135,9 @@ def run_fsdp(rank: int) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--rank", type=int, required=True)
-    parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--scenario", choices=["ddp", "fsdp"], required=True)
-    parser.add_argument("--out", required=True)
-    args = parser.parse_args()
-    dist.init_process_group(
-        "gloo",
-        init_method=f"tcp://127.0.0.1:{args.port}",
-        rank=args.rank,
-        world_size=2,
-        timeout=datetime.timedelta(seconds=60),
-    )
+    from dist_worker import join  # the autograd worker beside this file (a script's sys.path)
+
+    args = join(["ddp", "fsdp"], timeout_s=60)
     result = run_ddp(args.rank) if args.scenario == "ddp" else run_fsdp(args.rank)
     with open(args.out, "w") as f:
         json.dump(result, f)
