@@ -456,6 +456,12 @@ def _opt_backward(model: nn.Module, loss_fn: Any, opt: AdaHessian) -> None:
     opt.backward(loss_fn(model))
 
 
+def _scaler_without_closure(model: nn.Module, loss_fn: Any, opt: AdaHessian) -> None:
+    opt.zero_grad()
+    loss_fn(model).backward()
+    opt.step(scaler=torch.amp.GradScaler("cpu"))
+
+
 FD_CASES = [
     (
         "closure-returns-none",
@@ -493,6 +499,12 @@ FD_CASES = [
         _opt_backward,
         RuntimeError,
         r"opt\.backward\(loss\) takes double-backward products .* inside the closure",
+    ),
+    (
+        "scaler-without-closure",
+        _scaler_without_closure,
+        ValueError,
+        r"step\(scaler=\.\.\.\) is for a closure that scales its own loss",
     ),
 ]
 
