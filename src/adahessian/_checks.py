@@ -30,6 +30,12 @@ GROUP_KEYS = (
     "update_clip",
 )
 
+
+class FiniteDifferenceError(RuntimeError):
+    """The closure cannot be used for finite differences (it returned no loss, called no
+    ``backward()``, or changed the parameters), or a perturbed pass took another path."""
+
+
 MAX_SEED = 2**63 - 2**16  # the generator takes 64 bits; room is left for the rank offset
 
 

@@ -56,10 +56,13 @@ import torch
 from torch import Tensor
 from torch.nn.modules.module import register_module_forward_pre_hook
 
+from ._checks import FiniteDifferenceError
 from .functional import state_dtype
+from .pattern import ActivationPatternError, Pattern, PatternMode
 
 __all__ = [
     "SCHEMES",
+    "ActivationPatternError",
     "FiniteDifferenceError",
     "FirstPass",
     "RandomState",
@@ -70,29 +73,30 @@ __all__ = [
 
 SCHEMES = ("forward", "central")
 
-# ε per dtype the gradient is computed in (measured: docs/finite-difference.md). float32's
-# value keeps ReLU networks near autograd's learning (1e-4 cost a ResNet20 about 20 points).
+# ε per dtype the gradient is computed in (measured: docs/finite-difference.md). With the first
+# pass's activation pattern kept (the default), float32 takes 1e-4: the quotient's error is then
+# rounding plus truncation, as for a smooth model. Without it, a ReLU network's kinks inside the
+# step dominate below 1e-3 (1e-4 cost a ResNet20 about 20 points).
 _DEFAULT_EPS = {
     torch.float64: 1e-5,
-    torch.float32: 1e-3,
+    torch.float32: 1e-4,
     torch.float16: 1e-2,
     torch.bfloat16: 1e-2,
 }
+_DEFAULT_EPS_PATTERN_FREE = {torch.float32: 1e-3}
 
 
-class FiniteDifferenceError(RuntimeError):
-    """The closure cannot be used for finite differences (it returned no loss, called no
-    ``backward()``, or changed the parameters)."""
-
-
-def default_eps(dtype: torch.dtype, scheme: str = "forward") -> float:
+def default_eps(dtype: torch.dtype, scheme: str = "forward", keep_pattern: bool = True) -> float:
     """The default step ε for gradients computed in ``dtype``; the central difference's
-    truncation error is :math:`O(\\varepsilon^2)`, so it takes a larger one in float64."""
+    truncation error is :math:`O(\\varepsilon^2)`, so it takes a larger one in float64; without
+    the activation pattern kept (``keep_pattern=False``) float32 takes 1e-3."""
     check_scheme(scheme)
     if dtype not in _DEFAULT_EPS:
         raise ValueError(f"no default finite-difference eps for {dtype}: pass eps= explicitly")
     if scheme == "central" and dtype == torch.float64:
         return 1e-4
+    if not keep_pattern and dtype in _DEFAULT_EPS_PATTERN_FREE:
+        return _DEFAULT_EPS_PATTERN_FREE[dtype]
     return _DEFAULT_EPS[dtype]
 
 
@@ -114,10 +118,10 @@ def check_eps(eps: Any) -> float | None:
     return float(eps)
 
 
-def params_eps(params: Sequence[Tensor], scheme: str) -> float:
+def params_eps(params: Sequence[Tensor], scheme: str, keep_pattern: bool = True) -> float:
     """One ε for all parameters: the largest default among their dtypes (the step must be the
     same for every coordinate for the quotient to be a Hessian-vector product)."""
-    return max(default_eps(p.dtype, scheme) for p in params)
+    return max(default_eps(p.dtype, scheme, keep_pattern) for p in params)
 
 
 class RandomState:
@@ -139,34 +143,70 @@ class RandomState:
 _COMPILED_HOOK_WARNING = "Using `torch.compile(module)` when there are global hooks"
 
 
+class _BufferSaver:
+    """What one :func:`buffers_kept` block saved: each buffer with its copy, and the modules
+    whose buffers are saved."""
+
+    def __init__(self) -> None:
+        self.saved: dict[int, tuple[Tensor, Tensor]] = {}
+        self.seen: set[int] = set()
+
+    def save(self, module: torch.nn.Module) -> None:
+        if id(module) in self.seen:
+            return
+        for m in module.modules():
+            self.seen.add(id(m))
+        for b in module.buffers():
+            if id(b) not in self.saved:
+                self.saved[id(b)] = (b, b.detach().clone())
+
+    def restore(self) -> None:
+        with torch.no_grad():
+            for b, copy in self.saved.values():
+                b.copy_(copy)
+
+
+_SAVERS: list[_BufferSaver] = []  # the open buffers_kept blocks, innermost last
+_HOOK_KEY: list[int] = []  # the key of the hook below in torch's global forward pre-hooks
+
+
+def _save_buffers(module: torch.nn.Module, _: Any) -> None:
+    # Inside a compiled model the hook is traced: its wrapper, called eagerly, saved them.
+    if torch.compiler.is_compiling() or not _SAVERS:
+        return
+    _SAVERS[-1].save(module)
+
+
 @contextmanager
 def buffers_kept() -> Iterator[None]:
     """Put back every buffer of every module called inside the block as it was before the
     call (BatchNorm's running statistics, ``num_batches_tracked``). The modules are found by a
-    global forward pre-hook: the first module called (the model) saves all of its buffers."""
-    saved: dict[int, tuple[Tensor, Tensor]] = {}
-    seen: set[int] = set()
+    global forward pre-hook: the first module called (the model) saves all of its buffers.
 
-    def save(module: torch.nn.Module, _: Any) -> None:
-        if id(module) in seen:
-            return
-        for m in module.modules():
-            seen.add(id(m))
-        for b in module.buffers():
-            if id(b) not in saved:
-                saved[id(b)] = (b, b.detach().clone())
-
-    handle = register_module_forward_pre_hook(save)
+    The hook is one function under one key of torch's global hook table, each time it is
+    installed: a compiled model that traces the hooks then finds the same hooks on every pass
+    and is not compiled again."""
+    saver = _BufferSaver()
+    hooks = torch.nn.modules.module._global_forward_pre_hooks
+    if _HOOK_KEY and _HOOK_KEY[0] not in hooks:
+        hooks[_HOOK_KEY[0]] = _save_buffers
+        installed = True
+    elif not _HOOK_KEY:
+        _HOOK_KEY.append(register_module_forward_pre_hook(_save_buffers).id)
+        installed = True
+    else:
+        installed = False  # a block is open already (nested)
+    _SAVERS.append(saver)
     try:
         with warnings.catch_warnings():
             # A compiled model warns that a global hook fires once more for its wrapper: harmless.
             warnings.filterwarnings("ignore", message=re.escape(_COMPILED_HOOK_WARNING))
             yield
     finally:
-        handle.remove()
-        with torch.no_grad():
-            for b, copy in saved.values():
-                b.copy_(copy)
+        _SAVERS.pop()
+        if installed:
+            hooks.pop(_HOOK_KEY[0], None)
+        saver.restore()
 
 
 def _versions(params: Sequence[Tensor]) -> list[int]:
@@ -202,29 +242,62 @@ def closure_changed_params(where: str) -> FiniteDifferenceError:
 @dataclass
 class FirstPass:
     """The closure's call at :math:`\theta`, with what the perturbed passes need: the loss, the
-    parameters as they were (bit-exact copies) and the global random state before the call."""
+    parameters as they were (bit-exact copies), the global random state before the call, the
+    activation pattern it recorded (or None), and the gradients the parameters held before it
+    (:meth:`restore_grads` puts them back when the step fails)."""
 
     loss: Any
     theta: list[Tensor]
     random_state: RandomState
+    pattern: Pattern | None
+    params: list[Tensor]
+    grads_before: list[Tensor | None]
+
+    def restore_grads(self) -> None:
+        """Put back the gradients the parameters held before the closure's call (the tensors
+        themselves: exact when the closure's ``zero_grad()`` set them to None, as by default)."""
+        for p, g in zip(self.params, self.grads_before, strict=True):
+            p.grad = g
 
     @classmethod
-    def run(cls, closure: Callable[[], Any], params: Sequence[Tensor]) -> FirstPass:
+    def run(
+        cls, closure: Callable[[], Any], params: Sequence[Tensor], *, keep_pattern: bool = False
+    ) -> FirstPass:
         """Call the closure at :math:`\theta` and check its contract: it returns the loss,
         computes gradients and leaves the parameters as they were (else they are put back and
-        :class:`FiniteDifferenceError` is raised)."""
+        :class:`FiniteDifferenceError` is raised). ``keep_pattern``: record the activation
+        pattern (:mod:`adahessian.pattern`) for the perturbed passes to keep."""
+        params = list(params)
         before = RandomState(params)
         theta = [p.detach().clone() for p in params]
         versions = _versions(params)
-        with torch.enable_grad():
-            loss = closure()
-        if _versions(params) != versions:
-            with torch.no_grad():
-                for p, t in zip(params, theta, strict=True):
-                    p.copy_(t)
-            raise closure_changed_params("at θ")
-        check_closure_result(loss, params, [p.grad for p in params], "at θ")
-        return cls(loss, theta, before)
+        pattern = Pattern() if keep_pattern else None
+        first = cls(None, theta, before, pattern, params, [p.grad for p in params])
+        with torch.enable_grad(), _pattern_mode(pattern, replay=False):
+            first.loss = closure()
+        try:
+            if _versions(params) != versions:
+                with torch.no_grad():
+                    for p, t in zip(params, theta, strict=True):
+                        p.copy_(t)
+                raise closure_changed_params("at θ")
+            check_closure_result(first.loss, params, [p.grad for p in params], "at θ")
+        except FiniteDifferenceError:
+            first.restore_grads()
+            raise
+        return first
+
+
+@contextmanager
+def _pattern_mode(pattern: Pattern | None, *, replay: bool) -> Iterator[None]:
+    """Record (or replay) ``pattern`` around a pass; nothing for None."""
+    if pattern is None:
+        yield
+        return
+    mode = PatternMode(pattern, replay=replay)
+    with mode:
+        yield
+    mode.finish()
 
 
 def finite_difference_products(
@@ -253,7 +326,8 @@ def finite_difference_products(
         scheme: ``"forward"`` or ``"central"``.
         first: the closure's call at :math:`\\theta` (:meth:`FirstPass.run`): each perturbed pass
             starts from the random state before it (the same dropout masks), and the
-            parameters are put back from its copies. None: the state and parameters now.
+            parameters are put back from its copies; when it recorded the activation pattern,
+            the perturbed passes keep it. None: the state and parameters now, no pattern.
         estimate_dtype: the dtype of the quotient for a parameter (float32 for float16/bfloat16
             parameters, their own otherwise).
 
@@ -272,11 +346,15 @@ def finite_difference_products(
     after_first = RandomState(params)
     before = first.random_state if first is not None else after_first
     theta = first.theta if first is not None else [p.detach().clone() for p in params]
+    pattern = first.pattern if first is not None else None
     estimate = [torch.zeros_like(p, dtype=estimate_dtype(p)) for p in params]
     signs = (1.0,) if scheme == "forward" else (1.0, -1.0)
     try:
         for v in directions:
-            sides = [_gradient_at(closure, params, theta, v, sign * eps, before) for sign in signs]
+            sides = [
+                _gradient_at(closure, params, theta, v, sign * eps, before, pattern)
+                for sign in signs
+            ]
             if scheme == "forward":
                 plus, minus = sides[0], list(grads)
             else:
@@ -324,8 +402,10 @@ def _gradient_at(
     direction: Sequence[Tensor],
     step: float,
     random_state: RandomState,
+    pattern: Pattern | None,
 ) -> list[Tensor | None]:
-    """:math:`g(\\theta + \\text{step} \\cdot v)`, the parameters and buffers put back after."""
+    """:math:`g(\\theta + \\text{step} \\cdot v)`, the parameters and buffers put back after;
+    the pass keeps ``pattern`` (None: its own kinks)."""
     _foreach("copy_", list(params), list(theta))
     _foreach(
         "add_",
@@ -337,7 +417,7 @@ def _gradient_at(
     for p in params:
         p.grad = None  # the closure's zero_grad() must not touch g(θ)
     random_state.restore()
-    with buffers_kept(), torch.enable_grad():
+    with buffers_kept(), torch.enable_grad(), _pattern_mode(pattern, replay=True):
         loss = closure()
     grads = [p.grad for p in params]
     if _versions(params) != versions:
@@ -355,6 +435,7 @@ def finite_difference_diagonal(
     eps: float | None = None,
     scheme: str = "forward",
     probes: Sequence[Sequence[Tensor]] | None = None,
+    keep_pattern: bool = True,
 ) -> tuple[Any, list[Tensor]]:
     """Call the closure at :math:`\\theta` and return ``(loss, estimate)``: its loss and
     Hutchinson's estimate :math:`\\frac1n\\sum_i v_i \\odot H v_i` from finite differences.
@@ -363,14 +444,18 @@ def finite_difference_diagonal(
     state (one :func:`adahessian.rademacher` call over ``params`` per sample), unless given.
     Afterwards ``p.grad`` holds :math:`g(\\theta)`, the parameters are bit-identical, the buffers
     and the global random state are as after one call of the closure. ``eps`` None: the
-    parameters' dtype's :func:`default_eps`.
+    parameters' dtype's :func:`default_eps`. ``keep_pattern``: the perturbed passes keep the
+    first pass's activation pattern (:mod:`adahessian.pattern`), so that the estimate converges
+    to autodiff's on ReLU and max-pooling networks.
     """
     from .hutchinson import check_n_samples, rademacher
 
     params = list(params)
     check_scheme(scheme)
-    step = check_eps(eps) or params_eps(params, scheme)
-    first = FirstPass.run(closure, params)
+    step = check_eps(eps) or params_eps(params, scheme, keep_pattern)
+    if not isinstance(keep_pattern, bool):
+        raise ValueError(f"keep_pattern must be True or False, got {keep_pattern!r}")
+    first = FirstPass.run(closure, params, keep_pattern=keep_pattern)
     grads = [p.grad for p in params]
     if probes is None:
         check_n_samples(n_samples)

@@ -52,6 +52,7 @@ _OWN_STATE = (
     _Field("hvp", "autograd"),
     _Field("fd_eps", None),
     _Field("fd_scheme", "forward"),
+    _Field("fd_keep_pattern", True),
     _Field("_probe_scaler", None),
     _Field("_generator", None),
     _Field("_pending", None),
@@ -136,10 +137,16 @@ class AdaHessian(Optimizer):
             :mod:`adahessian.finite_difference`). It needs no graph (Adam's activation memory)
             and runs with fused attention, compiled models, DDP and FSDP2.
         fd_eps: the finite-difference step ε (None: the parameters' dtype's,
-            :func:`adahessian.finite_difference.default_eps`; float32: 1e-3). Under autocast
-            pass the compute dtype's (1e-2 for float16/bfloat16).
+            :func:`adahessian.finite_difference.default_eps`; float32: 1e-4, or 1e-3 with
+            ``fd_keep_pattern=False``). Under autocast pass the compute dtype's (1e-2 for
+            float16/bfloat16).
         fd_scheme: ``"forward"`` (one extra pass per probe, error :math:`O(\varepsilon)`) or
             ``"central"`` (two, :math:`O(\varepsilon^2)`).
+        fd_keep_pattern: the perturbed passes keep the first pass's activation pattern (which
+            side of every ReLU, LeakyReLU, Hardtanh/ReLU6 kink each unit is on, and the argmax
+            of every max pooling; :mod:`adahessian.pattern`), so that the quotient converges to
+            autograd's product on piecewise-linear networks. False: they take their own pattern
+            (the loss's curvature smoothed at scale ε). Smooth models give identical results.
 
     ``lr``, ``betas``, ``eps``, ``weight_decay``, ``hessian_power``, ``block_size``,
     ``spatial_average``, ``update_clip`` and ``foreach`` can be set per parameter group.
@@ -200,6 +207,7 @@ class AdaHessian(Optimizer):
     hvp: str
     fd_eps: float | None
     fd_scheme: str
+    fd_keep_pattern: bool
     _probe_scaler: ProbeScaler
     _generator: torch.Generator | None
     _pending: dict[str, Any] | None  # this step's probes and the estimate added so far
@@ -227,6 +235,7 @@ class AdaHessian(Optimizer):
         hvp: str = "autograd",
         fd_eps: float | None = None,
         fd_scheme: str = "forward",
+        fd_keep_pattern: bool = True,
     ) -> None:
         defaults = dict(
             lr=lr,
@@ -252,6 +261,8 @@ class AdaHessian(Optimizer):
             )
         fd_eps = fd.check_eps(fd_eps)
         fd_scheme = fd.check_scheme(fd_scheme)
+        if not isinstance(fd_keep_pattern, bool):
+            raise ValueError(f"fd_keep_pattern must be True or False, got {fd_keep_pattern!r}")
         for field in _OWN_STATE:
             setattr(self, field.attr, field.default)
         self._update_interval = update_interval
@@ -262,6 +273,7 @@ class AdaHessian(Optimizer):
         self.hvp = hvp
         self.fd_eps = fd_eps
         self.fd_scheme = fd_scheme
+        self.fd_keep_pattern = fd_keep_pattern
         self._probe_scaler = ProbeScaler(growth_interval=_PROBE_SCALE_GROWTH_INTERVAL)
         super().__init__(params, defaults)
         if hvp == "autograd":
@@ -643,10 +655,16 @@ class AdaHessian(Optimizer):
             return self._step_with_scaler(closure, scaler, hessian)
         loss, first_pass = self._run_closure(closure, hessian)
         # Every check comes first: a step that fails changes nothing.
-        groups = self._gather()
+        try:
+            groups = self._gather()
+            scaling = self._scaling(loss_scale, hessian)
+        except BaseException:
+            if first_pass is not None:
+                self._drop_pending()
+                first_pass.restore_grads()
+            raise
         flat = [p for ps in groups for p in ps]
         grads = [cast(Tensor, p.grad) for p in flat]
-        scaling = self._scaling(loss_scale, hessian)
         if first_pass is not None:  # a finite-difference Hessian step: the perturbed passes
             self._finite_differences(cast(Callable[[], Any], closure), first_pass)
         try:
@@ -655,6 +673,7 @@ class AdaHessian(Optimizer):
         except BaseException:
             if first_pass is not None:
                 self._drop_pending()
+                first_pass.restore_grads()
             raise
         from_loss = source is not None and source.from_loss
 
@@ -706,7 +725,7 @@ class AdaHessian(Optimizer):
                 "add_hessian_estimate, e.g. CompiledCurvature): with hvp='finite-difference' "
                 "the closure takes it; call opt.step() without a closure, or zero_grad() first"
             )
-        first = fd.FirstPass.run(closure, self._probe_params())
+        first = fd.FirstPass.run(closure, self._probe_params(), keep_pattern=self.fd_keep_pattern)
         return first.loss, first
 
     def _finite_differences(self, closure: Callable[[], Any], first: fd.FirstPass) -> None:
@@ -714,7 +733,7 @@ class AdaHessian(Optimizer):
         step's pending estimate (the probes are put back if they fail)."""
         params, probes = self.hessian_probes()
         pending = self._pending  # the closure's opt.zero_grad() drops it: keep it here
-        eps = self.fd_eps or fd.params_eps(params, self.fd_scheme)
+        eps = self.fd_eps or fd.params_eps(params, self.fd_scheme, self.fd_keep_pattern)
         try:
             estimate = fd.finite_difference_products(
                 closure,
@@ -728,6 +747,7 @@ class AdaHessian(Optimizer):
         except BaseException:
             self._pending = pending
             self._drop_pending()  # the probes were drawn for these passes alone
+            first.restore_grads()
             raise
         self._pending = pending
         self._add_estimate(estimate)

@@ -8,8 +8,9 @@ as the paper sets it, and in the recommended setup).
 AdaHessian's ``hvp`` picks how a Hessian step takes its Hessian-vector products: ``"autograd"``
 (the default: double backward) or ``"finite-difference"`` (two ordinary gradients, the step taken
 as ``opt.step(closure)``: ``stepcost.training_step``), with ``fd_eps`` (the step ε, in (0, 1];
-left out: the default of the dtype) and ``fd_scheme`` (``"forward"`` or ``"central"``). The
-constructor checks their values; ``check`` also refuses ``fd_eps`` or ``fd_scheme`` without
+left out: the default of the dtype), ``fd_scheme`` (``"forward"`` or ``"central"``) and
+``fd_keep_pattern`` (true by default: the perturbed passes keep the first pass's ReLU and
+max-pooling pattern). The constructor checks their values; ``check`` also refuses them without
 ``hvp = "finite-difference"``, where they would do nothing.
 """
 
@@ -28,7 +29,7 @@ OPTIMIZERS = ("sgd", "adam", "adamw", "adagrad", "adahessian")
 SET_BY_BUILD = ("params", "seed", "process_group")  # not hyperparameters of a profile
 VARIANT = re.compile(r"[a-z]+(-[a-z0-9_.]+)*")
 # AdaHessian keys that only finite-difference Hessian-vector products use.
-FINITE_DIFFERENCE_KEYS = ("fd_eps", "fd_scheme")
+FINITE_DIFFERENCE_KEYS = ("fd_eps", "fd_scheme", "fd_keep_pattern")
 
 
 def kind(name: str) -> str:

@@ -210,11 +210,15 @@ def test_the_trajectory_stays_close_to_autograd_with_the_same_probes(kwargs: dic
     )
 
 
-def test_a_relu_kink_inside_the_step_is_seen_as_curvature_one_over_eps():
-    """L(θ) = relu(θ): autodiff's second derivative is 0 everywhere; the forward quotient across
-    the kink is (1 - 0) / ε, the curvature of relu smoothed at scale ε (its second derivative is
-    a Dirac delta at 0). Away from the kink both are 0."""
-    for theta, expected in ((-0.4e-3, 1.0 / 1e-3), (-0.5, 0.0), (0.5, 0.0)):
+@pytest.mark.parametrize("keep_pattern", [False, True], ids=["pattern-free", "pattern-kept"])
+def test_a_relu_kink_inside_the_step(keep_pattern: bool) -> None:
+    """L(θ) = relu(θ): autodiff's second derivative is 0 everywhere. With its own pattern the
+    forward quotient across the kink is (1 - 0) / ε, the curvature of relu smoothed at scale ε
+    (its second derivative is a Dirac delta at 0); with the first pass's pattern kept the
+    perturbed pass stays on relu's zero piece and the quotient is autodiff's 0. Away from the
+    kink both are 0."""
+    across = 0.0 if keep_pattern else 1.0 / 1e-3
+    for theta, expected in ((-0.4e-3, across), (-0.5, 0.0), (0.5, 0.0)):
         p = torch.tensor([theta], dtype=F64, requires_grad=True)
 
         def closure(p: Tensor = p) -> Tensor:
@@ -229,7 +233,9 @@ def test_a_relu_kink_inside_the_step_is_seen_as_curvature_one_over_eps():
             if int(torch.randint(0, 2, (1,), generator=g, dtype=torch.int8)) == 1:
                 g.set_state(state)
                 break
-        _, (estimate,) = finite_difference_diagonal(closure, [p], generator=g, eps=1e-3)
+        _, (estimate,) = finite_difference_diagonal(
+            closure, [p], generator=g, eps=1e-3, keep_pattern=keep_pattern
+        )
         assert float(estimate) == pytest.approx(expected, rel=1e-9, abs=1e-12)
 
 
@@ -462,6 +468,35 @@ def _scaler_without_closure(model: nn.Module, loss_fn: Any, opt: AdaHessian) -> 
     opt.step(scaler=torch.amp.GradScaler("cpu"))
 
 
+def _another_path(first: Callable[[Tensor], Tensor], other: Callable[[Tensor], Tensor]) -> Any:
+    """The closure's perturbed pass applies ``other`` to the logits where the first pass applied
+    ``first`` (data-dependent control flow): the activation pattern cannot be kept."""
+
+    def act(model: nn.Module, loss_fn: Any, opt: AdaHessian) -> None:
+        calls = []
+
+        def closure() -> Tensor:
+            calls.append(1)
+            opt.zero_grad()
+            apply = first if len(calls) == 1 else other
+            loss = loss_fn(_Wrapped(model, apply))
+            loss.backward()
+            return loss
+
+        opt.step(closure)
+
+    return act
+
+
+class _Wrapped(nn.Module):
+    def __init__(self, model: nn.Module, after: Callable[[Tensor], Tensor]) -> None:
+        super().__init__()
+        self.model, self.after = model, after
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.after(self.model(x))
+
+
 FD_CASES = [
     (
         "closure-returns-none",
@@ -499,6 +534,31 @@ FD_CASES = [
         _opt_backward,
         RuntimeError,
         r"opt\.backward\(loss\) takes double-backward products .* inside the closure",
+    ),
+    (
+        "perturbed-pass-meets-another-kink",
+        _another_path(torch.relu, lambda t: F.leaky_relu(t, 0.1)),
+        FiniteDifferenceError,
+        r"took another path than the first: kink 1 is a leaky_relu\(0\.1\) on \(\d+, \d+\) where "
+        r"the first pass had a relu",
+    ),
+    (
+        "perturbed-pass-meets-a-kink-of-another-shape",
+        _another_path(torch.relu, lambda t: torch.relu(t[:, :1])),
+        FiniteDifferenceError,
+        r"kink 1 is a relu on \(\d+, 1\) where the first pass had a relu on \(\d+, \d+\)",
+    ),
+    (
+        "perturbed-pass-meets-more-kinks",
+        _another_path(lambda t: t, torch.relu),
+        FiniteDifferenceError,
+        r"met more kinks than the first pass \(0\): kink 1 is a relu",
+    ),
+    (
+        "perturbed-pass-meets-fewer-kinks",
+        _another_path(torch.relu, lambda t: t),
+        FiniteDifferenceError,
+        r"met 0 kinks where the first pass met 1: the closure must take the same path",
     ),
     (
         "scaler-without-closure",
