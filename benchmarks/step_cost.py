@@ -16,9 +16,11 @@ for ``update_interval=10`` also over the nine plain steps that follow the Hessia
 The ``adahessian-fd*`` contenders take finite-difference Hessian-vector products
 (``AdaHessian(hvp="finite-difference")``, stepped as ``opt.step(closure)`` with torch.optim's
 ordinary closure, which a Hessian step calls once more at θ + εv): two ordinary forward+backward
-passes per Hessian step, no double backward. The compiled contenders compile with inductor; with
-``--quick`` with aot_eager (the same graphs without inductor's code generation, which takes minutes
-on a small machine), so a ``--quick`` run still runs every contender.
+passes per Hessian step, no double backward; the perturbed pass keeps the first pass's activation
+pattern (``adahessian-fd-free``: it does not, which shows what keeping it costs). The compiled
+contenders compile with inductor; with ``--quick`` with aot_eager (the same graphs without
+inductor's code generation, which takes minutes on a small machine), so a ``--quick`` run still
+runs every contender.
 
 The PyPI implementations (torch-optimizer, pytorch-optimizer) are contenders when installed:
 ``pip install -e '.[references]'`` (``make setup`` does it).
@@ -482,6 +484,12 @@ def contenders() -> list[Contender]:
             "adahessian-fd",
             "AdaHessian, finite differences",
             _adahessian_fd(),
+            meta={"hvp": fdf, "n": 1},
+        ),
+        Contender(
+            "adahessian-fd-free",
+            "AdaHessian, finite differences, the activation pattern not kept",
+            _adahessian_fd(fd_keep_pattern=False),
             meta={"hvp": fdf, "n": 1},
         ),
         Contender(

@@ -13,8 +13,10 @@ from .hvp import (
     forward_hutchinson,
 )
 from .optimizer import AdaHessian
+from .pattern import ActivationPatternError
 
 __all__ = [
+    "ActivationPatternError",
     "AdaHessian",
     "CompiledCurvature",
     "CompiledCurvatureError",

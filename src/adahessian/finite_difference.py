@@ -33,10 +33,13 @@ the unit roundoff of the dtype the gradient is *computed* in) and truncation err
 coordinate by exactly :math:`\\pm\\varepsilon`. Under ``torch.autocast`` the parameters are float32
 but the gradient is computed in float16/bfloat16: pass the compute dtype's ε (``eps=``).
 
-**ReLU networks** are piecewise linear. The quotient sees the units that switch sides inside the
-step, which autodiff's Hessian (and the paper's AdaHessian) ignores: it estimates the curvature of
-the loss smoothed at scale ε, and does not converge to autodiff's product as ε shrinks (it grows
-like :math:`\\varepsilon^{-1/2}`). Keep ε at least 1e-3 for ReLU networks in float32.
+**ReLU networks** are piecewise linear. A unit that switches sides inside the step adds a spike
+of about :math:`1/\\varepsilon` that autodiff's Hessian (and the paper's AdaHessian) ignores, and
+the quotient does not converge to autodiff's product as ε shrinks. By default the perturbed passes
+therefore keep the first pass's *activation pattern* (:mod:`adahessian.pattern`: ReLU,
+LeakyReLU, Hardtanh/ReLU6, max pooling), and the quotient converges as :math:`O(\\varepsilon)` /
+:math:`O(\\varepsilon^2)` on them too (``keep_pattern=False``: the loss's curvature smoothed at
+scale ε; then keep ε at least 1e-3 in float32).
 
 This module knows nothing about optimizers; :class:`adahessian.AdaHessian` uses it with
 ``hvp="finite-difference"``.

@@ -63,21 +63,19 @@ def pack(mask: Tensor) -> Tensor:
     """A boolean mask as bits: ``ceil(n / 8)`` bytes (bit ``j`` of byte ``i`` is element
     ``j * ceil(n / 8) + i`` of the flattened mask)."""
     flat = mask.reshape(-1)
-    n = flat.numel()
-    pad = -n % 8
+    pad = -flat.numel() % 8
     if pad:
         flat = torch.cat([flat, flat.new_zeros(pad)])
-    rows = flat.view(8, -1).to(torch.uint8)
+    rows = flat.view(torch.uint8).view(8, -1)  # a bool is one byte, 0 or 1
     shifts = _SHIFTS.to(rows.device).view(8, 1)
     return (rows << shifts).sum(0, dtype=torch.uint8)
 
 
 def unpack(bits: Tensor, shape: torch.Size) -> Tensor:
     """The boolean mask of ``shape`` that :func:`pack` packed into ``bits``."""
-    n = shape.numel()
     shifts = _SHIFTS.to(bits.device).view(8, 1)
     rows = (bits.view(1, -1) >> shifts) & 1
-    return rows.view(-1)[:n].view(shape).bool()
+    return rows.view(-1)[: shape.numel()].view(torch.bool).view(shape)
 
 
 @dataclass
@@ -252,10 +250,10 @@ def _relu(mode: PatternMode, x: Tensor, inplace: bool = False) -> Tensor:
     kink = mode.next("relu", x)
     if kink is None:
         out = torch.relu_(x) if inplace else torch.relu(x)
-        mode.record("relu", x, pack(out > 0))
+        mode.record("relu", x, pack(out <= 0))  # the units relu zeroes
         return out
-    keep = unpack(kink.data[0], x.shape)
-    return x.masked_fill_(~keep, 0) if inplace else x.masked_fill(~keep, 0)
+    zeroed = unpack(kink.data[0], x.shape)
+    return x.masked_fill_(zeroed, 0) if inplace else x.masked_fill(zeroed, 0)
 
 
 def _leaky_relu(
