@@ -186,6 +186,12 @@ CASES = [
         ValueError,
         r"Invalid fd_scheme: 'backward' \(must be one of forward, central\)",
     ),
+    Case(
+        "fd-keep-pattern-not-bool",
+        construct(hvp="finite-difference", fd_keep_pattern=1),
+        ValueError,
+        r"fd_keep_pattern must be True or False, got 1",
+    ),
     # --- hyperparameters
     Case("lr-negative", construct(lr=-0.1), ValueError, r"learning rate: -0\.1 .*must be .*>= 0"),
     Case("lr-string", construct(lr="0.1"), ValueError, r"learning rate: '0\.1' \(lr must be a num"),

@@ -34,6 +34,7 @@ def test_the_profile_takes_hvp_fd_eps_and_fd_scheme() -> None:
         "adahessian-fd": {"lr": 0.1, "hvp": FD},
         "adahessian-fd-central": {"lr": 0.1, "hvp": FD, "fd_eps": 1e-2, "fd_scheme": "central"},
         "adahessian-fd-one": {"lr": 0.1, "hvp": FD, "fd_eps": 1, "fd_scheme": "forward"},
+        "adahessian-fd-free": {"lr": 0.1, "hvp": FD, "fd_keep_pattern": False},
     }
     cfg = resolve(tables)
     assert cfg["optimizers"] == tables
@@ -41,6 +42,10 @@ def test_the_profile_takes_hvp_fd_eps_and_fd_scheme() -> None:
                                  cfg["optimizers"]["adahessian-fd-central"], seed=0)  # fmt: skip
     assert isinstance(opt, AdaHessian)
     assert (opt.hvp, opt.fd_eps, opt.fd_scheme) == (FD, 1e-2, "central")
+    assert opt.fd_keep_pattern
+    free = train.optimizers.build("adahessian-fd-free", [torch.nn.Parameter(torch.zeros(2))],
+                                  cfg["optimizers"]["adahessian-fd-free"], seed=0)  # fmt: skip
+    assert isinstance(free, AdaHessian) and not free.fd_keep_pattern
 
 
 @pytest.mark.parametrize(
@@ -57,6 +62,9 @@ def test_the_profile_takes_hvp_fd_eps_and_fd_scheme() -> None:
          r"fd_scheme: Invalid fd_scheme: 'backward' \(must be one of forward, central\)"),
         ({"fd_eps": 1e-3}, r'fd_eps: only used with hvp = "finite-difference" \(here hvp is '),
         ({"hvp": "autograd", "fd_scheme": "central"}, r"fd_scheme: only used with hvp = "),
+        ({"fd_keep_pattern": False}, r"fd_keep_pattern: only used with hvp = "),
+        ({"hvp": FD, "fd_keep_pattern": "no"},
+         r"fd_keep_pattern: fd_keep_pattern must be True or False, got 'no'"),
         ({"hvp": FD, "fd_step": 1e-3}, r"fd_step: unknown key \(did you mean fd_"),
     ],
 )  # fmt: skip
