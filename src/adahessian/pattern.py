@@ -60,22 +60,84 @@ _SHIFTS = torch.arange(8, dtype=torch.uint8)
 
 
 def pack(mask: Tensor) -> Tensor:
-    """A boolean mask as bits: ``ceil(n / 8)`` bytes (bit ``j`` of byte ``i`` is element
-    ``j * ceil(n / 8) + i`` of the flattened mask)."""
-    flat = mask.reshape(-1)
+    """A mask (bool, or uint8 holding 0 and 1) as bits: ``ceil(n / 8)`` bytes (bit ``j`` of byte
+    ``i`` is element ``j * ceil(n / 8) + i`` of the flattened mask)."""
+    flat = mask.reshape(-1).view(torch.uint8)  # a bool is one byte, 0 or 1
     pad = -flat.numel() % 8
     if pad:
         flat = torch.cat([flat, flat.new_zeros(pad)])
-    rows = flat.view(torch.uint8).view(8, -1)  # a bool is one byte, 0 or 1
+    rows = flat.view(8, -1)
     shifts = _SHIFTS.to(rows.device).view(8, 1)
     return (rows << shifts).sum(0, dtype=torch.uint8)
 
 
+def _rows(bits: Tensor, n: int) -> Tensor:
+    """The first ``n`` entries of the mask packed into ``bits``, as uint8 0 and 1."""
+    shifts = _SHIFTS.to(bits.device).view(8, 1)
+    return ((bits.view(1, -1) >> shifts) & 1).view(-1)[:n]
+
+
 def unpack(bits: Tensor, shape: torch.Size) -> Tensor:
     """The boolean mask of ``shape`` that :func:`pack` packed into ``bits``."""
-    shifts = _SHIFTS.to(bits.device).view(8, 1)
-    rows = (bits.view(1, -1) >> shifts) & 1
-    return rows.view(-1)[: shape.numel()].view(torch.bool).view(shape)
+    return _rows(bits, shape.numel()).view(torch.bool).view(shape)
+
+
+def unpack_as(bits: Tensor, like: Tensor) -> Tensor:
+    """The mask packed into ``bits`` as 0 and 1 in ``like``'s dtype and shape (a float mask
+    multiplies faster than a boolean one selects)."""
+    return _rows(bits, like.numel()).to(like.dtype).view(like.shape)
+
+
+_SAME_SIZE_INT = {8: torch.int64, 4: torch.int32, 2: torch.int16}
+
+
+def positive(x: Tensor) -> Tensor:
+    """``x > 0`` as uint8 0 and 1. For floats read from the sign and magnitude bits (as an integer
+    of the same size, clamped to [0, 1]), which is faster than a comparison's boolean output;
+    NaN counts as positive."""
+    if x.is_floating_point() and x.element_size() in _SAME_SIZE_INT:
+        return x.view(_SAME_SIZE_INT[x.element_size()]).clamp(0, 1).to(torch.uint8)
+    return (x > 0).to(torch.uint8)
+
+
+class _KeptPiece(torch.autograd.Function):
+    """The linear piece of a kink that the first pass was on, for the perturbed input ``x``:
+    ``x * f + c`` with the slope ``f`` = 1 on the units packed into ``keep`` and ``slope``
+    elsewhere, and (Hardtanh) the constant ``c`` = ``max_val`` on the units packed into ``above``
+    and ``min_val`` on the others outside, 0 inside. Only the bits are saved for backward, whose
+    gradient is ``grad * f``."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any,
+        x: Tensor,
+        keep: Tensor,
+        slope: float,
+        above: Tensor | None,
+        min_val: float,
+        max_val: float,
+        inplace: bool,
+    ) -> Tensor:
+        ctx.save_for_backward(keep)
+        ctx.slope = slope
+        inside = unpack_as(keep, x)
+        factor = inside if slope == 0 else inside + (1 - inside) * slope  # exactly 1 or slope
+        if inplace:
+            ctx.mark_dirty(x)
+            out = x.mul_(factor)
+        else:
+            out = x * factor
+        if above is not None:
+            limit = unpack_as(above, x).mul_(max_val - min_val).add_(min_val)
+            out.add_(limit.mul_(1 - inside))
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+        (keep,) = ctx.saved_tensors
+        inside = unpack_as(keep, grad)
+        factor = inside if ctx.slope == 0 else inside + (1 - inside) * ctx.slope
+        return grad * factor, None, None, None, None, None, None
 
 
 @dataclass
@@ -250,10 +312,9 @@ def _relu(mode: PatternMode, x: Tensor, inplace: bool = False) -> Tensor:
     kink = mode.next("relu", x)
     if kink is None:
         out = torch.relu_(x) if inplace else torch.relu(x)
-        mode.record("relu", x, pack(out <= 0))  # the units relu zeroes
+        mode.record("relu", x, pack(positive(out)))  # the units relu passes
         return out
-    zeroed = unpack(kink.data[0], x.shape)
-    return x.masked_fill_(zeroed, 0) if inplace else x.masked_fill(zeroed, 0)
+    return _KeptPiece.apply(x, kink.data[0], 0.0, None, 0.0, 0.0, inplace)
 
 
 def _leaky_relu(
@@ -262,16 +323,14 @@ def _leaky_relu(
     kind = f"leaky_relu({negative_slope})"
     kink = mode.next(kind, x)
     if kink is None:
-        positive = x > 0  # before an in-place call changes x
+        bits = pack(positive(x))  # before an in-place call changes x
         if inplace:
             out = torch._C._nn.leaky_relu_(x, negative_slope)
         else:
             out = torch._C._nn.leaky_relu(x, negative_slope)
-        mode.record(kind, x, pack(positive))
+        mode.record(kind, x, bits)
         return out
-    positive = unpack(kink.data[0], x.shape)
-    out = torch.where(positive, x, x * negative_slope)
-    return x.copy_(out) if inplace else out
+    return _KeptPiece.apply(x, kink.data[0], negative_slope, None, 0.0, 0.0, inplace)
 
 
 def _hardtanh(
@@ -290,11 +349,8 @@ def _hardtanh(
         if inplace:
             return torch._C._nn.hardtanh_(x, min_val, max_val)
         return torch._C._nn.hardtanh(x, min_val, max_val)
-    inside = unpack(kink.data[0], x.shape)
-    above = unpack(kink.data[1], x.shape)
-    limit = torch.full_like(x, min_val).masked_fill_(above, max_val)
-    out = torch.where(inside, x, limit)
-    return x.copy_(out) if inplace else out
+    inside_bits, above_bits = kink.data
+    return _KeptPiece.apply(x, inside_bits, 0.0, above_bits, min_val, max_val, inplace)
 
 
 def _relu6(mode: PatternMode, x: Tensor, inplace: bool = False) -> Tensor:
