@@ -108,7 +108,7 @@ class _KeptPiece(torch.autograd.Function):
     gradient is ``grad * f``."""
 
     @staticmethod
-    def forward(  # type: ignore[override]
+    def forward(
         ctx: Any,
         x: Tensor,
         keep: Tensor,
@@ -133,7 +133,7 @@ class _KeptPiece(torch.autograd.Function):
         return out
 
     @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
         (keep,) = ctx.saved_tensors
         inside = unpack_as(keep, grad)
         factor = inside if ctx.slope == 0 else inside + (1 - inside) * ctx.slope
