@@ -238,6 +238,16 @@ class PatternMode(TorchFunctionMode):
             return None
         kinks = self.pattern.kinks
         if self.positions is not None:  # a checkpointed segment's recomputation
+            if not torch.compiler.is_compiling() and (
+                _checkpoint_frame() is not None or _reentrant_checkpoint() is not None
+            ):
+                raise ActivationPatternError(
+                    f"a {kind} on {tuple(x.shape)} runs in a checkpoint nested inside a "
+                    "checkpointed segment's recomputation: its kinks cannot be matched to the "
+                    "first pass's, so checkpoints must not be nested while the pattern is kept; "
+                    "checkpoint without nesting, or turn the pattern off with "
+                    "fd_keep_pattern=False"
+                )
             if self.count >= len(self.positions):
                 raise ActivationPatternError(
                     f"a checkpointed segment's recomputation met more kinks than its forward "

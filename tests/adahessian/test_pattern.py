@@ -337,6 +337,31 @@ def test_checkpointed_segments_recompute_with_the_kept_pattern(checkpointed: str
             torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
 
 
+def test_nested_checkpoints_are_refused_rather_than_misaligned():
+    torch.manual_seed(0)
+    inner = nn.Sequential(nn.Linear(4, 6), nn.ReLU())
+    outer_head = nn.Linear(6, 3)
+    params = list(inner.parameters()) + list(outer_head.parameters())
+    x = torch.randn(8, 4, generator=torch.Generator().manual_seed(1))
+
+    def segment(h: Tensor) -> Tensor:
+        return torch.relu(outer_head(checkpoint(inner, h, use_reentrant=False)))
+
+    def closure() -> Tensor:
+        for p in params:
+            p.grad = None
+        loss = checkpoint(segment, x, use_reentrant=False).square().sum()
+        loss.backward()
+        return loss
+
+    before = [p.detach().clone() for p in params]
+    with pytest.raises(ActivationPatternError, match=r"checkpoints must not be nested"):
+        finite_difference_diagonal(closure, params, eps=1e-3)
+    assert all(torch.equal(p, q) for p, q in zip(params, before, strict=True))
+    _, estimate = finite_difference_diagonal(closure, params, eps=1e-3, keep_pattern=False)
+    assert all(torch.isfinite(e).all() for e in estimate)
+
+
 def test_a_smooth_model_gives_bit_identical_results_with_the_pattern_on_and_off():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(5, 7), nn.Tanh(), nn.Linear(7, 3), nn.GELU()).double()
