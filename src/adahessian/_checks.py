@@ -176,6 +176,36 @@ def check_hessian(hessian: Any, params: list[Tensor], *, finite: bool) -> None:
             )
 
 
+def check_estimate(estimate: Any, params: list[Tensor], where: str) -> None:
+    """An estimate handed to the optimizer for its own probes: one floating-point tensor per
+    parameter, shaped like it and on its device (inf and NaN are judged by the step, which
+    skips them under a GradScaler)."""
+    if isinstance(estimate, Tensor) or not isinstance(estimate, Sequence):
+        raise ValueError(f"{where}: the estimate must be a list of tensors, one per parameter")
+    if len(estimate) != len(params):
+        raise ValueError(
+            f"{where}: the estimate needs one tensor per parameter of hessian_probes() "
+            f"({len(params)}), shaped like it; got {len(estimate)}"
+        )
+    for i, (e, p) in enumerate(zip(estimate, params, strict=True)):
+        if not isinstance(e, Tensor):
+            raise ValueError(f"{where}: estimate[{i}] is {type(e).__name__}, not a tensor")
+        if e.shape != p.shape:
+            raise ValueError(
+                f"{where}: estimate[{i}] has shape {tuple(e.shape)} but its parameter has shape "
+                f"{tuple(p.shape)}"
+            )
+        if not e.is_floating_point():
+            raise ValueError(
+                f"{where}: estimate[{i}] has dtype {e.dtype}: pass a floating-point estimate"
+            )
+        if e.device != p.device:
+            raise ValueError(
+                f"{where}: estimate[{i}] is on {e.device} but its parameter is on {p.device}: "
+                "move it to the parameter's device"
+            )
+
+
 def _count(where: str, name: str, value: Any, *, lowest: int = 0) -> int:
     if isinstance(value, Tensor) and value.numel() == 1 and not value.is_floating_point():
         value = int(value.item())

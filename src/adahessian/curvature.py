@@ -67,6 +67,7 @@ class Accumulated:
 
     probe_params: list[Tensor]
     total: list[Tensor] | None
+    finite: bool = False  # refuse inf/NaN (outside a GradScaler, which skips such a step instead)
     from_loss = True
 
     def estimate(self, params: list[Tensor], grads: list[Tensor]) -> list[Tensor]:
@@ -75,6 +76,16 @@ class Accumulated:
                 "backward() ran on this Hessian step but no gradient reached a parameter with a "
                 "graph; check that the loss depends on the optimised parameters"
             )
+        if self.finite:
+            bad = [i for i, t in enumerate(self.total) if not bool(torch.isfinite(t).all())]
+            if bad:
+                raise ValueError(
+                    f"this step's Hessian estimate (from add_hessian_estimate, opt.backward or "
+                    f"the finite-difference passes) holds inf or NaN in tensor {bad[0]} "
+                    f"({len(bad)} in all), and no GradScaler is there to skip the step: nothing "
+                    "was changed. opt.zero_grad() drops the estimate; take the step again with a "
+                    "finite one (a smaller lr, or a GradScaler under fp16)"
+                )
         return select(self.total, self.probe_params, params)
 
 

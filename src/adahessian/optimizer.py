@@ -595,18 +595,15 @@ class AdaHessian(Optimizer):
         probes, scaled by ``opt.probe_scale`` as :func:`adahessian.hutchinson_diagonal`'s
         ``scale`` does, on the loss that the gradients come from) to this step's estimate; the
         next :meth:`step` uses the sum, unscales it with the gradients under a GradScaler, and
-        skips the step (backing off the probe scale) if it overflowed."""
+        skips the step (backing off the probe scale) if it overflowed; without a GradScaler
+        that step refuses an estimate holding inf or NaN, with nothing changed.
+
+        Raises ValueError, with nothing added, for an estimate that is not one floating-point
+        tensor per parameter, shaped like it and on its device."""
         if self._pending is None:
             raise RuntimeError("call hessian_probes() first: it draws this step's probes")
         params = self._pending["params"]
-        if len(estimate) != len(params) or any(
-            not isinstance(e, Tensor) or e.shape != p.shape
-            for e, p in zip(estimate, params, strict=True)
-        ):
-            raise ValueError(
-                f"the estimate needs one tensor per parameter of hessian_probes() "
-                f"({len(params)}), shaped like it"
-            )
+        _checks.check_estimate(estimate, params, "add_hessian_estimate")
         self._add_estimate([e.detach() for e in estimate], copy=True)
 
     def _add_estimate(self, estimate: list[Tensor], copy: bool = False) -> None:
@@ -878,7 +875,7 @@ class AdaHessian(Optimizer):
         if hessian is not None:
             return curvature.Given(hessian, finite)
         if self._pending is not None:
-            return curvature.Accumulated(self._pending["params"], self._pending["estimate"])
+            return curvature.Accumulated(self._pending["params"], self._pending["estimate"], finite)
         if self.hessian_due and any_grad:
             return curvature.OnGradientGraph(
                 self._probe_params(),

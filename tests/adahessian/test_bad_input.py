@@ -605,3 +605,66 @@ def test_failure_inside_the_hessian_product_changes_nothing(warm):
     with pytest.raises(RuntimeError, match="second time"):
         warm.opt.step()
     assert_same(snapshot(warm), before)  # probe generator state included
+
+
+# ----------------------------------------------------------------------------- estimate hand-offs
+
+HAND_OFFS = [
+    ("bool", lambda ps: [torch.ones_like(p, dtype=torch.bool) for p in ps],
+     r"add_hessian_estimate: estimate\[0\] has dtype torch\.bool: pass a floating-point"),
+    ("int", lambda ps: [torch.ones_like(p, dtype=torch.int64) for p in ps],
+     r"estimate\[0\] has dtype torch\.int64: pass a floating-point estimate"),
+    ("another-device", lambda ps: [torch.ones_like(p, device="meta") for p in ps],
+     r"estimate\[0\] is on meta but its parameter is on cpu: move it"),
+    ("short", lambda ps: [torch.ones_like(p) for p in ps[:-1]],
+     r"needs one tensor per parameter of hessian_probes\(\) \(4\), shaped like it; got 3"),
+    ("one-tensor", lambda ps: torch.ones(3), r"the estimate must be a list of tensors"),
+    ("wrong-shape", lambda ps: [torch.ones(2) for _ in ps],
+     r"estimate\[0\] has shape \(2,\) but its parameter has shape \(2, 1, 3, 3\)"),
+    ("not-a-tensor", lambda ps: [1.0 for _ in ps], r"estimate\[0\] is float, not a tensor"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("make", "match"), [h[1:] for h in HAND_OFFS], ids=[h[0] for h in HAND_OFFS]
+)
+def test_a_bad_estimate_hand_off_is_refused_at_the_call_with_nothing_added(
+    warm: Warm, make: Callable[[list[Tensor]], Any], match: str
+):
+    opt = warm.opt
+    params, _ = opt.hessian_probes()
+    before = snapshot(warm)
+    with pytest.raises(ValueError, match=match):
+        opt.add_hessian_estimate(make(params))
+    assert opt.hessian_estimate() is None
+    assert_same(snapshot(warm), before)
+    opt.add_hessian_estimate([torch.ones_like(p) for p in params])  # a good one still goes in
+    opt.step()
+    assert opt.state_dict()["adahessian"]["hessian_updates"] == 3
+
+
+@pytest.mark.parametrize("value", [math.nan, math.inf], ids=["nan", "inf"])
+def test_a_non_finite_handed_estimate_is_refused_by_the_step_without_a_grad_scaler(
+    warm: Warm, value: float
+):
+    """NaN would turn every parameter into NaN, inf stall it for good; under a GradScaler such a
+    step is skipped instead (test_amp_accumulation.py)."""
+    opt = warm.opt
+    params, _ = opt.hessian_probes()
+    opt.add_hessian_estimate([torch.full_like(p, value) if i == 1 else torch.ones_like(p)
+                              for i, p in enumerate(params)])  # fmt: skip
+    before = snapshot(warm)
+    held = [e.clone() for e in opt.hessian_estimate() or []]
+    refused = r"holds inf or NaN in tensor 1 \(1 in all\), and no GradScaler is there to skip"
+    with pytest.raises(ValueError, match=refused):
+        opt.step()
+    assert_same(snapshot(warm), before)
+    for e, h in zip(opt.hessian_estimate() or [], held, strict=True):
+        torch.testing.assert_close(e, h, rtol=0, atol=0, equal_nan=True)
+    opt.zero_grad()  # drops the estimate, as the message says
+    assert opt.hessian_estimate() is None
+    backward(warm.model, 9)
+    params, _ = opt.hessian_probes()
+    opt.add_hessian_estimate([torch.ones_like(p) for p in params])
+    opt.step()
+    assert all(torch.isfinite(p).all() for p in warm.params)

@@ -109,10 +109,10 @@ def test_outside_estimates_are_checked():
     with pytest.raises(RuntimeError, match="call hessian_probes\\(\\) first"):
         opt.add_hessian_estimate([torch.ones(3)])
     opt.hessian_probes()
-    with pytest.raises(
-        ValueError, match="one tensor per parameter of hessian_probes\\(\\) \\(1\\)"
-    ):
+    with pytest.raises(ValueError, match=r"estimate\[0\] has shape \(2,\) but its parameter has"):
         opt.add_hessian_estimate([torch.ones(2)])
+    with pytest.raises(ValueError, match=r"one tensor per parameter of hessian_probes\(\) \(1\)"):
+        opt.add_hessian_estimate([torch.ones(3), torch.ones(3)])
     opt.zero_grad()  # drops the step's probes and estimate
     with pytest.raises(RuntimeError, match="call hessian_probes\\(\\) first"):
         opt.add_hessian_estimate([torch.ones(3)])
