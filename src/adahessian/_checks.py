@@ -58,8 +58,10 @@ def scalar(name: str, label: str, value: Any, *, tensor_ok: bool = False) -> flo
     return float(value)
 
 
-def check_group(group: dict[str, Any]) -> None:
-    """Raise ValueError for a hyperparameter that a parameter group cannot use."""
+def check_group(group: dict[str, Any], *, constructing: bool = True) -> None:
+    """Raise ValueError for a hyperparameter that a parameter group cannot use. Float and tensor
+    betas may only be mixed after construction, as ``torch.optim.Adam`` allows (OneCycleLR with
+    ``cycle_momentum`` writes a float beta1 next to a tensor beta2)."""
     lr = scalar("lr", "learning rate", group["lr"], tensor_ok=True)
     if not 0.0 <= lr < math.inf:
         raise ValueError(f"Invalid learning rate: {group['lr']} (lr must be finite and >= 0)")
@@ -72,7 +74,7 @@ def check_group(group: dict[str, Any]) -> None:
     betas = group["betas"]
     if not (isinstance(betas, (tuple, list)) and len(betas) == 2):
         raise ValueError(f"betas must be a pair (beta1, beta2), e.g. (0.9, 0.999); got {betas!r}")
-    if isinstance(betas[0], Tensor) != isinstance(betas[1], Tensor):
+    if constructing and isinstance(betas[0], Tensor) != isinstance(betas[1], Tensor):
         raise ValueError("betas must be either both floats or both Tensors")
     for i, beta in enumerate(betas):
         b = scalar(f"betas[{i}]", f"beta parameter at index {i}", beta, tensor_ok=True)
@@ -142,8 +144,15 @@ def check_params(params: list[Any], param_groups: list[dict[str, Any]]) -> None:
             )
         if id(p) in in_groups:
             raise ValueError(
-                f"parameter {i} of this group is already in parameter group {in_groups[id(p)]}: "
-                "each parameter belongs to exactly one group"
+                "some parameters appear in more than one parameter group: parameter "
+                f"{i} of this group is already in parameter group {in_groups[id(p)]} (each "
+                "parameter belongs to exactly one group)"
+            )
+        if p.device.type == "meta":
+            raise ValueError(
+                f"parameter {i} of this group is on the meta device, which holds no values: "
+                "materialise the model first (model.to_empty(device=...) and load its weights), "
+                "then create the optimizer"
             )
         seen[id(p)] = i
 

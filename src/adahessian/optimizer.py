@@ -440,7 +440,10 @@ class AdaHessian(Optimizer):
                     f"state_dict's has {len(saved['params'])}: load the state_dict saved with "
                     "this model"
                 )
-            _checks.check_group({**self.defaults, **{k: saved[k] for k in saved if k != "params"}})
+            _checks.check_group(
+                {**self.defaults, **{k: saved[k] for k in saved if k != "params"}},
+                constructing=False,
+            )
             param_of.update(zip(saved["params"], group["params"], strict=True))
         for key, value in state_dict["state"].items():
             if key not in param_of:
@@ -806,7 +809,7 @@ class AdaHessian(Optimizer):
         groups: list[list[Tensor]] = []
         for index, group in enumerate(self.param_groups):
             try:
-                _checks.check_group(group)
+                _checks.check_group(group, constructing=False)
             except ValueError as e:
                 raise ValueError(f"parameter group {index}: {e}") from None
             with_grad = [p for p in group["params"] if p.grad is not None]

@@ -311,7 +311,14 @@ CASES = [
         "param-in-two-groups",
         construct_with(lambda w: [{"params": [w.model.fc.weight]}, {"params": w.params}]),
         ValueError,
-        r"parameter 2 of this group is already in parameter group 0: each parameter belongs",
+        r"some parameters appear in more than one parameter group: parameter 2 of this group "
+        r"is already in parameter group 0",
+    ),
+    Case(
+        "param-on-meta-device",
+        construct_with(lambda w: [nn.Parameter(torch.ones(3, device="meta"))]),
+        ValueError,
+        r"parameter 0 of this group is on the meta device, which holds no values: materialise",
     ),
     Case(
         "param-non-leaf",

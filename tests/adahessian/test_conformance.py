@@ -296,3 +296,34 @@ def test_the_graph_watch_hooks_go_with_the_optimizer():
     del opt
     gc.collect()
     assert not p._post_accumulate_grad_hooks
+
+
+def test_one_cycle_lr_with_cycle_momentum_and_tensor_betas_steps_as_adam_does():
+    """OneCycleLR writes a float beta1 next to a tensor beta2; torch's Adam takes it, and so does
+    AdaHessian (the both-or-neither rule holds at construction, as in torch), also through a
+    state_dict saved in the middle of the cycle."""
+
+    def run(cls: type[torch.optim.Optimizer], **kw: object) -> torch.optim.Optimizer:
+        torch.manual_seed(0)
+        p = torch.nn.Parameter(torch.randn(4, dtype=torch.float64))
+        opt = cls([p], lr=0.1, betas=(torch.tensor(0.9), torch.tensor(0.999)), **kw)
+        sched = torch.optim.lr_scheduler.OneCycleLR(
+            opt, max_lr=0.1, total_steps=10, cycle_momentum=True
+        )
+        for _ in range(3):
+            opt.zero_grad()
+            (p**4).sum().backward(create_graph=cls is AdaHessian)
+            opt.step()
+            sched.step()
+        return opt
+
+    adam = run(torch.optim.Adam)
+    opt = run(AdaHessian, seed=0)
+    for o in (adam, opt):
+        beta1, beta2 = o.param_groups[0]["betas"]
+        assert isinstance(beta1, float) and isinstance(beta2, torch.Tensor)
+    twin = AdaHessian([torch.nn.Parameter(torch.zeros(4, dtype=torch.float64))], seed=0)
+    twin.load_state_dict(opt.state_dict())
+    assert twin.param_groups[0]["betas"][0] == opt.param_groups[0]["betas"][0]
+    with pytest.raises(ValueError, match="betas must be either both floats or both Tensors"):
+        AdaHessian([torch.nn.Parameter(torch.zeros(2))], betas=(0.9, torch.tensor(0.999)))
