@@ -97,6 +97,22 @@ def check_group(group: dict[str, Any], *, constructing: bool = True) -> None:
         raise ValueError(f"foreach must be None, True or False, got {group['foreach']!r}")
 
 
+def check_step_fits(group: dict[str, Any], dtype: torch.dtype, index: int) -> None:
+    """The scalars a step multiplies ``dtype`` parameters by (lr / (1 - beta1^t), largest at
+    t = 1, and 1 - lr * weight_decay) must be finite in that dtype: a finite lr can overflow it
+    (1e39 in float32), which would fail inside the update after the state had changed."""
+    lr, beta1 = float(group["lr"]), float(group["betas"][0])
+    wd = float(group["weight_decay"])
+    largest = max(lr / (1.0 - beta1), abs(1.0 - lr * wd))
+    top = torch.finfo(dtype).max
+    if not largest <= top:
+        raise ValueError(
+            f"parameter group {index}: lr {lr:g} is too large for {dtype} parameters: a step "
+            f"multiplies by lr / (1 - beta1) = {lr / (1.0 - beta1):g} and 1 - lr * weight_decay "
+            f"= {1.0 - lr * wd:g}, beyond {dtype}'s largest value {top:g}; use a smaller lr"
+        )
+
+
 def check_count(name: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"Invalid {name}: {value!r} (must be an integer >= 1)")

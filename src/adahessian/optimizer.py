@@ -813,6 +813,8 @@ class AdaHessian(Optimizer):
             except ValueError as e:
                 raise ValueError(f"parameter group {index}: {e}") from None
             with_grad = [p for p in group["params"] if p.grad is not None]
+            for dtype in {p.dtype for p in with_grad}:
+                _checks.check_step_fits(group, dtype, index)
             for p in with_grad:
                 if p.grad.is_sparse:
                     raise RuntimeError(

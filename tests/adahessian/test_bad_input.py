@@ -416,6 +416,13 @@ CASES = [
         "group-lr-string", set_group("lr", "x"), ValueError, r"parameter group 0: Invalid learnin"
     ),
     Case(
+        "group-lr-overflows-the-parameter-dtype",
+        set_group("lr", 1e308),
+        ValueError,
+        r"parameter group 0: lr 1e\+308 is too large for torch\.float64 parameters: a step "
+        r"multiplies by lr / \(1 - beta1\) = inf",
+    ),
+    Case(
         "loss-scale-negative",
         lambda w: w.opt.step(loss_scale=-1.0),
         ValueError,
@@ -675,3 +682,22 @@ def test_a_non_finite_handed_estimate_is_refused_by_the_step_without_a_grad_scal
     opt.add_hessian_estimate([torch.ones_like(p) for p in params])
     opt.step()
     assert all(torch.isfinite(p).all() for p in warm.params)
+
+
+def test_a_schedule_that_overflows_float32_is_refused_before_anything_changes():
+    torch.manual_seed(0)
+    p = nn.Parameter(torch.randn(5))
+    opt = AdaHessian([p], lr=0.05, seed=0)
+    sched = torch.optim.lr_scheduler.MultiplicativeLR(opt, lambda epoch: 1e20)
+    for _ in range(2):  # lr 0.05 -> 5e18 -> 5e38: finite, but lr / (1 - beta1) is not in float32
+        opt.zero_grad()
+        (p**4).sum().backward(create_graph=True)
+        opt.step()
+        sched.step()
+    opt.zero_grad()
+    (p**4).sum().backward(create_graph=True)
+    before = (p.detach().clone(), copy.deepcopy(opt.state_dict()))
+    with pytest.raises(ValueError, match=r"lr 5e\+38 is too large for torch\.float32 parameters"):
+        opt.step()
+    assert torch.equal(p, before[0])
+    assert_same(opt.state_dict(), before[1])
