@@ -76,6 +76,14 @@ class Accumulated:
                 "backward() ran on this Hessian step but no gradient reached a parameter with a "
                 "graph; check that the loss depends on the optimised parameters"
             )
+        if any(g.requires_grad for g in grads):
+            raise RuntimeError(
+                "this step has an estimate from opt.backward (or add_hessian_estimate, e.g. "
+                "CompiledCurvature), and gradients that carry a graph from a plain "
+                "loss.backward(create_graph=True): the graph's curvature would be dropped. Use "
+                "one route per step: opt.backward(loss) for every micro-batch (or "
+                "curv.backward for every one); nothing was changed"
+            )
         if self.finite:
             bad = [i for i, t in enumerate(self.total) if not bool(torch.isfinite(t).all())]
             if bad:

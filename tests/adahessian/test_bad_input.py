@@ -646,6 +646,8 @@ def test_a_bad_estimate_hand_off_is_refused_at_the_call_with_nothing_added(
     warm: Warm, make: Callable[[list[Tensor]], Any], match: str
 ):
     opt = warm.opt
+    opt.zero_grad()
+    backward(warm.model, 9, create_graph=False)  # an estimate from elsewhere: no graph here
     params, _ = opt.hessian_probes()
     before = snapshot(warm)
     with pytest.raises(ValueError, match=match):
@@ -664,6 +666,8 @@ def test_a_non_finite_handed_estimate_is_refused_by_the_step_without_a_grad_scal
     """NaN would turn every parameter into NaN, inf stall it for good; under a GradScaler such a
     step is skipped instead (test_amp_accumulation.py)."""
     opt = warm.opt
+    opt.zero_grad()
+    backward(warm.model, 9, create_graph=False)  # an estimate from elsewhere: no graph here
     params, _ = opt.hessian_probes()
     opt.add_hessian_estimate([torch.full_like(p, value) if i == 1 else torch.ones_like(p)
                               for i, p in enumerate(params)])  # fmt: skip
@@ -677,7 +681,7 @@ def test_a_non_finite_handed_estimate_is_refused_by_the_step_without_a_grad_scal
         torch.testing.assert_close(e, h, rtol=0, atol=0, equal_nan=True)
     opt.zero_grad()  # drops the estimate, as the message says
     assert opt.hessian_estimate() is None
-    backward(warm.model, 9)
+    backward(warm.model, 9, create_graph=False)
     params, _ = opt.hessian_probes()
     opt.add_hessian_estimate([torch.ones_like(p) for p in params])
     opt.step()
@@ -701,3 +705,22 @@ def test_a_schedule_that_overflows_float32_is_refused_before_anything_changes():
         opt.step()
     assert torch.equal(p, before[0])
     assert_same(opt.state_dict(), before[1])
+
+
+def test_a_step_that_mixes_opt_backward_with_a_plain_graph_is_refused_with_nothing_changed():
+    """Before: the accumulated estimate won and the graph's micro-batch got zero curvature."""
+    torch.manual_seed(0)
+    model = Net().double()
+    opt = AdaHessian(model.parameters(), lr=0.05, seed=0)
+    x, y = batch(1)
+    opt.backward(nn.functional.cross_entropy(model(x), y))  # micro-batch 1: opt.backward
+    backward(model, 2, create_graph=True)  # micro-batch 2: a plain graph
+    params = list(model.parameters())
+    before = ([p.detach().clone() for p in params], copy.deepcopy(opt.state_dict()))
+    held = [e.clone() for e in opt.hessian_estimate() or []]
+    mixed = r"gradients that carry a graph from a plain loss\.backward\(create_graph=True\)"
+    with pytest.raises(RuntimeError, match=mixed):
+        opt.step()
+    assert all(torch.equal(p, q) for p, q in zip(params, before[0], strict=True))
+    assert_same(opt.state_dict(), before[1])
+    assert_same([e.clone() for e in opt.hessian_estimate() or []], held)
