@@ -104,6 +104,10 @@ def live_gradients(
     return live
 
 
+def _sum_dtype(p: Tensor) -> torch.dtype:
+    return torch.float32 if p.dtype in (torch.float16, torch.bfloat16) else p.dtype
+
+
 def hutchinson_diagonal(
     grads: Sequence[Tensor | None],
     params: Sequence[Tensor],
@@ -140,12 +144,15 @@ def hutchinson_diagonal(
 
     Returns:
         One tensor per parameter, shaped like it: the signed estimate (no absolute value, no
-        averaging over blocks). A parameter that the gradients' graph does not reach gets zeros.
+        averaging over blocks), in the parameter's dtype, or float32 for a float16 or bfloat16
+        one. A parameter that the gradients' graph does not reach gets zeros.
         Probes are drawn for every parameter (live or not), so the random stream does not depend
         on which gradients carry a graph.
 
     Raises:
-        ValueError: if the lengths differ, ``n_samples < 1``, or no gradient carries a graph.
+        ValueError: if the lengths differ, ``n_samples < 1``, no gradient carries a graph, or
+            ``scale`` is below the smallest normal number of a parameter's dtype (the probes
+            would underflow to zero).
     """
     if probes is not None:
         n_samples = len(probes)
@@ -156,7 +163,18 @@ def hutchinson_diagonal(
     live = live_gradients(grads, params, n_samples)
     outputs = [grads[i] for i in live]
     inputs = [params[i] for i in live]
-    estimate = [torch.zeros_like(p) for p in params]
+    for i in live:
+        floor = torch.finfo(params[i].dtype).smallest_normal
+        if scale < floor:
+            raise ValueError(
+                f"scale {scale:g} underflows the {params[i].dtype} probes (the smallest normal "
+                f"number is {floor:g}): their products would be zero curvature. Under a "
+                "GradScaler the probe scale backs off when the products overflow: here they "
+                "overflow at every scale, so check the loss scale and the model in this dtype"
+            )
+    # The sum is formed in float32 for float16/bfloat16 parameters, as the moments are: v * Hv
+    # and its division by the scale would overflow float16.
+    estimate = [torch.zeros_like(p, dtype=_sum_dtype(p)) for p in params]
     for sample in range(n_samples):
         v = rademacher(params, generator=generator) if probes is None else probes[sample]
         keep = retain_graph or sample < n_samples - 1
@@ -169,7 +187,8 @@ def hutchinson_diagonal(
         )
         for i, hv in zip(live, hvps, strict=True):
             if hv is not None:
-                estimate[i].addcmul_(v[i], hv.detach())
+                e = estimate[i]
+                e.addcmul_(v[i].to(e.dtype), hv.detach().to(e.dtype))
     if n_samples * scale != 1:
         torch._foreach_div_(estimate, float(n_samples) * scale)
     return estimate

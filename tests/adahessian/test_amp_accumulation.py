@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from adahessian import AdaHessian
+from adahessian import AdaHessian, hutchinson_diagonal
 
 F64 = torch.float64
 
@@ -294,3 +294,40 @@ def test_zero_grad_drops_a_pending_estimate():
     twin_opt.backward(loss_of(twin, x, y))
     twin_opt.step()
     assert torch.equal(flat_params(model), flat_params(twin))
+
+
+def test_float16_parameters_under_a_grad_scaler_take_the_estimate_in_float32():
+    """float16 parameters at 0.01, curvature 1000, loss scale 2**10: the scaled gradient (1e4)
+    fits float16 but the scaled product (1e6) does not, so the probe scale backs off until it
+    fits, and the estimate (formed in float32, where dividing by the probe scale cannot
+    overflow) comes back as 1000. Before, the estimate was held in float16: the backoff could
+    not cure it, the probes underflowed to zero at 2**-25 and the zero "curvature" blew the
+    parameters up."""
+    a = 1000.0
+    p = nn.Parameter(torch.full((8,), 0.01, dtype=torch.float16))
+    opt = AdaHessian([p], lr=0.001, seed=0)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10, growth_interval=10**6)
+    for _ in range(30):
+        opt.zero_grad()
+        loss = 0.5 * a * (p.float() ** 2).sum()
+        scaler.scale(loss).backward(create_graph=True)
+        scaler.step(opt)
+        scaler.update()
+    assert scaler.get_scale() == 2.0**10, "the gradients never overflowed"
+    assert torch.isfinite(p).all() and p.abs().max() <= 0.01
+    assert 2.0**-14 <= opt.probe_scale < 1.0, "the scale backed off and stayed representable"
+    state = opt.state[p]
+    assert int(state["hessian_step"]) == 30 - opt.skipped_steps > 20
+    corrected = state["exp_hessian_diag_sq"] / (1 - 0.999 ** int(state["hessian_step"]))
+    torch.testing.assert_close(corrected.sqrt(), torch.full_like(corrected, a), rtol=1e-2, atol=0)
+
+
+def test_a_probe_scale_below_the_dtype_s_smallest_normal_is_an_error_not_zero_curvature():
+    p = nn.Parameter(torch.ones(4, dtype=torch.float16))
+    (grad,) = torch.autograd.grad((p.float() ** 2).sum(), p, create_graph=True)
+    g = torch.Generator().manual_seed(0)
+    underflow = r"scale 2\.98023e-08 underflows the torch\.float16 probes"
+    with pytest.raises(ValueError, match=underflow):
+        hutchinson_diagonal([grad], [p], generator=g, scale=2.0**-25)
+    (estimate,) = hutchinson_diagonal([grad], [p], generator=g, scale=2.0**-14, retain_graph=True)
+    assert estimate.dtype == torch.float32 and torch.equal(estimate, torch.full((4,), 2.0))
