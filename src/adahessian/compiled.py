@@ -65,7 +65,7 @@ from __future__ import annotations
 import time
 import types
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -174,6 +174,12 @@ class CompiledCurvature:
         recompile_batch_sizes: bool = False,
         compile_plain: bool = False,
     ) -> None:
+        if isinstance(model, torch._dynamo.eval_frame.OptimizedModule):
+            # torch.compile(model): this class compiles the model's math itself; the wrapper's
+            # own compiled forward would only stand in the way of the transforms.
+            model = cast(nn.Module, model._orig_mod)
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
         _refuse_custom_functions(model)
         self.model = model
         self.loss_fn = loss_fn
@@ -327,6 +333,33 @@ class CompiledCurvature:
 
     # ------------------------------------------------------------------ with an optimizer
 
+    def _check_optimizer(self, opt: Any) -> None:
+        """``opt`` is an AdaHessian over this model's trainable parameters (all of its trainable
+        parameters are the model's: one used only inside ``loss_fn`` would never get a
+        gradient here)."""
+        from .optimizer import AdaHessian
+
+        if not isinstance(opt, AdaHessian):
+            raise TypeError(
+                f"CompiledCurvature.backward(opt, ...) needs the AdaHessian that steps the model, "
+                f"got {type(opt).__name__}: the estimate goes to that optimizer"
+            )
+        mine = {id(p) for p in self.model.parameters()}
+        theirs = [p for group in opt.param_groups for p in group["params"] if p.requires_grad]
+        if not any(id(p) in mine for p in theirs):
+            raise ValueError(
+                "none of the optimizer's parameters belongs to this CompiledCurvature's model: "
+                "pass the optimizer of the model it was built with"
+            )
+        strangers = [i for i, p in enumerate(theirs) if id(p) not in mine]
+        if strangers:
+            raise ValueError(
+                f"trainable parameter {strangers[0]} of the optimizer ({len(strangers)} in all) "
+                "is not a parameter of the model: CompiledCurvature differentiates the model's "
+                "parameters only, so one used inside loss_fn would never be trained. Make it a "
+                "parameter of the model (a submodule), or optimise it with another optimizer"
+            )
+
     def backward(self, opt: Any, *inputs: Any) -> Tensor:
         """Replace ``loss_fn(model(*inputs[:-1]), inputs[-1]).backward(create_graph=...)``.
 
@@ -347,6 +380,7 @@ class CompiledCurvature:
         """
         if len(inputs) < 2:
             raise TypeError("backward(opt, *inputs, target) needs the inputs and the target")
+        self._check_optimizer(opt)
         *model_inputs, target = inputs
         if not opt.hessian_due:
             self.estimate = None

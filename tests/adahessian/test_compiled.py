@@ -418,3 +418,60 @@ def test_inductor_dropout_matches_eager_with_fallback_random() -> None:
             torch.testing.assert_close(grads, [g.detach() for g in ref], rtol=1e-10, atol=1e-13)
             torch.testing.assert_close(estimate, expected, rtol=1e-10, atol=1e-13)
     assert curv.compiles == 1
+
+
+# ----------------------------------------------------------------------------- what it trains
+
+
+def _wrong_optimizer(kind: str) -> tuple[nn.Module, torch.optim.Optimizer]:
+    model = _conv_bn()
+    if kind == "another-model":
+        return model, AdaHessian(_conv_bn(seed=1).parameters(), seed=0)
+    if kind == "a-parameter-of-the-loss":
+        temperature = nn.Parameter(torch.ones((), dtype=torch.float64))
+        return model, AdaHessian([*model.parameters(), temperature], seed=0)
+    return model, torch.optim.Adam(model.parameters())
+
+
+@pytest.mark.parametrize(
+    ("kind", "error", "match"),
+    [
+        ("another-model", ValueError,
+         r"none of the optimizer's parameters belongs to this CompiledCurvature's model"),
+        ("a-parameter-of-the-loss", ValueError,
+         r"trainable parameter 10 of the optimizer \(1 in all\) is not a parameter of the model: "
+         r".*used inside loss_fn would never be trained"),
+        ("not-adahessian", TypeError,
+         r"needs the AdaHessian that steps the model, got Adam"),
+    ],
+)  # fmt: skip
+def test_an_optimizer_that_does_not_step_this_model_is_refused_with_nothing_changed(
+    kind: str, error: type[Exception], match: str
+) -> None:
+    model, opt = _wrong_optimizer(kind)
+    curv = CompiledCurvature(model, F.cross_entropy, backend=FAST)
+    before = copy.deepcopy(model.state_dict())
+    steps = opt.state_dict().get("adahessian", {}).get("steps")
+    ((x, y),) = _batches(1)
+    with pytest.raises(error, match=match):
+        curv.backward(opt, x, y)
+    assert curv.compiles == 0 and all(p.grad is None for p in model.parameters())
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k])
+    assert opt.state_dict().get("adahessian", {}).get("steps") == steps
+
+
+def test_a_model_already_under_torch_compile_is_unwrapped_and_steps_as_eager() -> None:
+    eager_model, model = _conv_bn(), _conv_bn()
+    eager_opt = AdaHessian(eager_model.parameters(), lr=0.1, seed=3)
+    opt = AdaHessian(model.parameters(), lr=0.1, seed=3)
+    curv = CompiledCurvature(torch.compile(model, backend=FAST), F.cross_entropy, backend=FAST)
+    assert curv.model is model
+    for x, y in _batches(2):
+        eager_opt.zero_grad()
+        F.cross_entropy(eager_model(x), y).backward(create_graph=True)
+        eager_opt.step()
+        opt.zero_grad()
+        curv.backward(opt, x, y)
+        opt.step()
+        _assert_same_state(eager_model, model)
