@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import matplotlib
 
@@ -94,16 +94,14 @@ def read_runs(out: Path, cfg: dict[str, Any]) -> tuple[pd.DataFrame, list[str], 
     rows: list[dict[str, Any]] = []
     partial: list[dict[str, Any]] = []  # the epochs of the incomplete runs
     incomplete, left_out = [], []
+    key = cfg.get("metric", ACCURACY)["key"]
     for name in sorted(set(run_dirs(out)) | set(ours)):
         path = out / name / "metrics.jsonl"
         try:
             text = path.read_text() if path.is_file() else ""
-            lines = [json.loads(x) for x in text.splitlines() if x.strip()]
-            if not all(isinstance(m, dict) and {"optimizer", "seed", "epoch"} <= set(m)
-                       for m in lines):  # fmt: skip
-                raise ValueError
-        except ValueError:
-            left_out.append(f"{name} (its metrics.jsonl is damaged)")
+            lines = _metrics_lines(text, key)
+        except ValueError as e:
+            left_out.append(f"{name} (its metrics.jsonl is damaged: {e})")
             continue
         if (ours and name not in ours) or not all(of_cfg(m) for m in lines):
             left_out.append(f"{name} (another configuration than config.json's)")
@@ -127,6 +125,51 @@ def read_runs(out: Path, cfg: dict[str, Any]) -> tuple[pd.DataFrame, list[str], 
             "run `adahessian-bench run` first"
         )
     return pd.DataFrame(rows), incomplete, left_out
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _metrics_lines(text: str, key: str) -> list[dict[str, Any]]:
+    """The lines of a metrics.jsonl; ValueError naming the first damaged line: not JSON, a line
+    without the optimizer, seed, epoch or the metric ``key``, a value that is not a number
+    (the metrics may be null: a diverged run's), or an epoch that does not follow the one before
+    (a duplicated epoch)."""
+    lines: list[dict[str, Any]] = []
+    for number, raw in enumerate(text.splitlines(), start=1):
+        if not raw.strip():
+            continue
+        try:
+            m = json.loads(raw)
+        except ValueError:
+            raise ValueError(f"line {number} is not JSON") from None
+        if not isinstance(m, dict):
+            raise ValueError(f"line {number} is not a JSON object")
+        missing = [k for k in ("optimizer", "seed", "epoch", key) if k not in m]
+        if missing:
+            raise ValueError(f"line {number} lacks {', '.join(missing)}")
+        for k in ("epoch", "step"):
+            if k in m and not _number(m[k]):
+                raise ValueError(f"line {number}: {k} is {m[k]!r}, not a number")
+        bad = [k for k, v in m.items() if k.endswith(("_acc", "_loss", "_ppl", "_bleu", "_f1",
+               "_auc", "_rmse")) and v is not None and not _number(v)]  # fmt: skip
+        if not _number(m[key]) and m[key] is not None:
+            bad = [key, *bad]
+        if bad:
+            raise ValueError(f"line {number}: {bad[0]} is {m[bad[0]]!r}, not a number")
+        value = m[key]
+        if (value is None or not math.isfinite(value)) and not m.get("diverged"):
+            raise ValueError(
+                f"line {number}: {key} is {value!r} in a run not marked diverged (the harness "
+                "writes null only with diverged: true)"
+            )
+        if lines and m["epoch"] <= lines[-1]["epoch"]:
+            raise ValueError(
+                f"line {number} repeats epoch {m['epoch']} (a duplicated or out-of-order epoch)"
+            )
+        lines.append(m)
+    return lines
 
 
 def notes(incomplete: list[str], left_out: list[str]) -> list[str]:
@@ -196,17 +239,37 @@ def baseline_of(task: str, trained: Any, fallback: str | None) -> str | None:
     return claim[0] if claim and claim[0] in set(trained) else fallback
 
 
-def read_cost(out: Path) -> dict[str, dict[str, float]]:
-    """The step costs measured side by side before training (``step_cost.json``, per optimizer);
-    empty if the folder has none (runs of older versions, ``cost_rounds = 0``) or it is damaged."""
+def read_cost(out: Path) -> tuple[dict[str, dict[str, float]], str | None]:
+    """The step costs measured side by side before training (``step_cost.json``, per optimizer)
+    and what is wrong with them: None, ``"missing"`` (runs of older versions, ``cost_rounds =
+    0``) or why the file is damaged (not JSON, a cost that is not a finite number > 0); the costs
+    are empty unless it is None."""
+    path = out / stepcost.COST_FILE
     try:
-        cost = json.loads((out / stepcost.COST_FILE).read_text())["optimizers"]
-        if all(isinstance(c["hessian_step_s"], float | int) and isinstance(
-               c["plain_step_s"], float | int) for c in cost.values()):  # fmt: skip
-            return dict(cost)
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        pass
-    return {}
+        cost = json.loads(path.read_text())["optimizers"]
+    except FileNotFoundError:
+        return {}, "missing"
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}, "damaged: not the JSON the harness writes"
+    if not isinstance(cost, dict):
+        return {}, "damaged: not the JSON the harness writes"
+    for name, c in cost.items():
+        for k in ("hessian_step_s", "plain_step_s"):
+            value = c.get(k) if isinstance(c, dict) else None
+            if not (_number(value) and 0 < float(cast(float, value)) < math.inf):
+                return {}, f"damaged: {name}'s {k} is {value!r}, not a time > 0"
+    return dict(cost), None
+
+
+def time_basis(df: pd.DataFrame, out: Path) -> tuple[dict[str, dict[str, float]], str | None]:
+    """The step costs that put every optimizer of ``df`` on one time axis, or none (and why):
+    an optimizer without a measured cost would otherwise be set against the others' costs with
+    its own wall clock."""
+    cost, problem = read_cost(out)
+    lacking = sorted(set(df["optimizer"]) - set(cost))
+    if problem is None and lacking:
+        problem = f"it lacks {', '.join(lacking)}"
+    return ({}, problem) if problem else (cost, None)
 
 
 def with_time(df: pd.DataFrame, cfg: dict[str, Any], cost: dict[str, Any]) -> pd.DataFrame:
@@ -534,7 +597,7 @@ def make_report(out: Path, target: float | None = None) -> str:
     cfg: dict[str, Any] = read_json(out / "config.json")
     df, incomplete, left_out = read_runs(out, cfg)
     env = read_env(out)
-    cost = read_cost(out)
+    cost, cost_problem = time_basis(df, out)
     df = with_time(df, cfg, cost)
     tc = cfg["train"]
     metric = cfg.get("metric", ACCURACY)
@@ -581,10 +644,13 @@ def make_report(out: Path, target: float | None = None) -> str:
             "clock`: the measured training time of each run, which the load of its moment skews."
         )
     else:
+        why = {
+            "missing": "no side-by-side step cost was measured for this folder",
+            None: "no side-by-side step cost was measured for this folder",
+        }.get(cost_problem, f"`step_cost.json` is not used: {cost_problem}")
         time_line = (
-            "- Time: the wall clock of each run (no side-by-side step cost measured for "
-            + ("some optimizers" if cost else "this folder")
-            + "): runs that trained at a busy moment look slower."
+            f"- Time: the wall clock of each run ({why}): runs that trained at a busy moment "
+            "look slower."
         )
     budget = judged["budget"]
     fallback = judged["source"] if judged["source"] not in ("given", "none") else None
@@ -696,7 +762,7 @@ def overview_rows(out: Path) -> list[dict[str, str]]:
     first-order target, and the metric within the fastest first-order optimizer's time)."""
     cfg: dict[str, Any] = read_json(out / "config.json")
     df, _, _ = read_runs(out, cfg)
-    df = with_time(df, cfg, read_cost(out))
+    df = with_time(df, cfg, time_basis(df, out)[0])
     metric = cfg.get("metric", ACCURACY)
     higher = metric["higher_is_better"]
     order = [o for o in cfg["optimizers"] if o in set(df["optimizer"])]

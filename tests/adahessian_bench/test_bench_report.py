@@ -229,7 +229,9 @@ def test_report_of_a_half_written_folder_names_what_is_incomplete(
         "every figure until they finish): adahessian-seed0 (no finished epoch), adam-seed1 (1 of "
         "3 epochs)." in printed
     )
-    assert "- Left out: adahessian-seed1 (its metrics.jsonl is damaged)." in printed
+    assert "- Left out: adahessian-seed1 (its metrics.jsonl is damaged: line 2 is not JSON)." in (
+        printed
+    )
     assert "- Machine: ?" in printed  # no env.json
 
 
@@ -387,3 +389,77 @@ def test_publish_copies_the_results_and_no_checkpoint(tmp_path: Path) -> None:
     assert (dest / "metrics" / f"{run}.jsonl").read_text() == (
         out / run / "metrics.jsonl"
     ).read_text()
+
+
+# ----------------------------------------------------------------------------- damaged files
+
+
+def _edit_last_line(out: Path, run: str, edit: Callable[[dict], object]) -> None:
+    path = out / run / "metrics.jsonl"
+    lines = [json.loads(x) for x in path.read_text().splitlines()]
+    edit(lines[-1])
+    path.write_text("".join(json.dumps(m) + "\n" for m in lines))
+
+
+@pytest.mark.parametrize(
+    ("edit", "named"),
+    [
+        (lambda m: m.update(test_acc="0.8"), "line 3: test_acc is '0.8', not a number"),
+        (lambda m: m.pop("test_acc"), "line 3 lacks test_acc"),
+        (lambda m: m.update(test_acc=float("nan")),
+         "line 3: test_acc is nan in a run not marked diverged"),
+        (lambda m: m.update(test_acc=None), "line 3: test_acc is None in a run not marked"),
+        (lambda m: m.update(epoch=2), "line 3 repeats epoch 2 (a duplicated or out-of-order"),
+        (lambda m: m.update(step="30"), "line 3: step is '30', not a number"),
+    ],
+    ids=["string", "missing-key", "nan", "null-not-diverged", "duplicated-epoch", "step-string"],
+)  # fmt: skip
+def test_a_damaged_metrics_line_is_named_with_its_file_and_line_never_a_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], edit: Callable[[dict], object], named: str
+) -> None:
+    (tmp_path / "config.json").write_text(json.dumps(CFG))
+    for seed in (0, 1):
+        write_run(tmp_path, "adam", seed, [0.5, 0.6, 0.7], 0.1)
+        write_run(tmp_path, "adahessian", seed, [0.5, 0.6, 0.8], 0.1)
+    _edit_last_line(tmp_path, "adahessian-seed1", edit)
+    assert cli.main(["report", str(tmp_path)]) == 0
+    printed = capsys.readouterr().out
+    assert f"- Left out: adahessian-seed1 (its metrics.jsonl is damaged: {named}" in printed
+    rows = rows_of(printed)
+    assert rows["adahessian"][rows["optimizer"].index("seeds")] == "1"
+
+
+def _write_cost(out: Path, optimizers: dict[str, object]) -> None:
+    (out / "step_cost.json").write_text(json.dumps({"optimizers": optimizers}))
+
+
+@pytest.mark.parametrize(
+    ("cost", "why"),
+    [
+        ({"adam": {"hessian_step_s": 0.1, "plain_step_s": 0.1}}, "it lacks adahessian"),
+        ({"adam": {"hessian_step_s": 0.1, "plain_step_s": 0.1},
+          "adahessian": {"hessian_step_s": -1.0, "plain_step_s": 0.1}},
+         "damaged: adahessian's hessian_step_s is -1.0, not a time > 0"),
+        ({"adam": {"hessian_step_s": 0.1, "plain_step_s": 0.1},
+          "adahessian": {"hessian_step_s": float("nan"), "plain_step_s": 0.1}},
+         "damaged: adahessian's hessian_step_s is nan, not a time > 0"),
+        ("{not json", "damaged: not the JSON the harness writes"),
+    ],
+    ids=["lacks-an-optimizer", "negative", "nan", "not-json"],
+)  # fmt: skip
+def test_a_step_cost_that_cannot_time_every_optimizer_is_not_mixed_with_wall_clocks(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], cost: object, why: str
+) -> None:
+    """Before: an optimizer missing from step_cost.json had its wall clock set against the
+    others' step costs (a 5.35x that was 4.00x)."""
+    (tmp_path / "config.json").write_text(json.dumps(CFG))
+    for seed in (0, 1):
+        write_run(tmp_path, "adam", seed, [0.5, 0.6, 0.7], 0.1)
+        write_run(tmp_path, "adahessian", seed, [0.5, 0.6, 0.8], 0.1)
+    if isinstance(cost, str):
+        (tmp_path / "step_cost.json").write_text(cost)
+    else:
+        _write_cost(tmp_path, cost)  # type: ignore[arg-type]
+    assert cli.main(["report", str(tmp_path)]) == 0
+    printed = capsys.readouterr().out
+    assert f"- Time: the wall clock of each run (`step_cost.json` is not used: {why})" in printed
