@@ -209,6 +209,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     from . import report, sweep
 
     try:
+        if args.publish is not None:  # before anything is written
+            report.check_publish_dest(Path(args.dir), Path(args.publish))
         if sweep.is_sweep(args.dir):  # a sweep folder: one table and plot over the grid
             text = sweep.make_report(Path(args.dir))
             plots: tuple[str, ...] = (sweep.plot_name(sweep.load(args.dir)["param"]),)

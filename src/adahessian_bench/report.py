@@ -701,6 +701,25 @@ def written_plots(out: str | Path) -> tuple[str, str]:
     return plot_names(cfg.get("metric", ACCURACY)["key"])
 
 
+def check_publish_dest(out: Path, dest: Path) -> None:
+    """ValueError unless ``dest`` can take a published copy of the folder ``out``: not the
+    folder itself, nothing inside it (the copy would land among the runs it reports), and not an
+    existing file. Checked before the report is written."""
+    here, there = Path(out).resolve(), Path(dest).resolve()
+    if there == here:
+        raise ValueError(
+            f"--publish {dest} is the run folder itself: publish to another folder "
+            "(docs/results/NAME)"
+        )
+    if here in there.parents:
+        raise ValueError(
+            f"--publish {dest} is inside the run folder {out}: publish to a folder outside it "
+            "(docs/results/NAME)"
+        )
+    if there.exists() and not there.is_dir():
+        raise ValueError(f"--publish {dest} is an existing file: name a folder")
+
+
 def publish(out: Path, dest: Path) -> list[Path]:
     """Copy a reported run folder's results to ``dest`` (e.g. ``docs/results/TASK-quick``): the
     report and its plots, and under ``dest/metrics`` the per-epoch metrics of the runs the report

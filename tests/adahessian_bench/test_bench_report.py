@@ -463,3 +463,32 @@ def test_a_step_cost_that_cannot_time_every_optimizer_is_not_mixed_with_wall_clo
     assert cli.main(["report", str(tmp_path)]) == 0
     printed = capsys.readouterr().out
     assert f"- Time: the wall clock of each run (`step_cost.json` is not used: {why})" in printed
+
+
+@pytest.mark.parametrize(
+    ("dest", "says"),
+    [
+        ("{out}", "is the run folder itself: publish to another folder"),
+        ("{out}/published", "is inside the run folder"),
+        ("{out}/adam-seed0/x", "is inside the run folder"),
+        ("{file}", "is an existing file: name a folder"),
+    ],
+    ids=["the-folder", "inside", "inside-a-run", "a-file"],
+)
+def test_publish_into_the_run_folder_or_onto_a_file_is_refused_before_anything_is_written(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], dest: str, says: str
+) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "config.json").write_text(json.dumps(CFG))
+    for seed in (0, 1):
+        write_run(out, "adam", seed, [0.5, 0.6, 0.7], 0.1)
+    make_report(out)
+    (tmp_path / "notes.txt").write_text("mine")
+    before = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in tmp_path.rglob("*") if p.is_file()}
+    target = dest.replace("{out}", str(out)).replace("{file}", str(tmp_path / "notes.txt"))
+    assert cli.main(["report", str(out), "--publish", target]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and says in err[0] and "Traceback" not in err[0]
+    after = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in tmp_path.rglob("*") if p.is_file()}
+    assert after == before
