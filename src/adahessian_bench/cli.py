@@ -18,7 +18,9 @@ from __future__ import annotations
 import argparse
 import math
 import shlex
+import signal
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn
@@ -339,15 +341,35 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as e:  # --help, or a bad option (argparse has said why): its exit code
         return int(e.code or 0)
     args.command_line = shlex.join(["adahessian-bench", *argv])
+    previous = _terminate_as_interrupt()
     try:
         return int(args.func(args))
-    except KeyboardInterrupt:  # Ctrl-C: what to do next, not a traceback
+    except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM: what to do next, not a traceback
         hint = ""
         if args.command in ("run", "sweep"):
             hint = f": the runs under {args.out} can be continued with the same command"
             hint += "" if args.resume else " plus --resume"
-        print(f"interrupted{hint}", file=sys.stderr)
-        return 130
+        terminated = isinstance(e, Terminated)
+        print(f"{'terminated' if terminated else 'interrupted'}{hint}", file=sys.stderr)
+        return 143 if terminated else 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler or ``kill``), handled as Ctrl-C is: the runs stay resumable."""
+
+
+def _raise_terminated(signum: int, frame: Any) -> None:
+    raise Terminated
+
+
+def _terminate_as_interrupt() -> Any:
+    """Install the SIGTERM handler for this command (main thread only); the previous one."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, _raise_terminated)
 
 
 if __name__ == "__main__":

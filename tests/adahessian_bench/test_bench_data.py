@@ -327,3 +327,21 @@ def test_a_damaged_cifar10_batch_is_named(tmp_path: Path, monkeypatch: pytest.Mo
     digests["data_batch_2"] = digests["data_batch_1"]
     with pytest.raises(data.DataCorrupt, match=r"data_batch_3: labels outside 0\.\.9"):
         data.load_cifar10(tmp_path)
+
+
+def test_a_failed_atomic_write_leaves_the_old_file_and_no_tmp(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from adahessian_bench import data
+
+    path = tmp_path / "x.json"
+    path.write_text("old")
+
+    def full_disk(*args: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(data.os, "replace", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        data.atomic_write_text(path, "new")
+    assert path.read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.json"]

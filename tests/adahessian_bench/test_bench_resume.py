@@ -189,3 +189,19 @@ def test_a_damaged_checkpoint_is_named_with_what_to_do(
     path.unlink()
     assert cli.main([*SGD, "--out", str(sgd_run), "--resume"]) == 0
     assert [m["epoch"] for m in behaviour(sgd_run, "sgd-seed0")] == [1]
+
+
+def test_sigterm_is_handled_as_ctrl_c_and_the_resumed_run_matches(
+    subprocess_env: dict[str, str], tmp_path: Path, uninterrupted: Path
+) -> None:
+    proc = interrupt(tmp_path, subprocess_env, signal.SIGTERM)
+    assert proc.stderr is not None
+    err = proc.stderr.read().decode()
+    assert proc.returncode == 143, err
+    assert "Traceback" not in err
+    assert err.strip().splitlines()[-1] == (
+        f"terminated: the runs under {tmp_path} can be continued with the same command plus "
+        "--resume"
+    )
+    assert cli.main([*ARGS, "--out", str(tmp_path), "--resume"]) == 0
+    assert_resumed_equals(tmp_path, uninterrupted)
