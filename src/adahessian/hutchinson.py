@@ -24,6 +24,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .functional import state_dtype
+
 __all__ = ["hutchinson_diagonal", "rademacher"]
 
 
@@ -104,10 +106,6 @@ def live_gradients(
     return live
 
 
-def _sum_dtype(p: Tensor) -> torch.dtype:
-    return torch.float32 if p.dtype in (torch.float16, torch.bfloat16) else p.dtype
-
-
 def hutchinson_diagonal(
     grads: Sequence[Tensor | None],
     params: Sequence[Tensor],
@@ -174,7 +172,7 @@ def hutchinson_diagonal(
             )
     # The sum is formed in float32 for float16/bfloat16 parameters, as the moments are: v * Hv
     # and its division by the scale would overflow float16.
-    estimate = [torch.zeros_like(p, dtype=_sum_dtype(p)) for p in params]
+    estimate = [torch.zeros_like(p, dtype=state_dtype(p)) for p in params]
     for sample in range(n_samples):
         v = rademacher(params, generator=generator) if probes is None else probes[sample]
         keep = retain_graph or sample < n_samples - 1
