@@ -173,6 +173,23 @@ def check_params(params: list[Any], param_groups: list[dict[str, Any]]) -> None:
         seen[id(p)] = i
 
 
+def _tensor_like(label: str, value: Any, param: Tensor) -> Tensor:
+    """``value`` (named ``label`` in the message), checked to be a tensor shaped like ``param``."""
+    if not isinstance(value, Tensor):
+        raise ValueError(f"{label} is {type(value).__name__}, not a tensor")
+    if value.shape != param.shape:
+        raise ValueError(
+            f"{label} has shape {tuple(value.shape)} but its parameter has shape "
+            f"{tuple(param.shape)}"
+        )
+    return value
+
+
+def nonfinite(tensors: Sequence[Tensor]) -> list[int]:
+    """The indices of the tensors that hold inf or NaN."""
+    return [i for i, t in enumerate(tensors) if not bool(torch.isfinite(t).all())]
+
+
 def check_hessian(hessian: Any, params: list[Tensor], *, finite: bool) -> None:
     """An external Hessian-diagonal estimate: one finite floating tensor per parameter."""
     if isinstance(hessian, Tensor) or not isinstance(hessian, Sequence):
@@ -183,17 +200,11 @@ def check_hessian(hessian: Any, params: list[Tensor], *, finite: bool) -> None:
             "gradient; pass one per parameter with a gradient, in param-group order"
         )
     for i, (h, p) in enumerate(zip(hessian, params, strict=True)):
-        if not isinstance(h, Tensor):
-            raise ValueError(f"hessian[{i}] is {type(h).__name__}, not a tensor")
-        if h.shape != p.shape:
-            raise ValueError(
-                f"hessian[{i}] has shape {tuple(h.shape)} but its parameter has shape "
-                f"{tuple(p.shape)}"
-            )
+        h = _tensor_like(f"hessian[{i}]", h, p)
         if h.is_complex() or h.dtype == torch.bool:
             raise ValueError(f"hessian[{i}] has dtype {h.dtype}: pass a real-valued estimate")
     if finite:
-        bad = [i for i, h in enumerate(hessian) if not bool(torch.isfinite(h).all())]
+        bad = nonfinite(hessian)
         if bad:
             raise ValueError(
                 f"hessian[{bad[0]}] holds inf or NaN ({len(bad)} tensor(s) in all): pass a "
@@ -213,13 +224,7 @@ def check_estimate(estimate: Any, params: list[Tensor], where: str) -> None:
             f"({len(params)}), shaped like it; got {len(estimate)}"
         )
     for i, (e, p) in enumerate(zip(estimate, params, strict=True)):
-        if not isinstance(e, Tensor):
-            raise ValueError(f"{where}: estimate[{i}] is {type(e).__name__}, not a tensor")
-        if e.shape != p.shape:
-            raise ValueError(
-                f"{where}: estimate[{i}] has shape {tuple(e.shape)} but its parameter has shape "
-                f"{tuple(p.shape)}"
-            )
+        e = _tensor_like(f"{where}: estimate[{i}]", e, p)
         if not e.is_floating_point():
             raise ValueError(
                 f"{where}: estimate[{i}] has dtype {e.dtype}: pass a floating-point estimate"

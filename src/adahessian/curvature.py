@@ -21,7 +21,7 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor
 
-from ._checks import check_hessian
+from ._checks import check_hessian, nonfinite
 from .functional import state_dtype
 from .hutchinson import hutchinson_diagonal
 
@@ -85,7 +85,7 @@ class Accumulated:
                 "curv.backward for every one); nothing was changed"
             )
         if self.finite:
-            bad = [i for i, t in enumerate(self.total) if not bool(torch.isfinite(t).all())]
+            bad = nonfinite(self.total)
             if bad:
                 raise ValueError(
                     f"this step's Hessian estimate (from add_hessian_estimate, opt.backward or "
