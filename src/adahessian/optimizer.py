@@ -654,20 +654,15 @@ class AdaHessian(Optimizer):
         if scaler is not None:
             return self._step_with_scaler(closure, scaler, hessian)
         loss, first_pass = self._run_closure(closure, hessian)
-        # Every check comes first: a step that fails changes nothing.
+        # Every check comes first: a step that fails changes nothing (a finite-difference step
+        # also puts back its probes and the gradients held before its closure ran).
         try:
             groups = self._gather()
             scaling = self._scaling(loss_scale, hessian)
-        except BaseException:
-            if first_pass is not None:
-                self._drop_pending()
-                first_pass.restore_grads()
-            raise
-        flat = [p for ps in groups for p in ps]
-        grads = [cast(Tensor, p.grad) for p in flat]
-        if first_pass is not None:  # a finite-difference Hessian step: the perturbed passes
-            self._finite_differences(cast(Callable[[], Any], closure), first_pass)
-        try:
+            flat = [p for ps in groups for p in ps]
+            grads = [cast(Tensor, p.grad) for p in flat]
+            if first_pass is not None:  # a finite-difference Hessian step: the perturbed passes
+                self._finite_differences(cast(Callable[[], Any], closure), first_pass)
             source = self._curvature_source(hessian, bool(flat), finite=not scaling.active)
             estimates = None if source is None else source.estimate(flat, grads)
         except BaseException:
