@@ -89,17 +89,27 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(
     assert_resumed_equals(tmp_path, uninterrupted)
 
 
-def test_ctrl_c_says_how_to_resume_and_the_resumed_run_matches(
-    subprocess_env: dict[str, str], tmp_path: Path, uninterrupted: Path
+@pytest.mark.parametrize(
+    ("sig", "code", "word"),
+    [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")],
+    ids=["ctrl-c", "sigterm"],
+)
+def test_an_interrupt_says_how_to_resume_and_the_resumed_run_matches(
+    subprocess_env: dict[str, str],
+    tmp_path: Path,
+    uninterrupted: Path,
+    sig: signal.Signals,
+    code: int,
+    word: str,
 ) -> None:
-    proc = interrupt(tmp_path, subprocess_env, signal.SIGINT)
+    """Ctrl-C, and SIGTERM (a scheduler, ``kill``) handled as Ctrl-C is."""
+    proc = interrupt(tmp_path, subprocess_env, sig)
     assert proc.stderr is not None
     err = proc.stderr.read().decode()
-    assert proc.returncode == 130, err
+    assert proc.returncode == code, err
     assert "Traceback" not in err
     assert err.strip().splitlines()[-1] == (
-        f"interrupted: the runs under {tmp_path} can be continued with the same command plus "
-        "--resume"
+        f"{word}: the runs under {tmp_path} can be continued with the same command plus --resume"
     )
     assert cli.main([*ARGS, "--out", str(tmp_path), "--resume"]) == 0
     assert_resumed_equals(tmp_path, uninterrupted)
@@ -189,19 +199,3 @@ def test_a_damaged_checkpoint_is_named_with_what_to_do(
     path.unlink()
     assert cli.main([*SGD, "--out", str(sgd_run), "--resume"]) == 0
     assert [m["epoch"] for m in behaviour(sgd_run, "sgd-seed0")] == [1]
-
-
-def test_sigterm_is_handled_as_ctrl_c_and_the_resumed_run_matches(
-    subprocess_env: dict[str, str], tmp_path: Path, uninterrupted: Path
-) -> None:
-    proc = interrupt(tmp_path, subprocess_env, signal.SIGTERM)
-    assert proc.stderr is not None
-    err = proc.stderr.read().decode()
-    assert proc.returncode == 143, err
-    assert "Traceback" not in err
-    assert err.strip().splitlines()[-1] == (
-        f"terminated: the runs under {tmp_path} can be continued with the same command plus "
-        "--resume"
-    )
-    assert cli.main([*ARGS, "--out", str(tmp_path), "--resume"]) == 0
-    assert_resumed_equals(tmp_path, uninterrupted)
