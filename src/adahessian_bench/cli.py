@@ -117,6 +117,8 @@ class Parser(argparse.ArgumentParser):
 def fail(args: argparse.Namespace, error: BaseException | str, code: int) -> int:
     """Print an error on stderr as argparse does (``adahessian-bench run: error: ...``)."""
     command = " ".join(c for c in (args.command, getattr(args, "action", None)) if c)
+    if isinstance(error, OSError):  # the path and the reason in words, not errno's text
+        error = data.os_error_text(error)
     print(f"adahessian-bench {command}: error: {error}", file=sys.stderr)
     return code
 

@@ -169,3 +169,125 @@ def run_dirs(out: Path) -> list[str]:
         for d in out.iterdir()
         if d.is_dir() and ((d / "metrics.jsonl").exists() or (d / "checkpoint.pt").exists())
     )
+
+
+# ----------------------------------------------------------------------------- config.json
+
+
+def _valid_format(fmt: Any) -> bool:
+    try:
+        format(0.5, fmt)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+METRIC_KEYS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "key": (lambda v: isinstance(v, str) and bool(v), "a metric's name"),
+    "label": (lambda v: isinstance(v, str), "a string"),
+    "higher_is_better": (lambda v: isinstance(v, bool), "true or false"),
+    "scale": (lambda v: _number(v) and v > 0, "a number > 0"),
+    "fmt": (lambda v: isinstance(v, str) and _valid_format(v), "a number format such as .2f"),
+    "extra": (lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v),
+              "a list of metric names"),
+}  # fmt: skip
+OPTIONAL_TRAIN = ("max_steps", "train_subset", "test_subset", "target", "target_accuracy")
+
+
+def check_resolved(cfg: Any) -> None:
+    """ValueError saying what is wrong if ``cfg`` is not a resolved configuration as ``run``
+    writes it into config.json (what the report reads back: task, profile, seeds, optimizers,
+    the [train] values, the metric)."""
+    if not isinstance(cfg, dict):
+        raise ValueError(f"it holds {type(cfg).__name__}, not a JSON object")
+    for key in ("task", "train"):
+        if key not in cfg:
+            raise ValueError(f"it has no {key}")
+    if not isinstance(cfg["task"], str) or not cfg["task"]:
+        raise ValueError(f"task is {cfg['task']!r}, not a task's name")
+    if not isinstance(cfg.get("profile", ""), str):
+        raise ValueError(f"profile is {cfg['profile']!r}, not a name")
+    seeds = cfg.get("seeds", [])  # (seeds and optimizers: absent in folders of old versions)
+    if not (isinstance(seeds, list) and all(_integer(0)[0](s) for s in seeds)):
+        raise ValueError(f"seeds is {seeds!r}, not a list of integers >= 0")
+    opts = cfg.get("optimizers", {})
+    if not (isinstance(opts, dict) and all(isinstance(h, dict) for h in opts.values())):
+        raise ValueError("optimizers is not a table of optimizers and their hyperparameters")
+    train = cfg["train"]
+    if not isinstance(train, dict):
+        raise ValueError(f"train is {train!r}, not a table")
+    for key in ("epochs", "batch_size"):
+        if key not in train:
+            raise ValueError(f"train has no {key}")
+    for key, value in train.items():
+        if key in TRAIN_KEYS and not (value is None and key in OPTIONAL_TRAIN):
+            test, words = TRAIN_KEYS[key]
+            if not test(value):
+                raise ValueError(f"train.{key} is {value!r}, not {words}")
+    metric = cfg.get("metric")
+    if metric is not None:
+        if not isinstance(metric, dict):
+            raise ValueError(f"metric is {metric!r}, not a table")
+        for key, (test, words) in METRIC_KEYS.items():
+            if key not in metric and key != "extra":
+                raise ValueError(f"metric has no {key}")
+            if key in metric and not test(metric[key]):
+                raise ValueError(f"metric.{key} is {metric[key]!r}, not {words}")
+    for key in ("model", "data"):
+        if not isinstance(cfg.get(key, {}), dict):
+            raise ValueError(f"{key} is {cfg[key]!r}, not a table")
+
+
+# ----------------------------------------------------------------------------- folder ownership
+
+MARK_FILE = ".adahessian-bench"  # in every folder the harness writes: {"written_by", "kind"}
+_IGNORED = {".lock", MARK_FILE}  # a folder holding only these is as good as empty
+
+
+def _describes(path: Path, keys: tuple[str, ...]) -> bool:
+    """Whether ``path`` is a JSON object with ``keys`` (a config.json or sweep.json of ours)."""
+    try:
+        content = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(content, dict) and all(k in content for k in keys)
+
+
+def written_by_us(out: Path) -> bool:
+    """Whether the folder ``out`` was written by adahessian-bench: it holds the mark, or (a folder
+    of an older version) a config.json or sweep.json of ours."""
+    return (
+        (out / MARK_FILE).is_file()
+        or _describes(out / "config.json", ("task", "optimizers", "seeds"))
+        or _describes(out / "sweep.json", ("task", "param", "points"))
+    )
+
+
+def check_ours(out: Path) -> None:
+    """ValueError unless ``out`` is absent, empty, or a folder that adahessian-bench wrote: a
+    run never writes among files it did not make (a home folder, the filesystem's root, a
+    folder of a user's own ``env.json``)."""
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise ValueError(f"--out {out} is a file, not a folder: use another --out")
+    try:
+        entries = sorted(p.name for p in out.iterdir() if p.name not in _IGNORED)
+    except OSError as e:
+        raise ValueError(f"--out {out} cannot be read ({e.strerror}): use another --out") from None
+    if entries and not written_by_us(out):
+        more = f" and {len(entries) - 4} more" if len(entries) > 4 else ""
+        shown = ", ".join(entries[:4]) + more
+        raise ValueError(
+            f"--out {out} holds files that adahessian-bench did not write ({shown}): use a new or "
+            "empty folder for --out"
+        )
+
+
+def mark(out: Path, kind: str) -> None:
+    """Mark ``out`` as a folder of adahessian-bench (``kind``: run or sweep)."""
+    from .data import atomic_write_text  # here: data imports numpy and torch
+
+    if not (out / MARK_FILE).is_file():
+        text = json.dumps({"written_by": "adahessian-bench", "kind": kind}) + "\n"
+        atomic_write_text(out / MARK_FILE, text)

@@ -44,6 +44,7 @@ from adahessian_bench.data import (
     _download,
     atomic_write_bytes,
     cache_dir,
+    cache_folder,
 )
 
 Say = Callable[..., None]
@@ -112,7 +113,7 @@ def fetch_brown(verbose: bool = True, verify: bool = False) -> Path:
         if problem is None:
             return dest
         _say(verbose)(f"repairing {problem}")
-    dest.mkdir(parents=True, exist_ok=True)
+    cache_folder(dest, "brown")
     say = _say(verbose)
     errors: list[str] = []
     with tempfile.TemporaryDirectory(dir=dest) as tmp_name:
@@ -343,7 +344,7 @@ def fetch_bible(verbose: bool = True, verify: bool = False) -> Path:
             return dest
         except DataCorrupt as e:
             _say(verbose)(f"repairing {e}")
-    dest.mkdir(parents=True, exist_ok=True)
+    cache_folder(dest, "bible-es-en")
     say = _say(verbose)
     errors: list[str] = []
 

@@ -17,6 +17,7 @@ torch.Generator so that the data order and the augmentation are reproducible and
 
 from __future__ import annotations
 
+import errno
 import gzip
 import hashlib
 import os
@@ -93,6 +94,49 @@ def cache_dir() -> Path:
     return Path(os.environ.get("ADAHESSIAN_DATA") or Path.home() / ".cache" / "adahessian")
 
 
+# What an OSError means, in words (the raw errno text is for programmers).
+_OS_REASONS = {
+    errno.EACCES: "permission denied",
+    errno.EPERM: "permission denied",
+    errno.EROFS: "the file system is read-only",
+    errno.ENOTDIR: "a part of the path is a file, not a folder",
+    errno.EEXIST: "a file of that name is in the way",
+    errno.ENOSPC: "no space left on the device",
+    errno.EDQUOT: "over the disk quota",
+    errno.ENAMETOOLONG: "the name is too long",
+    errno.EISDIR: "it is a folder, not a file",
+    errno.ENOENT: "no such file or folder",
+}
+
+
+def os_reason(e: OSError) -> str:
+    """Why ``e`` happened, in a few words (``permission denied``, ``no space left ...``)."""
+    if e.errno in _OS_REASONS:
+        return _OS_REASONS[e.errno]
+    return (e.strerror or str(e) or type(e).__name__).lower()
+
+
+def os_error_text(e: OSError) -> str:
+    """``PATH: reason`` for an OSError that names a path, else the reason."""
+    return f"{e.filename}: {os_reason(e)}" if e.filename is not None else os_reason(e)
+
+
+def cache_folder(dest: Path, dataset: str) -> Path:
+    """Create the cache folder ``dest`` of ``dataset`` if need be and make sure that files can be
+    written into it; DataUnavailable in one line if not (``ADAHESSIAN_DATA`` pointing at a file,
+    at a read-only folder, into a full disk)."""
+    try:
+        dest.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=dest):
+            pass
+    except OSError as e:
+        raise DataUnavailable(
+            f"the data cache cannot take {dataset}: {os_error_text(e)}; point ADAHESSIAN_DATA "
+            f"at a folder you can write (now: {cache_dir()}), or fetch {dataset} there first"
+        ) from None
+    return dest
+
+
 # ----------------------------------------------------------------------------- fetching
 
 
@@ -152,7 +196,7 @@ def fetch_fashion_mnist(verbose: bool = True, verify: bool = False) -> Path:
                 say(f"repairing {problem}")
     if not todo:
         return dest
-    dest.mkdir(parents=True, exist_ok=True)
+    cache_folder(dest, "fashion-mnist")
     errors = []
 
     def install(source: str, put: Callable[[str, Path], object]) -> bool:
@@ -241,7 +285,7 @@ def fetch_cifar10(verbose: bool = True, verify: bool = False) -> Path:
             return dest
         for problem in problems:
             say(f"repairing {problem}")
-    dest.mkdir(parents=True, exist_ok=True)
+    cache_folder(dest, "cifar10")
     tarball = dest / CIFAR10_TARBALL
     if not tarball.is_file():
         try:

@@ -274,6 +274,14 @@ class BrownLM(Task):
     train_keys = ("bptt", "valid_subset")
     model_keys = ("arch", *dict.fromkeys(init_keys(TransformerLM) + init_keys(LSTMLM)))
 
+    def check(self, cfg: dict[str, Any]) -> None:
+        """``[model] vocab`` within the corpus's vocabulary, before the corpus is fetched."""
+        vocab = cfg.get("model", {}).get("vocab", corpora.BROWN_VOCAB)
+        if isinstance(vocab, bool) or not isinstance(vocab, int):
+            raise ValueError(f"[model] vocab must be an integer, got {vocab!r}")
+        if not 2 <= vocab <= corpora.BROWN_VOCAB:
+            raise ValueError(f"[model] vocab {vocab} is not in [2, {corpora.BROWN_VOCAB}]")
+
     def load(self, cfg: dict[str, Any]) -> Streams:
         return streams(corpora.load_brown(), cfg)
 

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import widedeep
+from . import config, widedeep
 from .base import Metric, RunContext, Setup, Task, init_keys
 
 # Rows of the embedding tables: the distinct values of each sparse feature in the whole of
@@ -203,6 +203,18 @@ class RecommendationTask(Task):
                     extra=("test_logloss", "test_acc"))  # fmt: skip
     model_keys = init_keys(DLRM)
     data_keys = ("split", "split_seed")
+
+    def check(self, cfg: dict[str, Any]) -> None:
+        """``[data]`` split and split_seed, before the data is fetched."""
+        dc = cfg.get("data", {})
+        split, seed = dc.get("split", "random"), dc.get("split_seed", 0)
+        if split not in widedeep.MOVIELENS_SPLITS:
+            hint = config.did_you_mean(str(split), widedeep.MOVIELENS_SPLITS)
+            raise ValueError(
+                f"[data] split {split!r} is not one of {', '.join(widedeep.MOVIELENS_SPLITS)}{hint}"
+            )
+        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+            raise ValueError(f"[data] split_seed must be an integer >= 0, got {seed!r}")
 
     def load(self, cfg: dict[str, Any]) -> widedeep.MovieLensCTR:
         """The ``[data]`` split (``split``, ``split_seed``), its training rows cut to

@@ -26,7 +26,7 @@ from scipy import stats
 from tabulate import tabulate
 
 from . import optimizers, stepcost
-from .config import config_hash, run_config, run_dirs
+from .config import check_resolved, config_hash, run_config, run_dirs
 from .data import atomic_write_bytes, atomic_write_text
 
 # The metric of runs whose config.json names none (written before tasks named their metric).
@@ -59,6 +59,18 @@ def read_json(path: Path) -> Any:
         raise FileNotFoundError(f"{path} is missing: not a run or sweep folder") from None
     except ValueError:
         raise ValueError(f"{path} is damaged (not JSON): make it again (rerun)") from None
+
+
+def read_config(out: Path) -> dict[str, Any]:
+    """The config.json of a run folder, checked (``config.check_resolved``); FileNotFoundError or
+    ValueError naming the file and what is wrong with it."""
+    path = out / "config.json"
+    cfg = read_json(path)
+    try:
+        check_resolved(cfg)
+    except ValueError as e:
+        raise ValueError(f"{path} is damaged ({e}): make it again (rerun)") from None
+    return {"seeds": [], "optimizers": {}, **cfg}
 
 
 def read_env(out: Path) -> dict[str, Any]:
@@ -99,7 +111,7 @@ def read_runs(out: Path, cfg: dict[str, Any]) -> tuple[pd.DataFrame, list[str], 
         path = out / name / "metrics.jsonl"
         try:
             text = path.read_text() if path.is_file() else ""
-            lines = _metrics_lines(text, key)
+            lines = _metrics_lines(text, key, name)
         except ValueError as e:
             left_out.append(f"{name} (its metrics.jsonl is damaged: {e})")
             continue
@@ -131,11 +143,12 @@ def _number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
-def _metrics_lines(text: str, key: str) -> list[dict[str, Any]]:
+def _metrics_lines(text: str, key: str, run: str | None = None) -> list[dict[str, Any]]:
     """The lines of a metrics.jsonl; ValueError naming the first damaged line: not JSON, a line
     without the optimizer, seed, epoch or the metric ``key``, a value that is not a number
     (the metrics may be null: a diverged run's), or an epoch that does not follow the one before
-    (a duplicated epoch)."""
+    (a duplicated epoch), or (``run`` given: the folder's name, ``OPT-seedS``) a line of another
+    run."""
     lines: list[dict[str, Any]] = []
     for number, raw in enumerate(text.splitlines(), start=1):
         if not raw.strip():
@@ -152,6 +165,11 @@ def _metrics_lines(text: str, key: str) -> list[dict[str, Any]]:
         for k in ("epoch", "step"):
             if k in m and not _number(m[k]):
                 raise ValueError(f"line {number}: {k} is {m[k]!r}, not a number")
+        if run is not None and f"{m['optimizer']}-seed{m['seed']}" != run:
+            raise ValueError(
+                f"line {number} is of optimizer {m['optimizer']!r} and seed {m['seed']!r}, not "
+                f"of its folder's run {run}"
+            )
         bad = [k for k, v in m.items() if k.endswith(("_acc", "_loss", "_ppl", "_bleu", "_f1",
                "_auc", "_rmse")) and v is not None and not _number(v)]  # fmt: skip
         if not _number(m[key]) and m[key] is not None:
@@ -594,7 +612,7 @@ def make_report(out: Path, target: float | None = None) -> str:
     out = Path(out)
     if not (out / "config.json").exists() and not run_dirs(out):
         raise FileNotFoundError(f"no */metrics.jsonl under {out}: run `adahessian-bench run` first")
-    cfg: dict[str, Any] = read_json(out / "config.json")
+    cfg = read_config(out)
     df, incomplete, left_out = read_runs(out, cfg)
     env = read_env(out)
     cost, cost_problem = time_basis(df, out)
@@ -609,7 +627,7 @@ def make_report(out: Path, target: float | None = None) -> str:
     table, judged = summary(df, target, order, reference, metric)
     target = judged["target"]
     seeds = sorted(df["seed"].unique())
-    title = f"{cfg['task']} ({cfg['profile']} profile), {len(seeds)} seed(s)"
+    title = f"{cfg['task']} ({cfg.get('profile', 'no')} profile), {len(seeds)} seed(s)"
     names = plot_names(metric["key"])
     measured = bool(cost) and all(o in cost for o in set(df["optimizer"]))
     time_label = (
@@ -655,7 +673,7 @@ def make_report(out: Path, target: float | None = None) -> str:
     budget = judged["budget"]
     fallback = judged["source"] if judged["source"] not in ("given", "none") else None
     lines = [
-        f"# {cfg['task']}, {cfg['profile']} profile",
+        f"# {cfg['task']}, {cfg.get('profile', 'no')} profile",
         "",
         f"- Command: `{env.get('command', '?')}`",
         f"- Machine: {machine(env)}",
@@ -697,7 +715,7 @@ def make_report(out: Path, target: float | None = None) -> str:
 
 def written_plots(out: str | Path) -> tuple[str, str]:
     """The names of the plots ``make_report`` wrote for the run folder ``out``."""
-    cfg = read_json(Path(out) / "config.json")
+    cfg = read_config(Path(out))
     return plot_names(cfg.get("metric", ACCURACY)["key"])
 
 
@@ -729,7 +747,7 @@ def publish(out: Path, dest: Path) -> list[Path]:
     out, dest = Path(out), Path(dest)
     if not (out / "report.md").is_file():
         raise FileNotFoundError(f"{out}/report.md is missing: run `adahessian-bench report` first")
-    cfg = read_json(out / "config.json")
+    cfg = read_config(out)
     copies = [(out / "report.md", dest / "report.md")]
     copies += [(out / name, dest / name) for name in plot_names(cfg.get("metric", ACCURACY)["key"])]
     for name in ("config.json", "env.json", stepcost.COST_FILE):
@@ -779,12 +797,14 @@ def overview_rows(out: Path) -> list[dict[str, str]]:
     against the paper's baseline for the task (``paper_claim``; else the best first-order
     optimizer), per epoch (final metric, paired by seed) and per unit of time (time to the
     first-order target, and the metric within the fastest first-order optimizer's time)."""
-    cfg: dict[str, Any] = read_json(out / "config.json")
+    cfg = read_config(out)
     df, _, _ = read_runs(out, cfg)
     df = with_time(df, cfg, time_basis(df, out)[0])
     metric = cfg.get("metric", ACCURACY)
     higher = metric["higher_is_better"]
-    order = [o for o in cfg["optimizers"] if o in set(df["optimizer"])]
+    present = set(df["optimizer"])  # in config.json's order, then any it does not name
+    order = [o for o in cfg["optimizers"] if o in present]
+    order += sorted(present - set(order))
     _, judged = summary(df, None, order, order[0], metric)
     runs, target = judged["runs"], judged["target"]
     claim = paper_claim(cfg["task"])
@@ -855,6 +875,16 @@ def overview_rows(out: Path) -> list[dict[str, str]]:
 
 def overview(folders: list[Path]) -> str:
     """The cross-task summary table (Markdown) of run folders (``adahessian-bench summary``)."""
+    seen: dict[Path, Path] = {}
+    for out in map(Path, folders):
+        if (out / "sweep.json").is_file():  # sweep.SWEEP_FILE
+            raise ValueError(
+                f"{out} is a sweep folder: summary sets run folders side by side; "
+                f"`adahessian-bench report {out}` reports a sweep"
+            )
+        if out.resolve() in seen:
+            raise ValueError(f"{seen[out.resolve()]} and {out} are the same folder: name it once")
+        seen[out.resolve()] = out
     rows = [row for out in folders for row in overview_rows(Path(out))]
     if not rows:
         raise ValueError("no folder holds an AdaHessian run beside a first-order baseline")

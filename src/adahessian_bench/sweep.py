@@ -101,7 +101,22 @@ def parse_values(name: str, text: str) -> list[float | int]:
         values.append(v)
     if len(set(values)) < len(values):
         raise ValueError(f"--values: a value is repeated in {text!r}")
+    check_folders(name, values)
     return values
+
+
+def check_folders(name: str, values: list[float | int]) -> None:
+    """ValueError if two values would share a grid point's folder (``point_dir`` keeps 6
+    significant digits): the second run would replace the first."""
+    seen: dict[str, float | int] = {}
+    for v in values:
+        folder = point_dir(name, v)
+        if folder in seen:
+            raise ValueError(
+                f"--values: {seen[folder]!r} and {v!r} both name the folder {folder} (values are "
+                "told apart by 6 significant digits): give values that differ there"
+            )
+        seen[folder] = v
 
 
 def point_dir(name: str, value: float) -> str:
@@ -157,6 +172,7 @@ def expand(base: dict[str, Any], name: str, values: list[float | int]) -> Grid:
     for v in values:
         if not p.check(v) or (p.integer and (isinstance(v, bool) or not isinstance(v, int))):
             raise ValueError(f"{v!r} is not {p.valid} ({name})")
+    check_folders(name, values)
     points = []
     if p.multiplier:
         missing = [o for o, hp in opts.items() if "lr" not in hp]
@@ -190,6 +206,7 @@ def check_out(
     """Raise ValueError unless ``out`` is new or holds this sweep alone (see train.check_out)."""
     from . import train
 
+    config.check_ours(out)
     if not out.exists():
         return
     if (out / "config.json").is_file() or config.run_dirs(out):
@@ -234,6 +251,7 @@ def run(
     check_out(description, jobs, out)  # before the lock: a refused call creates nothing
     with train.hold(out):
         check_out(description, jobs, out)
+        config.mark(out, "sweep")
         data.atomic_write_text(out / SWEEP_FILE, json.dumps(description, indent=2) + "\n")
         _run(jobs, out, resume, progress, command, grid.param.name, datasets)
 
@@ -391,7 +409,7 @@ def read_point(
     none has finished), its incomplete runs and those left out (``report.read_runs``); for the
     sweep's report and its publish alike. FileNotFoundError and ValueError as ``read_runs`` and
     ``read_json`` raise them."""
-    point_cfg = report.read_json(point / "config.json")
+    point_cfg = report.read_config(point)
     df, inc, lo = report.read_runs(point, point_cfg)
     if report.PROGRESS in inc:  # read_runs' progress report: the epochs of unfinished runs
         return point_cfg, None, [r for r in inc if r != report.PROGRESS], lo

@@ -6,11 +6,13 @@ Output folder layout::
     OUT/env.json                  torch version, device, CPU, threads, platform, command
     OUT/step_cost.json            each optimizer's step cost, timed side by side (stepcost.py)
     OUT/.lock                     locked (flock) while a run writes the folder
+    OUT/.adahessian-bench         the mark of a folder this harness wrote (config.MARK_FILE)
     OUT/OPT-seedS/metrics.jsonl   one JSON object per epoch (see METRIC_FIELDS)
     OUT/OPT-seedS/checkpoint.pt   the state after the last finished epoch (for --resume)
 
-A folder holds the runs of one configuration: a run into a folder of another configuration, or
-into a folder another run is writing, is refused before anything is written. Each metrics line
+A folder holds the runs of one configuration: a run into a folder of another configuration, into
+a folder another run is writing, or into a non-empty folder this harness did not write, is refused
+before anything is written. Each metrics line
 carries the hash of its run's configuration (``config_hash``: see config.run_config), which the
 report checks against config.json.
 
@@ -46,7 +48,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from . import config, optimizers, stepcost
+from . import config, data, optimizers, stepcost
 from .base import RunContext, Setup
 from .config import config_hash, run_config, run_dirs
 from .data import atomic_write_text
@@ -350,8 +352,15 @@ def hold(out: Path) -> Iterator[None]:
     the lock when the process ends, however it ends: a killed run leaves no stale lock. A folder
     this call created is removed again if the block fails before writing anything into it."""
     created = not out.exists()
-    out.mkdir(parents=True, exist_ok=True)
-    with open(out / LOCK_FILE, "a") as f:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        lock = open(out / LOCK_FILE, "a")  # noqa: SIM115 (closed by the with below)
+    except OSError as e:
+        raise ValueError(
+            f"--out {out} cannot be {'created' if created else 'written'}: "
+            f"{data.os_error_text(e)}; use another --out"
+        ) from None
+    with lock as f:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -370,10 +379,9 @@ def hold(out: Path) -> Iterator[None]:
 def check_out(cfg: dict[str, Any], out: Path) -> None:
     """Raise ValueError unless ``out`` is new or holds runs of ``cfg`` alone (a run into it may
     start over without --resume, or continue with it)."""
+    config.check_ours(out)
     if not out.exists():
         return
-    if not out.is_dir():
-        raise ValueError(f"--out {out} is not a folder")
     if (out / "sweep.json").is_file():  # sweep.SWEEP_FILE
         raise ValueError(f"{out} is a sweep's folder: use another --out")
     config_path = out / "config.json"
@@ -760,6 +768,9 @@ def _run(
                 if path.is_file():
                     load_checkpoint(path, torch.device("cpu"), run_config(cfg, opt_name, seed))
     if world()[0] == 0:
+        if not resume:
+            say_what_starts_over(cfg, out)
+        config.mark(out, "run")
         atomic_write_text(out / "config.json", json.dumps(cfg, indent=2) + "\n")
         env = environment(device, command)
         atomic_write_text(out / "env.json", json.dumps(env, indent=2) + "\n")
@@ -776,6 +787,24 @@ def _run(
             _run_all(cfg, dataset, out, resume, progress)
     finally:
         torch.use_deterministic_algorithms(deterministic)
+
+
+def say_what_starts_over(cfg: dict[str, Any], out: Path) -> None:
+    """A run without --resume into a folder of results: name, on stderr, what it replaces."""
+    runs = []
+    for name in run_dirs(out):
+        try:
+            epochs = len((out / name / "metrics.jsonl").read_text().splitlines())
+        except OSError:
+            epochs = 0
+        runs.append(f"{name} ({epochs} of {cfg['train']['epochs']} epochs)")
+    if runs:
+        cost = f"{stepcost.COST_FILE} and " if (out / stepcost.COST_FILE).is_file() else ""
+        print(
+            f"starting over in {out}: {cost}the results of {', '.join(runs)} are replaced, each "
+            "when its run starts (interrupt now to keep them; --resume continues them instead)",
+            file=sys.stderr,
+        )
 
 
 def measure_step_cost(

