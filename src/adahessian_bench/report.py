@@ -70,7 +70,10 @@ def read_config(out: Path) -> dict[str, Any]:
         check_resolved(cfg)
     except ValueError as e:
         raise ValueError(f"{path} is damaged ({e}): make it again (rerun)") from None
-    return {"seeds": [], "optimizers": {}, **cfg}
+    cfg = {"seeds": [], "optimizers": {}, **cfg}  # absent in folders of old versions
+    if "metric" in cfg:
+        cfg["metric"] = {"extra": [], **cfg["metric"]}
+    return cfg
 
 
 def read_env(out: Path) -> dict[str, Any]:

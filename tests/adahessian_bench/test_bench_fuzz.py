@@ -227,3 +227,48 @@ def test_report_and_summary_on_a_damaged_folder_work_or_say_why_in_one_line(
 @given(damage())
 def test_report_and_summary_on_a_damaged_folder_longer(files: dict[str, str]) -> None:
     check_damage(files)
+
+
+# What the fuzzer found (each a traceback before it was fixed), kept as plain cases: the file
+# written over, and what the one line of error (or the report's note) says.
+METRIC = {"key": "test_acc", "label": "acc", "higher_is_better": True, "scale": 1, "fmt": ".2f"}
+FOUND = {
+    "config-null": ({"config.json": "null"}, "config.json is damaged (it holds NoneType"),
+    "config-without-train": (
+        {"config.json": dumps({k: v for k, v in CFG.items() if k != "train"})},
+        "config.json is damaged (it has no train)",
+    ),
+    "config-train-null": ({"config.json": dumps({**CFG, "train": None})}, "train is None"),
+    "config-task-a-list": ({"config.json": dumps({**CFG, "task": []})}, "task is []"),
+    "config-optimizers-a-list": (
+        {"config.json": dumps({**CFG, "optimizers": []})},
+        "optimizers is not a table of optimizers",
+    ),
+    "config-epochs-a-string": (
+        {"config.json": dumps({**CFG, "train": {**CFG["train"], "epochs": "3"}})},
+        "train.epochs is '3', not an integer >= 1",
+    ),
+    "config-metric-format": (
+        {"config.json": dumps({**CFG, "metric": {**METRIC, "fmt": "q"}})},
+        "metric.fmt is 'q', not a number format",
+    ),
+    "metrics-line-of-another-run": (
+        {"adam-seed0/metrics.jsonl": "".join(dumps(m) + "\n" for m in metrics("adam", 1))},
+        "adam-seed0 (its metrics.jsonl is damaged: line 1 is of optimizer 'adam' and seed 1, "
+        "not of its folder's run adam-seed0)",
+    ),
+    "metrics-optimizer-null": (
+        {"adam-seed0/metrics.jsonl": dumps({**metrics("adam", 0)[0], "optimizer": None})},
+        "line 1 is of optimizer None and seed 0",
+    ),
+}
+
+
+@pytest.mark.parametrize(("files", "says"), FOUND.values(), ids=FOUND.keys())
+def test_what_the_fuzzer_found_is_named(files: dict[str, str], says: str, tmp_path: Path) -> None:
+    out = folder(tmp_path)
+    for name, text in files.items():
+        (out / name).write_text(text)
+    code, err = works_or_one_line(["report", str(out)])
+    report = (out / "report.md").read_text() if code == 0 else ""
+    assert says in err + report
