@@ -724,3 +724,27 @@ def test_a_step_that_mixes_opt_backward_with_a_plain_graph_is_refused_with_nothi
     assert all(torch.equal(p, q) for p, q in zip(params, before[0], strict=True))
     assert_same(opt.state_dict(), before[1])
     assert_same([e.clone() for e in opt.hessian_estimate() or []], held)
+
+
+def test_a_failed_opt_backward_puts_the_probes_back():
+    """A non-scalar loss: the step after it is the step the failed call never happened before."""
+
+    def trained(fail: bool) -> list[Tensor]:
+        torch.manual_seed(0)
+        model = Net().double()
+        opt = AdaHessian(model.parameters(), lr=0.05, seed=0)
+        x, y = batch(1)
+        if fail:
+            with pytest.raises(
+                RuntimeError, match="grad can be implicitly created only for scalar"
+            ):
+                opt.backward(model(x))
+            assert all(p.grad is None for p in model.parameters())
+        for _ in range(2):
+            opt.zero_grad()
+            opt.backward(nn.functional.cross_entropy(model(x), y))
+            opt.step()
+        return [p.detach().clone() for p in model.parameters()]
+
+    for a, b in zip(trained(fail=True), trained(fail=False), strict=True):
+        assert torch.equal(a, b)
