@@ -52,6 +52,9 @@ TRAIN_KEYS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "warmup_steps": _integer(0),
     "target": (_number, "a number"),
     "target_accuracy": (_number, "a number"),
+    # Evaluate every this many optimizer steps within an epoch too (0 = at the epoch's end only):
+    # the report reads the time and steps to the target at that resolution.
+    "eval_every": _integer(0),
     # Rounds of the side-by-side timing of the optimizers' steps before training (stepcost.py);
     # 0 = none (the report's time axis is then the wall clock).
     "cost_rounds": _integer(0),

@@ -556,6 +556,8 @@ def machine(env: dict[str, Any]) -> str:
 def training_line(tc: dict[str, Any]) -> str:
     """The report's line on the training recipe (the config's ``train`` table)."""
     training = f"- Training: {tc['epochs']} epochs, batch {tc['batch_size']}, {_schedule(tc)}"
+    if tc.get("eval_every"):
+        training += f", evaluated every {tc['eval_every']} steps and at each epoch's end"
     if "train_subset" in tc:
         training += f", train_subset {tc['train_subset'] or 'all'}"
         training += f", test_subset {tc.get('test_subset') or 'all'}"
@@ -647,6 +649,7 @@ def make_report(out: Path, target: float | None = None) -> str:
         else "(none)"
     )
     judged_on = judged["runs"]["judged"].iloc[0] if len(judged["runs"]) else metric["key"]
+    point = "evaluation" if cfg["train"].get("eval_every") else "epoch"
     if from_profile:
         target_line = f"the profile's target {shown_target} (no first-order optimizer ran)"
     elif judged["source"] in ("given", "none"):
@@ -690,10 +693,10 @@ def make_report(out: Path, target: float | None = None) -> str:
         + ("higher" if metric["higher_is_better"] else "lower")
         + " is better).",
         time_line,
-        f"- Steps and time to target: until the first epoch whose {judged_on} {direction} "
-        f"{target_line}; `{label} there`: the test metric at that epoch."
+        f"- Steps and time to target: until the first {point} whose {judged_on} {direction} "
+        f"{target_line}; `{label} there`: the test metric at that {point}."
         + (
-            f" `within {budget:.0f} s`: the {label} at the last epoch that ended within the "
+            f" `within {budget:.0f} s`: the {label} at the last {point} within the "
             f"fastest first-order optimizer's ({judged['fastest']}) median training time."
             if math.isfinite(budget)
             else ""

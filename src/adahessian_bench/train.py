@@ -7,14 +7,14 @@ Output folder layout::
     OUT/step_cost.json            each optimizer's step cost, timed side by side (stepcost.py)
     OUT/.lock                     locked (flock) while a run writes the folder
     OUT/.adahessian-bench         the mark of a folder this harness wrote (config.MARK_FILE)
-    OUT/OPT-seedS/metrics.jsonl   one JSON object per epoch (see METRIC_FIELDS)
+    OUT/OPT-seedS/metrics.jsonl   one JSON object per epoch, and per evaluation within an epoch
+                                  (``[train] eval_every``; see METRIC_FIELDS)
     OUT/OPT-seedS/checkpoint.pt   the state after the last finished epoch (for --resume)
 
 A folder holds the runs of one configuration: a run into a folder of another configuration, into
 a folder another run is writing, or into a non-empty folder this harness did not write, is refused
-before anything is written. Each metrics line
-carries the hash of its run's configuration (``config_hash``: see config.run_config), which the
-report checks against config.json.
+before anything is written. Each metrics line carries the hash of its run's configuration
+(``config_hash``: see config.run_config), which the report checks against config.json.
 
 A run is deterministic for a given seed on CPU: python, numpy and torch are seeded, and the data
 order and augmentation come from their own torch.Generator. Checkpoints hold every state that the
@@ -60,9 +60,17 @@ from .tasks import TASKS
 # Non-finite values (a diverged run's loss) are written as null: the lines are strict JSON.
 # ``lr``: the lr of the epoch's last step (of its first group), so a per-step schedule (warm-up,
 # inverse_sqrt, cosine) shows where it stands, not where the epoch began.
+# ``kind``: "epoch" for the line of a finished epoch (lines without it, of older versions, are
+# epoch lines too); "eval" for an evaluation within an epoch, every ``[train] eval_every`` steps,
+# which holds EVAL_FIELDS and the evaluation metrics, its ``epoch`` the fraction of epochs done
+# (1.25: a quarter into the second epoch). The epoch's last step is evaluated by its epoch line.
 METRIC_FIELDS = (
     "optimizer", "seed", "epoch", "step", "lr", "train_loss",
     "epoch_time_s", "train_time_s", "wall_time_s", "mean_step_time_s", "peak_memory_mb",
+    "config_hash",
+)  # fmt: skip
+EVAL_FIELDS = (
+    "optimizer", "seed", "kind", "epoch", "step", "lr", "train_time_s", "wall_time_s",
     "config_hash",
 )  # fmt: skip
 MEASURED_FIELDS = (
@@ -495,6 +503,8 @@ class EpochStats:
     step_times: list[float] = field(default_factory=list)
     diverged: bool = False  # a step's loss was not finite (the epoch stopped there)
     last_lr: float | None = None  # the lr the epoch's last step took (None: no step)
+    started: float = field(default_factory=time.perf_counter)  # when the epoch began
+    eval_time: float = 0.0  # seconds of evaluations within the epoch (not training time)
 
 
 def build_run(cfg: dict[str, Any], opt_name: str, seed: int, dataset: Any) -> Run:
@@ -619,7 +629,32 @@ def train_epoch(run: Run, state: RunState, bar: tqdm) -> EpochStats:
         if not math.isfinite(loss_value):
             stats.diverged = True
             break
+        every = run.cfg["train"].get("eval_every") or 0
+        if every and state.step % every == 0 and i + 1 < run.steps_per_epoch:
+            state.metrics.append(eval_record(run, state, stats, i + 1))
     return stats
+
+
+def eval_record(run: Run, state: RunState, stats: EpochStats, steps_done: int) -> dict[str, Any]:
+    """Evaluate within the epoch, after ``steps_done`` of its steps: the metrics line of kind
+    "eval" (see METRIC_FIELDS). Its time is not training time (``stats.eval_time``)."""
+    t0 = time.perf_counter()
+    evaluation = evaluate(run)
+    run.model.train()
+    now = time.perf_counter()
+    stats.eval_time += now - t0
+    return {
+        "optimizer": run.opt_name,
+        "seed": run.seed,
+        "kind": "eval",
+        "epoch": round(state.epoch + steps_done / run.steps_per_epoch, 6),
+        "step": state.step,
+        "lr": stats.last_lr,
+        **evaluation,
+        "train_time_s": state.train_time + (t0 - stats.started) - (stats.eval_time - (now - t0)),
+        "wall_time_s": state.wall_time + (now - stats.started),
+        "config_hash": run.cfg_hash,
+    }
 
 
 def evaluate(run: Run) -> dict[str, float]:
@@ -640,6 +675,7 @@ def epoch_record(
     record = {
         "optimizer": run.opt_name,
         "seed": run.seed,
+        "kind": "epoch",
         "epoch": state.epoch,
         "step": state.step,
         "lr": lr,
@@ -662,11 +698,11 @@ def run_epoch(run: Run, state: RunState, memory: PeakMemory, bar: tqdm) -> dict[
     """Train one epoch, evaluate, step a per-epoch schedule; add the epoch's record to
     ``state`` (its metrics, counters and times) and return it."""
     memory.reset()
-    epoch_start = time.perf_counter()
     lr = run.optimizer.param_groups[0]["lr"]
     stats = train_epoch(run, state, bar)
+    epoch_start = stats.started
     lr = stats.last_lr if stats.last_lr is not None else lr  # a per-step schedule moved it
-    train_time = time.perf_counter() - epoch_start
+    train_time = time.perf_counter() - epoch_start - stats.eval_time
     evaluation = evaluate(run)
     if not run.per_step:
         run.scheduler.step()
@@ -794,9 +830,10 @@ def say_what_starts_over(cfg: dict[str, Any], out: Path) -> None:
     runs = []
     for name in run_dirs(out):
         try:
-            epochs = len((out / name / "metrics.jsonl").read_text().splitlines())
+            lines = (out / name / "metrics.jsonl").read_text().splitlines()
         except OSError:
-            epochs = 0
+            lines = []
+        epochs = sum('"kind": "eval"' not in line for line in lines)
         runs.append(f"{name} ({epochs} of {cfg['train']['epochs']} epochs)")
     if runs:
         cost = f"{stepcost.COST_FILE} and " if (out / stepcost.COST_FILE).is_file() else ""

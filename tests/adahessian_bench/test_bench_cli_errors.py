@@ -149,6 +149,11 @@ CASES = {
         GOOD_TOML.replace("epochs = 1", 'epochs = "1"'),
         "[train] epochs: must be an integer >= 1, got '1'",
     ),
+    "config-eval-every-negative": _config(
+        GOOD_TOML.replace("epochs = 1", "epochs = 1\neval_every = -5"),
+        "[train] eval_every",
+        "an integer >= 0",
+    ),
     "config-train-key-missing": _config(
         GOOD_TOML.replace("batch_size = 16\n", ""), "[train] has no batch_size (required)"
     ),

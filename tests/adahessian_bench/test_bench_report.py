@@ -492,3 +492,29 @@ def test_publish_into_the_run_folder_or_onto_a_file_is_refused_before_anything_i
     assert len(err) == 1 and says in err[0] and "Traceback" not in err[0]
     after = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in tmp_path.rglob("*") if p.is_file()}
     assert after == before
+
+
+def test_time_to_target_is_read_at_the_resolution_of_the_evaluations_within_epochs(
+    tmp_path: Path,
+) -> None:
+    """With ``eval_every`` the target is reached at the evaluation where it is, not booked at the
+    end of that epoch; the final metric is still the last epoch line's."""
+    cfg = {**CFG, "seeds": [0], "optimizers": {"adam": {}},
+           "train": {**CFG["train"], "epochs": 2}}  # fmt: skip
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    run = tmp_path / "adam-seed0"
+    run.mkdir()
+    points = [("eval", 0.5, 5, 0.5), ("epoch", 1, 10, 0.6), ("eval", 1.5, 15, 0.8),
+              ("epoch", 2, 20, 0.85)]  # fmt: skip
+    lines = [{"optimizer": "adam", "seed": 0, "kind": kind, "epoch": epoch, "step": step,
+              "test_acc": acc, "train_time_s": float(step), "wall_time_s": float(step)}
+             for kind, epoch, step, acc in points]  # fmt: skip
+    for m in lines[1::2]:  # what only epoch lines hold
+        m.update(mean_step_time_s=1.0, peak_memory_mb=10.0)
+    (run / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in lines))
+    df, incomplete, left_out = report.read_runs(tmp_path, cfg)
+    assert not incomplete and not left_out
+    runs = report.per_run(report.with_time(df, cfg, {}), report.ACCURACY)
+    (r,) = [row for _, row in runs.iterrows()]
+    assert r["final"] == 0.85 and r["epochs"] == 2 and r["steps"] == 20
+    assert report.reach(r, 0.75, True, "test_acc") == {"steps": 15.0, "time": 15.0, "test": 0.8}

@@ -141,3 +141,37 @@ def test_the_metrics_lr_is_the_lr_of_the_epochs_last_step(
         train.run(cfg, tmp_path / name, progress=False)
         lines = (tmp_path / name / "adam-seed0" / "metrics.jsonl").read_text().splitlines()
         assert [json.loads(line)["lr"] for line in lines] == pytest.approx(want), name
+
+
+def test_eval_every_adds_evaluations_within_the_epoch_and_leaves_training_as_it_was(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(tasks.TASKS, "toy-regression", Regression())
+    monkeypatch.setitem(train.TASKS, "toy-regression", tasks.TASKS["toy-regression"])
+    tc = {"epochs": 3, "batch_size": 16, "schedule": "constant"}  # 4 steps per epoch
+    opts = {"adam": {"lr": 0.3}, "adahessian": {"lr": 0.5}}
+
+    def lines(eval_every: int, out: Path) -> dict[str, list[dict[str, Any]]]:
+        profile = {"train": {**tc, "eval_every": eval_every}, "optimizers": opts}
+        cfg = train.resolve("toy-regression", profile, "quick", list(opts), 1)
+        train.run(cfg, out, progress=False)
+        return {o: [json.loads(x) for x in (out / f"{o}-seed0" / "metrics.jsonl").open()]
+                for o in opts}  # fmt: skip
+
+    plain, fine = lines(0, tmp_path / "plain"), lines(3, tmp_path / "fine")
+    for opt in opts:
+        # Steps 3, 6 and 9 are evaluated within their epochs; step 12 ends the last epoch.
+        assert [(m["kind"], m["epoch"], m["step"]) for m in fine[opt]] == [
+            ("eval", 0.75, 3), ("epoch", 1, 4), ("eval", 1.5, 6), ("epoch", 2, 8),
+            ("eval", 2.25, 9), ("epoch", 3, 12),
+        ]  # fmt: skip
+        evals = [m for m in fine[opt] if m["kind"] == "eval"]
+        assert all(set(train.EVAL_FIELDS) | {"test_mse"} == set(m) for m in evals)
+        times = [m["train_time_s"] for m in fine[opt]]
+        assert times == sorted(times) and len(set(times)) == len(times)
+        # The evaluations change nothing in training: the epoch lines are those of a plain run.
+        skip = {*train.MEASURED_FIELDS, "config_hash"}
+        epochs = [{k: v for k, v in m.items() if k not in skip} for m in fine[opt]
+                  if m["kind"] == "epoch"]  # fmt: skip
+        assert epochs == [{k: v for k, v in m.items() if k not in skip} for m in plain[opt]]
+        assert evals[0]["test_mse"] != epochs[0]["test_mse"]  # the model of another step
