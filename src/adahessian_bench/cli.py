@@ -172,6 +172,7 @@ def _resolve(args: argparse.Namespace, default_optimizers: list[str] | None = No
         train_subset=args.train_subset,
         test_subset=args.test_subset,
         device=args.device,
+        eval_every=args.eval_every,
     )
     if args.threads:  # once everything is checked
         torch.set_num_threads(args.threads)
@@ -264,6 +265,9 @@ def _add_run_options(s: argparse.ArgumentParser, optimizers_help: str) -> None:
     s.add_argument("--test-subset", type=at_least(0), default=None,
                    help="evaluate on this many test examples (0, or more than there are, "
                         "= all)")  # fmt: skip
+    s.add_argument("--eval-every", type=at_least(0), default=None, metavar="STEPS",
+                   help="also evaluate every STEPS steps within an epoch (0: at each epoch's end "
+                        "only; overrides the profile's eval_every)")  # fmt: skip
     s.add_argument("--device", type=device, default=None,
                    help="default: cuda if available, else cpu")  # fmt: skip
     s.add_argument("--threads", type=at_least(1), default=None, help="torch.set_num_threads")

@@ -269,6 +269,7 @@ def resolve(
     train_subset: int | None = None,
     test_subset: int | None = None,
     device: str | None = None,
+    eval_every: int | None = None,
 ) -> dict[str, Any]:
     """The fully resolved configuration of a benchmark: the profile with the command's overrides.
 
@@ -288,6 +289,8 @@ def resolve(
         train["train_subset"] = train_subset
     if test_subset is not None:
         train["test_subset"] = test_subset
+    if eval_every is not None:
+        train["eval_every"] = eval_every
     if max_steps is not None or "max_steps" not in train:
         train["max_steps"] = max_steps  # per epoch; None = the whole (sub)set
     source = f"{task}-{profile}.toml" if profile in config.PROFILES else profile

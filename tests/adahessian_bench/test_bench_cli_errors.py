@@ -105,6 +105,9 @@ CASES = {
     "run-train-subset-not-balanced": Case(
         _run("--train-subset", "15"), ["train_subset 15", "multiple of the 10 classes"]
     ),
+    "run-eval-every-negative": Case(
+        _run("--eval-every", "-1"), ["argument --eval-every", "integer >= 0, got -1"]
+    ),
     "run-threads-negative": Case(_run("--threads", "-1"), ["argument --threads", ">= 1, got -1"]),
     "run-optimizers-none": Case(
         _run("--optimizers", ","), ["argument --optimizers", "no optimizer named", "known: sgd"]

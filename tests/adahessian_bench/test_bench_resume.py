@@ -18,10 +18,11 @@ import torch
 from adahessian_bench import cli
 from adahessian_bench.train import MEASURED_FIELDS
 
-# Two runs (AdaHessian first: its probe generator must be restored too), three epochs each.
+# Two runs (AdaHessian first: its probe generator must be restored too), three epochs each, with
+# evaluations within the epochs.
 ARGS = ["run", "fmnist-resnet20", "--optimizers", "adahessian,sgd", "--seeds", "1",
         "--epochs", "3", "--max-steps", "4", "--batch-size", "32", "--train-subset", "500",
-        "--test-subset", "200", "--no-progress"]  # fmt: skip
+        "--test-subset", "200", "--eval-every", "3", "--no-progress"]  # fmt: skip
 RUNS = ["adahessian-seed0", "sgd-seed0"]
 
 
@@ -71,7 +72,8 @@ def interrupt(out: Path, env: dict[str, str], sig: signal.Signals) -> subprocess
 def assert_resumed_equals(resumed: Path, fresh: Path) -> None:
     for run in RUNS:
         resumed_metrics = behaviour(resumed, run)
-        assert [m["epoch"] for m in resumed_metrics] == [1, 2, 3]
+        # Evaluated after steps 3, 6 and 9 within the epochs (of 4 steps each), and after each.
+        assert [m["epoch"] for m in resumed_metrics] == [0.75, 1, 1.5, 2, 2.25, 3]
         assert resumed_metrics == behaviour(fresh, run)  # exactly, floats included
         a = torch.load(resumed / run / "checkpoint.pt", weights_only=True)
         b = torch.load(fresh / run / "checkpoint.pt", weights_only=True)
@@ -198,4 +200,4 @@ def test_a_damaged_checkpoint_is_named_with_what_to_do(
     # As the message says: without the checkpoint, --resume trains that run from the start.
     path.unlink()
     assert cli.main([*SGD, "--out", str(sgd_run), "--resume"]) == 0
-    assert [m["epoch"] for m in behaviour(sgd_run, "sgd-seed0")] == [1]
+    assert [m["epoch"] for m in behaviour(sgd_run, "sgd-seed0")] == [0.75, 1]
