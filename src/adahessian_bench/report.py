@@ -146,6 +146,12 @@ def _number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
+# The fields of a metrics line that are not numbers (every other one is a number, or null).
+_KINDS = {"optimizer": str, "config_hash": str, "kind": str, "diverged": bool}
+_KIND_WORDS = {"optimizer": "a name", "config_hash": "a hash", "kind": "a word",
+               "diverged": "true or false"}  # fmt: skip
+
+
 def _metrics_lines(text: str, key: str, run: str | None = None) -> list[dict[str, Any]]:
     """The lines of a metrics.jsonl; ValueError naming the first damaged line: not JSON, a line
     without the optimizer, seed, epoch or the metric ``key``, a value that is not a number
@@ -165,20 +171,21 @@ def _metrics_lines(text: str, key: str, run: str | None = None) -> list[dict[str
         missing = [k for k in ("optimizer", "seed", "epoch", key) if k not in m]
         if missing:
             raise ValueError(f"line {number} lacks {', '.join(missing)}")
-        for k in ("epoch", "step"):
-            if k in m and not _number(m[k]):
-                raise ValueError(f"line {number}: {k} is {m[k]!r}, not a number")
+        for k, v in m.items():  # the names and flags of a line, its numbers (null: not finite)
+            kind = _KINDS.get(k)
+            if not (isinstance(v, kind) if kind else v is None or _number(v)):
+                raise ValueError(
+                    f"line {number}: {k} is {v!r}, not {_KIND_WORDS.get(k, 'a number')}"
+                )
+        for k in ("seed", "epoch", "step"):
+            v = m.get(k, 0)
+            if not (_number(v) and 0 <= v < math.inf) or (k == "seed" and not isinstance(v, int)):
+                raise ValueError(f"line {number}: {k} is {v!r}, not a count")
         if run is not None and f"{m['optimizer']}-seed{m['seed']}" != run:
             raise ValueError(
                 f"line {number} is of optimizer {m['optimizer']!r} and seed {m['seed']!r}, not "
                 f"of its folder's run {run}"
             )
-        bad = [k for k, v in m.items() if k.endswith(("_acc", "_loss", "_ppl", "_bleu", "_f1",
-               "_auc", "_rmse")) and v is not None and not _number(v)]  # fmt: skip
-        if not _number(m[key]) and m[key] is not None:
-            bad = [key, *bad]
-        if bad:
-            raise ValueError(f"line {number}: {bad[0]} is {m[bad[0]]!r}, not a number")
         value = m[key]
         if (value is None or not math.isfinite(value)) and not m.get("diverged"):
             raise ValueError(

@@ -11,6 +11,7 @@ import contextlib
 import copy
 import io
 import json
+import math
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -259,7 +260,15 @@ FOUND = {
     ),
     "metrics-optimizer-null": (
         {"adam-seed0/metrics.jsonl": dumps({**metrics("adam", 0)[0], "optimizer": None})},
-        "line 1 is of optimizer None and seed 0",
+        "line 1: optimizer is None, not a name",
+    ),
+    "metrics-memory-a-list": (
+        {"adam-seed0/metrics.jsonl": dumps({**metrics("adam", 0)[0], "peak_memory_mb": []})},
+        "line 1: peak_memory_mb is [], not a number",
+    ),
+    "metrics-epoch-nan": (
+        {"adam-seed0/metrics.jsonl": dumps({**metrics("adam", 0)[0], "epoch": math.nan})},
+        "line 1: epoch is nan, not a count",
     ),
 }
 
