@@ -76,13 +76,18 @@ def read_config(out: Path) -> dict[str, Any]:
     return cfg
 
 
-def read_env(out: Path) -> dict[str, Any]:
-    """The env.json of a run folder; empty if missing or damaged (it only describes the machine)."""
+def read_json_or_none(path: Path) -> dict[str, Any]:
+    """A JSON object file, or {} if it is missing, damaged or not an object."""
     try:
-        env = json.loads((out / "env.json").read_text())
+        content = json.loads(path.read_text())
     except (OSError, ValueError):
         return {}
-    return env if isinstance(env, dict) else {}
+    return content if isinstance(content, dict) else {}
+
+
+def read_env(out: Path) -> dict[str, Any]:
+    """The env.json of a run folder; empty if missing or damaged (it only describes the machine)."""
+    return read_json_or_none(out / "env.json")
 
 
 PROGRESS = "no run has finished, so the figures are of the epochs so far"
@@ -667,12 +672,18 @@ def make_report(out: Path, target: float | None = None) -> str:
             f"median final {judged_on}"
         )
     if measured:
+        cost_clock = {
+            "cpu": " on the CPU time of each step, which time spent waiting for a core does "
+            "not add to",
+            "wall": " on the wall clock of each step",
+        }.get(str(read_json_or_none(out / stepcost.COST_FILE).get("clock")), " on the wall clock")
         time_line = (
             "- Time: steps x the cost of a step, measured before training with every optimizer "
             "side by side (interleaved rounds on the same batches, the median per optimizer and "
-            "step kind: `step_cost.json`), so that the machine's load falls on all alike; an "
-            "AdaHessian's time counts its Hessian and plain steps at their own costs. `wall "
-            "clock`: the measured training time of each run, which the load of its moment skews."
+            f"step kind: `step_cost.json`){cost_clock}, so that the machine's load falls on all "
+            "alike; an AdaHessian's time counts its Hessian and plain steps at their own costs. "
+            "`wall clock`: the measured training time of each run, which the load of its moment "
+            "skews."
         )
     else:
         why = {

@@ -18,6 +18,14 @@ Hessian every step, ``NAME:plain`` with none after the first), and a run's time 
 counts how many of them were Hessian steps under its ``update_interval`` and ``hessian_warmup``
 (``hessian_steps``). A first-order optimizer's two costs are the same number.
 
+Interleaving holds under steady load, not under load that comes and goes: a burst that lands on
+one contender's steps inflates its wall-clock median alone. So on CPU each step is timed by the
+CPU time of the process (``time.process_time``, divided by the torch threads), which does not
+count the time spent waiting for a core, and that is the cost (``"clock": "cpu"``); the wall
+clock of each step is kept beside it (``wall_step_s``, ``wall_samples_s``). On an idle machine
+with one torch thread the two agree; ``benchmarks/cost_under_load.py`` measures both under
+bursty load. On GPU the cost is the wall clock of the synchronised step (``"clock": "wall"``).
+
 The measurement starts from the same initial weights (seed 0) for every contender, uses the
 generator of seed 0 for the batches, and leaves no trace on the runs: each run seeds every RNG
 itself before it starts.
@@ -158,6 +166,16 @@ def _batches(setup: Any, n: int) -> list[Any]:
     return batches
 
 
+def clock(device: torch.device) -> tuple[str, Callable[[], float]]:
+    """The clock that step costs are read from: on CPU, the process's CPU time per torch thread
+    (``"cpu"``: a thread waiting for a core adds nothing); elsewhere the wall clock (``"wall"``:
+    the host's CPU time says nothing of a GPU's)."""
+    if device.type != "cpu":
+        return "wall", time.perf_counter
+    threads = max(1, torch.get_num_threads())
+    return "cpu", lambda: time.process_time() / threads
+
+
 def measure(
     cfg: dict[str, Any],
     dataset: Any,
@@ -167,7 +185,8 @@ def measure(
 ) -> dict[str, Any]:
     """Time every optimizer of ``cfg`` side by side (see the module's docstring); return what
     ``step_cost.json`` holds: per optimizer ``hessian_step_s`` and ``plain_step_s`` (medians,
-    seconds) and every contender's timed samples."""
+    seconds, on ``clock``), the same on the wall clock (``wall_hessian_step_s``,
+    ``wall_plain_step_s``), and every contender's timed samples on both."""
     if rounds < 1 or warmup < 0:
         raise ValueError(f"rounds must be >= 1 and warmup >= 0, got {rounds} and {warmup}")
     task = TASKS[cfg["task"]]
@@ -188,34 +207,49 @@ def measure(
         model.train()
         opt = optimizers.build(name, model.parameters(), hp, 0)
         runs.append((f"{name}:{step_kind}", model, opt))
+    clock_name, now = clock(device)
     samples: dict[str, list[float]] = {label: [] for label, _, _ in runs}
+    wall: dict[str, list[float]] = {label: [] for label, _, _ in runs}
     with tqdm(total=(rounds + warmup) * len(runs), desc="timing the optimizers' steps",
               disable=not progress, dynamic_ncols=True, mininterval=1.0) as bar:  # fmt: skip
         for r, batch in enumerate(batches):
             for label, model, opt in _rotated(runs, r):
                 hessian = bool(getattr(opt, "hessian_due", False))
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), now()
                 training_step(setup, model, opt, batch)
                 if device.type == "cuda":
                     torch.cuda.synchronize(device)
-                elapsed = time.perf_counter() - t0
+                elapsed, spent = time.perf_counter() - t0, now() - c0
                 if label.endswith(":plain"):
                     opt.update_interval = NEVER  # after its first (Hessian) step: plain only
                 if r >= warmup and not (hessian and label.endswith(":plain")):
-                    samples[label].append(elapsed)
+                    samples[label].append(spent if clock_name == "cpu" else elapsed)
+                    wall[label].append(elapsed)
                 bar.update(1)
-    result: dict[str, Any] = {"rounds": rounds, "warmup_rounds": warmup, "optimizers": {}}
-    for name in cfg["optimizers"]:
-        if optimizers.first_order(name):
-            step = float(np.median(samples[f"{name}:step"]))
-            cost = {"hessian_step_s": step, "plain_step_s": step}
-        else:
-            h = float(np.median(samples[f"{name}:hessian"]))
-            plain = samples.get(f"{name}:plain")
-            cost = {"hessian_step_s": h, "plain_step_s": float(np.median(plain)) if plain else h}
-        result["optimizers"][name] = cost
-    result["samples_s"] = samples
+    result: dict[str, Any] = {
+        "clock": clock_name,
+        "rounds": rounds,
+        "warmup_rounds": warmup,
+        "optimizers": {
+            name: {**medians(name, samples), **medians(name, wall, "wall_")}
+            for name in cfg["optimizers"]
+        },
+        "samples_s": samples,
+        "wall_samples_s": wall,
+    }
     return result
+
+
+def medians(name: str, samples: dict[str, list[float]], prefix: str = "") -> dict[str, float]:
+    """``{PREFIXhessian_step_s, PREFIXplain_step_s}`` of optimizer ``name``: the medians of its
+    contenders' ``samples`` (a first-order optimizer's two are one)."""
+    if optimizers.first_order(name):
+        step = float(np.median(samples[f"{name}:step"]))
+        return {f"{prefix}hessian_step_s": step, f"{prefix}plain_step_s": step}
+    h = float(np.median(samples[f"{name}:hessian"]))
+    plain = samples.get(f"{name}:plain")
+    p = float(np.median(plain)) if plain else h
+    return {f"{prefix}hessian_step_s": h, f"{prefix}plain_step_s": p}
 
 
 def _rotated(items: list[Any], r: int) -> Iterable[Any]:

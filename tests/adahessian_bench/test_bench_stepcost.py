@@ -4,6 +4,8 @@ measurement before training (and that it changes no run), and the report that re
 from __future__ import annotations
 
 import json
+import statistics
+import time
 from pathlib import Path
 
 import pytest
@@ -80,8 +82,17 @@ def test_the_measurement_is_written_and_changes_no_run(data_cache: Path, tmp_pat
     assert len(cost["samples_s"]["adahessian-lazy:plain"]) == 2  # the first (Hessian) untimed
     for c in cost["optimizers"].values():
         assert c["hessian_step_s"] > 0 and c["plain_step_s"] > 0
+        assert c["wall_hessian_step_s"] > 0 and c["wall_plain_step_s"] > 0
     adam = cost["optimizers"]["adam"]
     assert adam["hessian_step_s"] == adam["plain_step_s"]
+    # The cost is read from the CPU time of each step; the wall clock is kept beside it.
+    assert cost["clock"] == "cpu"
+    assert {k: len(v) for k, v in cost["wall_samples_s"].items()} == {
+        k: len(v) for k, v in cost["samples_s"].items()
+    }
+    lazy, samples = cost["optimizers"]["adahessian-lazy"], "adahessian-lazy:hessian"
+    assert lazy["hessian_step_s"] == statistics.median(cost["samples_s"][samples])
+    assert lazy["wall_hessian_step_s"] == statistics.median(cost["wall_samples_s"][samples])
 
     # The same runs without the measurement: the same metrics, bit for bit.
     profile.write_text(text.replace("[train]\n", "[train]\ncost_rounds = 0\n"))
@@ -124,3 +135,14 @@ def test_a_variant_builds_its_kind_and_bad_names_are_refused() -> None:
     for bad in ("adamx", "adahessian-", "Adam", "lion-fast", "adam--x", ""):
         with pytest.raises(ValueError, match="unknown optimizer"):
             optimizers.kind(bad)
+
+
+def test_the_cpu_clock_does_not_count_time_spent_waiting() -> None:
+    """A step that waits (for a core, here for a timer) adds nothing to its cost on the CPU clock;
+    on GPU the wall clock of the synchronised step is the cost."""
+    name, now = stepcost.clock(torch.device("cpu"))
+    t0, c0 = time.perf_counter(), now()
+    time.sleep(0.3)
+    assert name == "cpu" and time.perf_counter() - t0 >= 0.3 and now() - c0 < 0.1
+    name, now = stepcost.clock(torch.device("meta"))  # any device but the CPU
+    assert name == "wall" and now is time.perf_counter

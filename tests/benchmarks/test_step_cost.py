@@ -226,3 +226,32 @@ def test_finite_difference_memory_is_measured_in_a_subprocess(step_cost: ModuleT
     result = step_cost.measure_memory("resnet20", "adahessian-fd-int10", quick=True)
     assert "error" not in result, result
     assert 0 <= result["plain_step_peak_above_baseline_mib"] <= result["peak_above_baseline_mib"]
+
+
+def test_cost_under_load_quick_run_writes_both_clocks(tmp_path: Path) -> None:
+    """The bursty-load calibration script, on a tiny setting: every contender is timed on the CPU
+    clock and the wall clock under each condition, and the files are written."""
+    from adahessian_bench import data
+
+    try:  # the data it times on, fetched as `adahessian-bench data fetch fashion-mnist` does
+        data.fetch_fashion_mnist(verbose=False)
+    except data.DataUnavailable as e:
+        pytest.fail(f"Fashion-MNIST could not be fetched:\n{e}", pytrace=False)
+    spec = importlib.util.spec_from_file_location("cost_under_load", SCRIPT.with_name(
+        "cost_under_load.py"))  # fmt: skip
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    threads = torch.get_num_threads()
+    try:
+        summary = module.main(["--quick", "--out", str(tmp_path)])
+    finally:
+        torch.set_num_threads(threads)
+    rows = summary["rows"]
+    assert {(r["condition"], r["clock"]) for r in rows} == {
+        (c, k) for c in ("idle", "bursty") for k in ("cpu", "wall")
+    }
+    assert all(r["step (ms)"] > 0 for r in rows)
+    assert all(r["x Adam"] == 1.0 for r in rows if r["optimizer"] == "adam")
+    assert json.loads((tmp_path / "results.json").read_text())["meta"]["threads"] == 1
+    assert "| condition" in (tmp_path / "results.md").read_text()
