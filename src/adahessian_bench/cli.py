@@ -302,8 +302,10 @@ def parser() -> argparse.ArgumentParser:
         "adahessian)",
     )
     s.add_argument("--param", required=True,
-                   help="lr (values multiply each optimizer's profile lr), or AdaHessian's "
-                        "hessian_power, block_size, update_interval (absolute values)")  # fmt: skip
+                   help="lr (values multiply each optimizer's profile lr), budget (values "
+                        "multiply the profile's steps, the lr schedule stretched), or "
+                        "AdaHessian's hessian_power, block_size, update_interval (absolute "
+                        "values)")  # fmt: skip
     s.add_argument("--values", required=True, help="comma-separated, e.g. 0.25,0.5,1,2,4")
     s.set_defaults(func=cmd_sweep)
 

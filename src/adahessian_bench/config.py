@@ -52,6 +52,9 @@ TRAIN_KEYS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "warmup_steps": _integer(0),
     "target": (_number, "a number"),
     "target_accuracy": (_number, "a number"),
+    # The steps of a run as a multiple of epochs x steps per epoch (1.5: half as many again, the
+    # last epoch cut short), the lr schedule stretched to them: the step-speedup runs.
+    "budget": (lambda v: _number(v) and v > 0, "a number > 0"),
     # Evaluate every this many optimizer steps within an epoch too (0 = at the epoch's end only):
     # the report reads the time and steps to the target at that resolution.
     "eval_every": _integer(0),

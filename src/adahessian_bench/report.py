@@ -131,8 +131,10 @@ def read_runs(out: Path, cfg: dict[str, Any]) -> tuple[pd.DataFrame, list[str], 
         else:
             last = lines[-1]
             read = [{k: math.nan if v is None else v for k, v in m.items()} for m in lines]
-            if last["epoch"] < epochs and not last.get("diverged"):
-                incomplete.append(f"{name} ({last['epoch']} of {epochs} epochs)")
+            planned = last.get("epochs", epochs)  # the run's own count (a budget changes it)
+            unfinished = last.get("kind") == "eval" or last["epoch"] < planned
+            if unfinished and not last.get("diverged"):
+                incomplete.append(f"{name} ({last['epoch']} of {planned} epochs)")
                 partial += read
             else:
                 rows += read

@@ -13,6 +13,9 @@ Parameters (``PARAMS``):
 - ``hessian_power``, ``block_size``, ``update_interval``: AdaHessian's own; the values are
   absolute and only AdaHessian's hyperparameters change. The other optimizers given are run once,
   at their profile settings, as references.
+- ``budget``: every optimizer given is trained for the value times the profile's steps (1.5: half
+  as many again, the last epoch cut short), its lr schedule stretched to them (``[train]
+  budget``): how many steps a baseline needs to reach a given quality.
 
 Output folder layout::
 
@@ -50,14 +53,23 @@ ADAHESSIAN = "adahessian"
 
 @dataclass(frozen=True)
 class Param:
-    """A hyperparameter that can be swept."""
+    """A hyperparameter that can be swept, and what its values set."""
 
     name: str
-    integer: bool  # the values are integers (else floats)
-    multiplier: bool  # the values multiply each optimizer's profile value (else absolute)
-    adahessian_only: bool
-    log_x: bool  # plot against a log axis
-    valid: str  # the rule the values follow, for error messages
+    sets: str  # "lr": each optimizer's lr x the value; "train": the [train] key of every run;
+    #            "adahessian": AdaHessian's hyperparameter (the others run once, as references)
+    integer: bool = False  # the values are integers (else floats)
+    log_x: bool = False  # plot against a log axis
+    valid: str = "a positive number"  # the rule the values follow, for error messages
+
+    @property
+    def multiplier(self) -> bool:
+        """The values multiply each optimizer's profile value (else they are absolute)."""
+        return self.sets == "lr"
+
+    @property
+    def adahessian_only(self) -> bool:
+        return self.sets == "adahessian"
 
     def check(self, value: float) -> bool:
         if not math.isfinite(value):
@@ -70,12 +82,16 @@ class Param:
 PARAMS: dict[str, Param] = {
     p.name: p
     for p in [
-        Param("lr", False, True, False, True, "a positive multiplier of the profile's lr"),
-        Param("hessian_power", False, False, True, False, "a number in (0, 1]"),
-        Param("block_size", True, False, True, True, "a positive integer"),
-        Param("update_interval", True, False, True, True, "a positive integer"),
+        Param("lr", sets="lr", log_x=True, valid="a positive multiplier of the profile's lr"),
+        Param("hessian_power", sets="adahessian", valid="a number in (0, 1]"),
+        Param("block_size", sets="adahessian", integer=True, log_x=True,
+              valid="a positive integer"),
+        Param("update_interval", sets="adahessian", integer=True, log_x=True,
+              valid="a positive integer"),
+        Param("budget", sets="train",
+              valid="a positive multiple of the profile's steps (1.5: half as many again)"),
     ]
-}
+}  # fmt: skip
 
 
 def param(name: str) -> Param:
@@ -182,6 +198,12 @@ def expand(base: dict[str, Any], name: str, values: list[float | int]) -> Grid:
             cfg = copy.deepcopy(base)
             for hp in cfg["optimizers"].values():
                 hp["lr"] = hp["lr"] * v
+            points.append(cfg)
+        return Grid(p, values, points, list(opts), None)
+    if p.sets == "train":  # every optimizer given, each run with the value
+        for v in values:
+            cfg = copy.deepcopy(base)
+            cfg["train"][name] = v
             points.append(cfg)
         return Grid(p, values, points, list(opts), None)
     if ADAHESSIAN not in opts:
@@ -534,6 +556,7 @@ def make_report(out: str | Path) -> str:
         "hessian_power": "Hessian power k",
         "block_size": "block size (2-D weights)",
         "update_interval": "Hessian update interval (steps)",
+        "budget": "step budget (x the profile's steps)",
     }[name]
     ax.set_xlabel(xlabel)
     ax.set_ylabel(f"final {label}")
@@ -549,11 +572,13 @@ def make_report(out: str | Path) -> str:
     tc = cfg["train"]
     all_runs = [r for _, r in per_point] + ([ref_runs] if ref_runs is not None else [])
     total_s = float(sum(r["wall_time_s"].sum() for r in all_runs))
-    what = (
-        "each optimizer's profile lr times the multiplier (other hyperparameters unchanged)"
-        if p.multiplier
-        else f"AdaHessian's {name} set to the value (its other hyperparameters as in the profile)"
-    )
+    what = {
+        "lr": "each optimizer's profile lr times the multiplier (other hyperparameters unchanged)",
+        "train": "every optimizer trained for the value times the profile's steps, its lr "
+        "schedule stretched to them",
+        "adahessian": f"AdaHessian's {name} set to the value (its other hyperparameters as in "
+        "the profile)",
+    }[p.sets]
     lines = [
         f"# {sweep['task']}, {sweep['profile']} profile: {name} sweep",
         "",

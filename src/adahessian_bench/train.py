@@ -421,10 +421,15 @@ SCHEDULES = ("multistep", "inverse_sqrt", "cosine", "constant")
 
 
 def make_scheduler(
-    optimizer: torch.optim.Optimizer, tc: dict[str, Any], steps_per_epoch: int
+    optimizer: torch.optim.Optimizer,
+    tc: dict[str, Any],
+    steps_per_epoch: int,
+    total_steps: int | None = None,
 ) -> tuple[torch.optim.lr_scheduler.LRScheduler, bool]:
     """The profile's learning-rate schedule; the flag says whether it steps per step (else per
-    epoch).
+    epoch). ``total_steps``: the run's steps (default ``epochs`` x ``steps_per_epoch``); a
+    ``[train] budget`` B stretches the schedule to it: the milestones at B x theirs, the cosine
+    over all of it (``inverse_sqrt`` and ``constant`` have no horizon to stretch).
 
     - ``multistep``: lr x ``gamma`` after each epoch in ``milestones`` (the paper's image recipe);
     - ``inverse_sqrt``: linear warm-up over ``warmup_steps``, then lr * sqrt(warmup / step) (the
@@ -434,11 +439,13 @@ def make_scheduler(
     - ``constant``: the optimizer's lr throughout.
     """
     schedule = tc.get("schedule", "multistep")
+    budget = tc.get("budget", 1)
     if schedule == "multistep":
-        sched = torch.optim.lr_scheduler.MultiStepLR(optimizer, tc["milestones"], tc["gamma"])
+        milestones = sorted({max(1, round(m * budget)) for m in tc["milestones"]})
+        sched = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, tc["gamma"])
         return sched, False
     warmup = int(tc.get("warmup_steps", 0))
-    total = max(1, tc["epochs"] * steps_per_epoch)
+    total = max(1, total_steps or tc["epochs"] * steps_per_epoch)
 
     def factor(step: int) -> float:  # step = number of optimizer steps taken so far
         s = step + 1
@@ -470,12 +477,14 @@ class Run:
     scheduler: torch.optim.lr_scheduler.LRScheduler
     per_step: bool  # the scheduler steps after every optimizer step (else after every epoch)
     steps_per_epoch: int
+    total_steps: int  # epochs x steps_per_epoch, times the [train] budget
     run_cfg: dict[str, Any]  # config.run_config: what this run's checkpoint must have been of
     cfg_hash: str  # config.config_hash(run_cfg), in every metrics record
 
     @property
     def epochs(self) -> int:
-        return int(self.cfg["train"]["epochs"])
+        """The epochs the run takes: with a ``budget``, its last one may be cut short."""
+        return math.ceil(self.total_steps / self.steps_per_epoch)
 
     @property
     def writes(self) -> bool:
@@ -543,10 +552,17 @@ def build_run(cfg: dict[str, Any], opt_name: str, seed: int, dataset: Any) -> Ru
     optimizer = optimizers.build(
         opt_name, model.parameters(), cfg["optimizers"][opt_name], seed, process_group=group
     )
-    scheduler, per_step = make_scheduler(optimizer, tc, steps_per_epoch)
+    total_steps = total_steps_of(tc, steps_per_epoch)
+    scheduler, per_step = make_scheduler(optimizer, tc, steps_per_epoch, total_steps)
     run_cfg = run_config(cfg, opt_name, seed)
     return Run(cfg, opt_name, seed, ctx, model, setup, optimizer, scheduler, per_step,
-               steps_per_epoch, run_cfg, config_hash(run_cfg))  # fmt: skip
+               steps_per_epoch, total_steps, run_cfg, config_hash(run_cfg))  # fmt: skip
+
+
+def total_steps_of(tc: dict[str, Any], steps_per_epoch: int) -> int:
+    """The steps of a run: ``epochs`` x ``steps_per_epoch``, times the ``[train] budget`` (1.5:
+    half as many steps again, the last epoch cut short), at least one."""
+    return max(1, round(tc.get("budget", 1) * tc["epochs"] * steps_per_epoch))
 
 
 # ----------------------------------------------------------------------------- checkpoints
@@ -607,7 +623,7 @@ def train_epoch(run: Run, state: RunState, bar: tqdm) -> EpochStats:
     stats = EpochStats()
     model.train()
     for i, batch in enumerate(run.setup.train_batches):
-        if i == run.steps_per_epoch:
+        if i == run.steps_per_epoch or state.step == run.total_steps:
             break
         t0 = time.perf_counter()
         loss, batch_stats = stepcost.training_step(
@@ -633,7 +649,8 @@ def train_epoch(run: Run, state: RunState, bar: tqdm) -> EpochStats:
             stats.diverged = True
             break
         every = run.cfg["train"].get("eval_every") or 0
-        if every and state.step % every == 0 and i + 1 < run.steps_per_epoch:
+        last = i + 1 == run.steps_per_epoch or state.step == run.total_steps  # of the epoch
+        if every and state.step % every == 0 and not last:
             state.metrics.append(eval_record(run, state, stats, i + 1))
     return stats
 
@@ -680,6 +697,7 @@ def epoch_record(
         "seed": run.seed,
         "kind": "epoch",
         "epoch": state.epoch,
+        "epochs": run.epochs,
         "step": state.step,
         "lr": lr,
         "train_loss": stats.loss_sum / sums["n"],
@@ -727,8 +745,8 @@ def run_epoch(run: Run, state: RunState, memory: PeakMemory, bar: tqdm) -> dict[
 def progress_bar(run: Run, state: RunState, progress: bool) -> tqdm:
     """A bar over the run's steps, from those already taken (rank 0 alone shows it)."""
     return tqdm(
-        total=run.epochs * run.steps_per_epoch,
-        initial=state.epoch * run.steps_per_epoch,
+        total=run.total_steps,
+        initial=state.step,
         desc=f"{run.opt_name} seed {run.seed}",
         disable=not progress or not run.writes,
         dynamic_ncols=True,

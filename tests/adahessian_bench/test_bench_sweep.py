@@ -74,6 +74,19 @@ def test_adahessian_only_params_change_adahessian_alone(name: str, values: list)
     assert sweep.expand(base_cfg(["adahessian"]), name, values).reference is None
 
 
+def test_budget_values_set_every_optimizers_steps_and_change_nothing_else() -> None:
+    base = base_cfg(["adahessian", "adam"])
+    values = sweep.parse_values("budget", "1,1.5,2")
+    grid = sweep.expand(base, "budget", values)
+    assert grid.swept == ["adahessian", "adam"] and grid.reference is None
+    for v, cfg in zip(values, grid.points, strict=True):
+        assert cfg["train"] == {**base["train"], "budget": v}
+        assert cfg["optimizers"] == base["optimizers"]
+    assert [p["dir"] for p in grid.describe()["points"]] == ["budget=1", "budget=1.5", "budget=2"]
+    with pytest.raises(ValueError, match="'0' is not a positive multiple of the profile's steps"):
+        sweep.parse_values("budget", "0,1")
+
+
 def test_a_sweep_loads_its_data_once_per_distinct_data_configuration(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-from adahessian_bench import base, tasks, train
+from adahessian_bench import base, report, tasks, train
 
 
 def lrs(schedule: dict[str, Any], steps: int, steps_per_epoch: int = 5) -> list[float]:
@@ -175,3 +175,37 @@ def test_eval_every_adds_evaluations_within_the_epoch_and_leaves_training_as_it_
                   if m["kind"] == "epoch"]  # fmt: skip
         assert epochs == [{k: v for k, v in m.items() if k not in skip} for m in plain[opt]]
         assert evals[0]["test_mse"] != epochs[0]["test_mse"]  # the model of another step
+
+
+@pytest.mark.parametrize(
+    ("tc", "steps", "lrs"),
+    [
+        # 2 epochs of 4 steps x 1.25 = 10 steps: the last epoch cut to 2; cosine over all 10.
+        ({"schedule": "cosine", "budget": 1.25}, [4, 8, 10], None),
+        # x 2: the milestone at epoch 1 moves to epoch 2.
+        ({"milestones": [1], "gamma": 0.1, "budget": 2}, [4, 8, 12, 16], [0.3, 0.3, 0.03, 0.03]),
+        # x 0.5: one epoch, the milestone at epoch 1 stays there (it cannot come sooner).
+        ({"milestones": [1], "gamma": 0.1, "budget": 0.5}, [4], [0.3]),
+    ],
+    ids=["cosine-x1.25", "multistep-x2", "multistep-x0.5"],
+)
+def test_a_budget_trains_that_many_steps_with_the_schedule_stretched_to_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tc: dict[str, Any], steps: list[int],
+    lrs: list[float] | None,
+) -> None:  # fmt: skip
+    monkeypatch.setitem(tasks.TASKS, "toy-regression", Regression())
+    monkeypatch.setitem(train.TASKS, "toy-regression", tasks.TASKS["toy-regression"])
+    profile = {"train": {"epochs": 2, "batch_size": 16, **tc},
+               "optimizers": {"adam": {"lr": 0.3}}}  # fmt: skip
+    cfg = train.resolve("toy-regression", profile, "quick", ["adam"], 1)
+    train.run(cfg, tmp_path, progress=False)
+    metrics = [json.loads(x) for x in (tmp_path / "adam-seed0" / "metrics.jsonl").open()]
+    assert [m["step"] for m in metrics] == steps
+    assert all(m["epochs"] == len(steps) for m in metrics)
+    if lrs is not None:
+        assert [m["lr"] for m in metrics] == pytest.approx(lrs)
+    else:  # the cosine ends at 0 on the budget's last step, not on the profile's
+        assert metrics[1]["lr"] > 0.01 and metrics[-1]["lr"] == pytest.approx(0.0, abs=1e-12)
+    # The report counts the run as finished, whatever its number of epochs.
+    df, incomplete, _ = report.read_runs(tmp_path, cfg)
+    assert not incomplete and len(df) == len(steps)
