@@ -22,6 +22,7 @@ from typing import Any
 import tomllib
 
 PROFILES = ("quick", "paper")
+SCHEDULES = ("multistep", "inverse_sqrt", "cosine", "constant")  # see train.make_scheduler
 TABLES = ("train", "model", "data", "optimizers")
 
 
@@ -225,6 +226,12 @@ def check_resolved(cfg: Any) -> None:
     for key in ("epochs", "batch_size"):
         if key not in train:
             raise ValueError(f"train has no {key}")
+    schedule = train.get("schedule", "multistep")
+    if schedule not in SCHEDULES:
+        raise ValueError(f"train.schedule is {schedule!r}, not one of {', '.join(SCHEDULES)}")
+    for key in ("milestones", "gamma") if schedule == "multistep" else ():
+        if key not in train:
+            raise ValueError(f"train has no {key} (its multistep schedule needs it)")
     for key, value in train.items():
         if key in TRAIN_KEYS and not (value is None and key in OPTIONAL_TRAIN):
             test, words = TRAIN_KEYS[key]

@@ -417,7 +417,7 @@ def check_out(cfg: dict[str, Any], out: Path) -> None:
 # ----------------------------------------------------------------------------- training
 
 
-SCHEDULES = ("multistep", "inverse_sqrt", "cosine", "constant")
+SCHEDULES = config.SCHEDULES
 
 
 def make_scheduler(

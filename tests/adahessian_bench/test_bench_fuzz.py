@@ -249,6 +249,14 @@ FOUND = {
         {"config.json": dumps({**CFG, "train": {**CFG["train"], "epochs": "3"}})},
         "train.epochs is '3', not an integer >= 1",
     ),
+    "config-multistep-without-gamma": (
+        {
+            "config.json": dumps(
+                {**CFG, "train": {k: v for k, v in CFG["train"].items() if k != "gamma"}}
+            )
+        },
+        "train has no gamma (its multistep schedule needs it)",
+    ),
     "config-metric-format": (
         {"config.json": dumps({**CFG, "metric": {**METRIC, "fmt": "q"}})},
         "metric.fmt is 'q', not a number format",
