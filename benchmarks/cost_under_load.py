@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--task", default="fmnist-resnet20")
     p.add_argument("--contenders", default=",".join(CONTENDERS))
     p.add_argument("--rounds", type=int, default=12, help="timed rounds per calibration")
-    p.add_argument("--workers", type=int, default=2, help="load processes (default: 2)")
+    p.add_argument("--workers", type=int, default=4, help="load processes (default: 4)")
     p.add_argument("--tolerance", type=float, default=0.10)
     p.add_argument("--quick", action="store_true", help="a tiny smoke run")
     p.add_argument("--out", default=None, help="write results.json and results.md here")
