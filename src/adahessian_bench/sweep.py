@@ -345,8 +345,10 @@ def _per_run(df: pd.DataFrame, key: str, higher: bool) -> pd.DataFrame:
         g = g.sort_values("epoch")
         g = g.assign(**{key: g[key].where(np.isfinite(g[key]))})
         outcome = report.run_outcome(g, key, higher)
+        valid = "valid_" + key.removeprefix("test_")  # the metric a value is chosen by, if any
+        outcome["valid_final"] = g[valid].iloc[-1] if valid in g else np.nan
         if outcome["diverged"]:
-            outcome.update(final=np.nan, best=np.nan)
+            outcome.update(final=np.nan, best=np.nan, valid_final=np.nan)
         rows.append(
             {"optimizer": opt, "seed": seed, **outcome, "wall_time_s": g["wall_time_s"].iloc[-1]}
         )
@@ -374,9 +376,11 @@ def sensitivity(
     final metric over the seeds that did not diverge; among the values where none diverged, if
     any), the mean final there, the worst mean over the grid ("diverged" if every seed of a value
     diverged), the values within ``TOLERANCE`` (relative) of the best with no seed diverged, and
-    how many runs diverged."""
+    how many runs diverged; and the value a tuning would choose, by the mean final validation
+    metric (where the task evaluates one; never by the test metric), with that mean."""
     rows = []
     for opt in swept:
+        chosen = _chosen(per_point, opt, higher, fmt, scale)
         means: dict[float, float] = {}
         clean: set[float] = set()
         diverged = total = 0
@@ -396,7 +400,7 @@ def sensitivity(
         if not finite:
             rows.append({"optimizer": opt, "best value": "n/a", "final there": "n/a",
                          "worst": "diverged" if means else "n/a", NEAR: "none",
-                         "diverged runs": f"{diverged}/{total}"})  # fmt: skip
+                         "diverged runs": f"{diverged}/{total}", **chosen})  # fmt: skip
             continue
         # The best among the values no seed diverged at (else among all): a survivor's good
         # metric beside a diverged seed is no recommendation.
@@ -419,9 +423,31 @@ def sensitivity(
                 "worst": worst_text,
                 NEAR: ", ".join(f"{v:g}" for v in near) or "none",
                 "diverged runs": f"{diverged}/{total}",
+                **chosen,
             }
         )
     return pd.DataFrame(rows)
+
+
+CHOSEN = "chosen by validation"
+
+
+def _chosen(
+    per_point: list[tuple[float, pd.DataFrame]], opt: str, higher: bool, fmt: str, scale: float
+) -> dict[str, str]:
+    """The value with the best mean final validation metric of ``opt`` (seeds that diverged left
+    out; "n/a" without a validation metric), and that mean."""
+    means = {}
+    for v, r in per_point:
+        if "valid_final" not in r:
+            continue
+        f = r.loc[r["optimizer"] == opt, "valid_final"].dropna().to_numpy(dtype=float) * scale
+        if len(f):
+            means[v] = float(f.mean())
+    if not means:
+        return {CHOSEN: "n/a"}
+    best = max(means, key=lambda v: means[v] if higher else -means[v])
+    return {CHOSEN: f"{best:g} (validation {format(means[best], fmt)})"}
 
 
 def read_point(
@@ -611,7 +637,8 @@ def make_report(out: str | Path) -> str:
         lines += [
             f"Sensitivity: per optimizer, the {header} with the best mean final {label}, the worst "
             f"mean over the grid, and the values whose mean is within {TOLERANCE * 100:g} % "
-            "(relative) of the best with no seed diverged:",
+            "(relative) of the best with no seed diverged; and the value a tuning chooses: the "
+            "best mean final validation metric (the test metric never chooses).",
             "",
             tabulate(
                 sens, headers="keys", tablefmt="github", showindex=False, disable_numparse=True

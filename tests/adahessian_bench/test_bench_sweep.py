@@ -11,6 +11,7 @@ from pathlib import Path
 
 import matplotlib.figure
 import matplotlib.image
+import pandas as pd
 import pytest
 
 from adahessian_bench import cli, config, sweep, tasks, train
@@ -258,7 +259,7 @@ def test_sweep_report_draws_references_and_marks_divergence(tmp_path: Path) -> N
         "1", "10", "optimizer", "adahessian", "reference (profile settings)", "adamw"
     ]  # fmt: skip
     # Sensitivity: every seed of interval 10 diverged: the worst, and never near the best.
-    assert rows["adahessian"] == ["1", "85.00", "diverged", "1", "2/4"]
+    assert rows["adahessian"] == ["1", "85.00", "diverged", "1", "2/4", "n/a"]
     assert rows["1"][col["adahessian final"]] == "85.00 ± 7.07"
     # Diverged runs have no value: left out of the mean, counted apart.
     assert rows["10"][col["adahessian final"]] == "n/a (2/2 diverged)"
@@ -287,11 +288,12 @@ def test_sweep_report_sensitivity_from_known_metrics(tmp_path: Path) -> None:
     text = sweep.make_report(tmp_path)
     rows = table_rows(text)
     assert rows["optimizer"] == [
-        "best value", "final there", "worst", "within 2 % of its best", "diverged runs"
+        "best value", "final there", "worst", "within 2 % of its best", "diverged runs",
+        "chosen by validation"
     ]  # fmt: skip
     # lr=0.5's 0.85 is one survivor beside a diverged seed: not the best.
-    assert rows["adahessian"] == ["1", "80.00", "78.00", "1, 2", "1/8"]
-    assert rows["adamw"] == ["2", "90.00", "60.00", "2, 4", "0/8"]
+    assert rows["adahessian"] == ["1", "80.00", "78.00", "1, 2", "1/8", "n/a"]
+    assert rows["adamw"] == ["2", "90.00", "60.00", "2, 4", "0/8", "n/a"]
     assert "within 2 % (relative) of the best" in text
 
 
@@ -308,7 +310,6 @@ def test_sensitivity_prints_the_same_mean_as_the_grid_table(tmp_path: Path) -> N
 
 
 def test_sensitivity_lower_is_better() -> None:
-    import pandas as pd
 
     def point(finals: list[float]) -> pd.DataFrame:
         rows = [{"optimizer": "adahessian", "seed": s, "final": f, "diverged": math.isnan(f)}
@@ -323,7 +324,7 @@ def test_sensitivity_lower_is_better() -> None:
     # Best 91.0 at 1; 92.75 is within 2 % (<= 92.82); 101 is not; every seed of 4 diverged.
     assert row == {"optimizer": "adahessian", "best value": "1", "final there": "91.0",
                    "worst": "diverged", "within 2 % of its best": "1, 2",
-                   "diverged runs": "2/8"}  # fmt: skip
+                   "diverged runs": "2/8", "chosen by validation": "n/a"}  # fmt: skip
 
 
 def test_publish_copies_a_sweeps_results_and_no_checkpoint(
@@ -481,3 +482,20 @@ def test_sweep_report_into_a_folder_it_cannot_write_prints_the_report(
         "the report is printed above\n"
     )
     assert not (tmp_path / "report.md").exists()
+
+
+def test_a_tuning_chooses_by_the_final_validation_metric_never_the_test_metric() -> None:
+    """Value 1 is best on test, value 2 on validation: the tuning takes 2."""
+
+    def point(test: list[float], valid: list[float]) -> pd.DataFrame:
+        return pd.DataFrame(
+            [
+                {"optimizer": "adamw", "seed": s, "final": t, "valid_final": v, "diverged": False}
+                for s, (t, v) in enumerate(zip(test, valid, strict=True))
+            ]
+        )
+
+    per_point = [(1.0, point([0.90, 0.92], [0.80, 0.81])), (2.0, point([0.85, 0.86], [0.84, 0.82])),
+                 (4.0, point([0.70, 0.71], [0.60, 0.62]))]  # fmt: skip
+    (row,) = sweep.sensitivity(per_point, ["adamw"], True, ".3f", 1.0).to_dict("records")
+    assert row["best value"] == "1" and row[sweep.CHOSEN] == "2 (validation 0.830)"
