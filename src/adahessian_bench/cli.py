@@ -240,7 +240,7 @@ def cmd_summary(args: argparse.Namespace) -> int:
     from . import report
 
     try:
-        print(report.overview([Path(d) for d in args.dirs]))
+        print(report.overview([Path(d) for d in args.dirs], [Path(d) for d in args.budgets]))
     except (ValueError, OSError) as e:
         return fail(args, e, 1)
     return 0
@@ -338,6 +338,11 @@ def parser() -> argparse.ArgumentParser:
         "within the fastest first-order optimizer's time.",
     )
     s.add_argument("dirs", nargs="+", metavar="DIR")
+    s.add_argument("--budgets", nargs="+", default=[], metavar="DIR",
+                   help="budget sweeps (sweep --param budget) or budget runs of the tasks' "
+                        "baselines: adds the step and time speedup columns (the steps and time "
+                        "the baseline needs to reach each AdaHessian's final validation metric, "
+                        "over the AdaHessian's)")  # fmt: skip
     s.set_defaults(func=cmd_summary)
     return p
 

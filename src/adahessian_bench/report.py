@@ -899,8 +899,27 @@ def overview_rows(out: Path) -> list[dict[str, str]]:
     return rows
 
 
-def overview(folders: list[Path]) -> str:
-    """The cross-task summary table (Markdown) of run folders (``adahessian-bench summary``)."""
+def budget_runs(paths: list[Path]) -> list[Path]:
+    """The run folders of ``[train] budget`` runs that ``paths`` name: a run folder itself, or
+    every point of a budget sweep's folder."""
+    out = []
+    for path in map(Path, paths):
+        if (path / "sweep.json").is_file():  # sweep.SWEEP_FILE
+            sweep_cfg = read_json(path / "sweep.json")
+            if not isinstance(sweep_cfg, dict) or sweep_cfg.get("param") != "budget":
+                raise ValueError(f"{path} is not a sweep of the step budget (--param budget)")
+            out += [
+                path / p["dir"] for p in sweep_cfg.get("points", []) if (path / p["dir"]).is_dir()
+            ]
+        else:
+            out.append(path)
+    return out
+
+
+def overview(folders: list[Path], budgets: list[Path] | None = None) -> str:
+    """The cross-task summary table (Markdown) of run folders (``adahessian-bench summary``);
+    with ``budgets`` (budget runs or budget sweeps of the tasks' baselines), the step and time
+    speedups of each AdaHessian (``step_speedup``)."""
     seen: dict[Path, Path] = {}
     for out in map(Path, folders):
         if (out / "sweep.json").is_file():  # sweep.SWEEP_FILE
@@ -914,5 +933,119 @@ def overview(folders: list[Path]) -> str:
     rows = [row for out in folders for row in overview_rows(Path(out))]
     if not rows:
         raise ValueError("no folder holds an AdaHessian run beside a first-order baseline")
+    if budgets:
+        by_task: dict[str, list[Path]] = {}
+        for d in budget_runs(budgets):
+            by_task.setdefault(read_config(d)["task"], []).append(d)
+        speedups = pd.concat(
+            [step_speedup(Path(out), by_task[read_config(Path(out))["task"]])
+             for out in folders if read_config(Path(out))["task"] in by_task] or [pd.DataFrame()]
+        )  # fmt: skip
+        for row in rows:
+            hit = (
+                speedups[(speedups["task"] == row["task"]) & (speedups["AdaHessian"] ==
+                         row["AdaHessian"])] if len(speedups) else speedups
+            )  # fmt: skip
+            row["step speedup"] = hit["step speedup"].iloc[0] if len(hit) else "-"
+            row["time speedup"] = hit["time speedup"].iloc[0] if len(hit) else "-"
     return tabulate(pd.DataFrame(rows), headers="keys", tablefmt="github", showindex=False,
                     disable_numparse=True)  # fmt: skip
+
+
+# ----------------------------------------------------------------------------- step speedup
+
+
+def _finals(out: Path, opt: str) -> dict[int, tuple[float, float, int, float]]:
+    """Per seed, the final judged (validation) metric of optimizer ``opt`` in the run folder
+    ``out``, its final test metric, its steps and its time (on the folder's time axis)."""
+    cfg = read_config(out)
+    df, _, _ = read_runs(out, cfg)
+    df = with_time(df, cfg, time_basis(df, out)[0])
+    runs = per_run(df, cfg.get("metric", ACCURACY))
+    r = runs[runs["optimizer"] == opt]
+    return {int(row["seed"]): (float(row["judged_final"]), float(row["final"]), int(row["steps"]),
+                               float(row["time"])) for _, row in r.iterrows()}  # fmt: skip
+
+
+def steps_needed(budgets: list[tuple[int, float]], target: float, higher: bool) -> float:
+    """The steps at which a metric that ends at ``budgets`` ((steps, final metric), by steps)
+    first reaches ``target``, interpolated linearly between two budgets; NaN if no budget does,
+    the first budget's steps if it does."""
+    reached = [(s >= target) if higher else (s <= target) for _, s in budgets]
+    if not any(reached):
+        return math.nan
+    i = reached.index(True)
+    if i == 0:
+        return float(budgets[0][0])
+    (s0, m0), (s1, m1) = budgets[i - 1], budgets[i]
+    return s0 + (s1 - s0) * (target - m0) / (m1 - m0) if m1 != m0 else float(s1)
+
+
+def _speedup_cell(values: list[float], at_once: int, largest: float) -> str:
+    """Median [range] over seeds; "not reached" if most seeds never reached it within the
+    ``largest`` budget; "≤" if in most seeds the baseline's own budget already reached it."""
+    if sum(np.isinf(values)) * 2 >= len(values) and len(values):
+        return f"not reached within {largest:g}x the baseline's steps"
+    med, low, high = (float(np.median(values)), min(values), max(values))
+    top = f"{high:.2f}" if np.isfinite(high) else "not reached"
+    spread = f" [{low:.2f}, {top}]" if len(values) > 1 else ""
+    prefix = "≤ " if at_once * 2 > len(values) else ""  # the baseline needed no more
+    return f"{prefix}{med:.2f}x{spread}"
+
+
+def step_speedup(run_dir: Path, budget_dirs: list[Path], base: str | None = None) -> pd.DataFrame:
+    """How many steps (and seconds) the first-order baseline needs to reach each AdaHessian's
+    final validation metric, against the AdaHessian's own: per AdaHessian of ``run_dir``, the
+    baseline of the task (``base``, default the paper's) trained at budget 1 there and at larger
+    budgets in ``budget_dirs`` (run folders of ``[train] budget`` B, e.g. a budget sweep's
+    points). Per seed, the baseline's final validation metric over its budgets is interpolated
+    linearly to the AdaHessian's median final validation metric; the speedup is those steps over
+    the AdaHessian's steps (and, on the step costs of ``run_dir``, the baseline's time for them
+    over the AdaHessian's time). Median and range over seeds; "not reached" beyond the largest
+    budget."""
+    cfg = read_config(run_dir)
+    metric = cfg.get("metric", ACCURACY)
+    higher = metric["higher_is_better"]
+    present = list(cfg["optimizers"])
+    base = base or baseline_of(cfg["task"], present, None)
+    if base is None or base not in present:
+        raise ValueError(f"{run_dir} holds no run of the task's baseline ({base or 'none'})")
+    per_budget: dict[float, dict[int, tuple[float, float, int, float]]] = {
+        1.0: _finals(run_dir, base)
+    }
+    for d in budget_dirs:
+        bcfg = read_config(d)
+        if bcfg["task"] != cfg["task"]:
+            raise ValueError(f"{d} is a run of {bcfg['task']}, not of {cfg['task']}")
+        per_budget[float(bcfg["train"].get("budget", 1))] = _finals(d, base)
+    cost, _ = time_basis(pd.DataFrame({"optimizer": present}), run_dir)
+    base_step_s = cost[base]["hessian_step_s"] if base in cost else math.nan
+    largest = max(per_budget)
+    rows = []
+    for opt in [o for o in present if not optimizers.first_order(o)]:
+        ours = _finals(run_dir, opt)
+        if not ours:
+            continue
+        target = float(np.median([v[0] for v in ours.values()]))
+        our_steps = float(np.median([v[2] for v in ours.values()]))
+        our_time = float(np.median([v[3] for v in ours.values()]))
+        speed, time_speed, at_once = [], [], 0
+        for seed in sorted(per_budget[1.0]):
+            points = sorted((v[seed][2], v[seed][0]) for v in per_budget.values() if seed in v)
+            needed = steps_needed(points, target, higher)
+            at_once += needed == points[0][0]  # reached within the baseline's own budget
+            needed = needed if np.isfinite(needed) else math.inf  # not within the largest budget
+            speed.append(needed / our_steps)
+            time_speed.append(needed * base_step_s / our_time)
+
+        rows.append({
+            "task": cfg["task"], "AdaHessian": opt, "baseline": base,
+            f"AdaHessian's final {metric['label']} (validation)": _fmt(target, metric),
+            "budgets": ", ".join(f"{b:g}" for b in sorted(per_budget)),
+            "step speedup": _speedup_cell(speed, at_once, largest),
+            "time speedup": (
+                _speedup_cell(time_speed, at_once, largest) if np.isfinite(base_step_s) else "n/a"
+            ),
+            "seeds": str(len(speed)),
+        })  # fmt: skip
+    return pd.DataFrame(rows)

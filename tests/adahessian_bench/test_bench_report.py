@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import json
+import math
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -518,3 +519,52 @@ def test_time_to_target_is_read_at_the_resolution_of_the_evaluations_within_epoc
     (r,) = [row for _, row in runs.iterrows()]
     assert r["final"] == 0.85 and r["epochs"] == 2 and r["steps"] == 20
     assert report.reach(r, 0.75, True, "test_acc") == {"steps": 15.0, "time": 15.0, "test": 0.8}
+
+
+def _final_only_run(out: Path, cfg: dict, opt: str, seed: int, valid: float, steps: int) -> None:
+    """A finished run of ``cfg`` whose last epoch ends at ``steps`` with ``valid`` validation
+    accuracy (and the test accuracy 0.01 below)."""
+    run = out / f"{opt}-seed{seed}"
+    run.mkdir(parents=True)
+    (out / "config.json").write_text(json.dumps(cfg))
+    line = {"optimizer": opt, "seed": seed, "kind": "epoch", "epoch": 3, "step": steps,
+            "valid_acc": valid, "test_acc": valid - 0.01, "train_time_s": 1.0,
+            "wall_time_s": 1.0, "mean_step_time_s": 0.1, "peak_memory_mb": 1.0}  # fmt: skip
+    (run / "metrics.jsonl").write_text(json.dumps(line) + "\n")
+
+
+def test_step_speedup_interpolates_the_baselines_budgets_to_adahessians_final_metric(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cfg = {**CFG, "optimizers": {"adam": {}, "adahessian": {}}}
+    main = tmp_path / "main"
+    for seed, (base, ours) in enumerate([(0.80, 0.85), (0.81, 0.86)]):
+        _final_only_run(main, cfg, "adam", seed, base, 30)
+        _final_only_run(main, cfg, "adahessian", seed, ours, 30)
+    _write_cost(main, {"adam": {"hessian_step_s": 0.1, "plain_step_s": 0.1},
+                       "adahessian": {"hessian_step_s": 0.2, "plain_step_s": 0.2}})  # fmt: skip
+    budgets = []
+    for budget, steps, finals in [(1.5, 45, (0.84, 0.85)), (2, 60, (0.87, 0.88))]:
+        d = tmp_path / f"budget={budget}"
+        budget_cfg = {**cfg, "optimizers": {"adam": {}}, "train": {**CFG["train"],
+                                                                   "budget": budget}}  # fmt: skip
+        for seed, valid in enumerate(finals):
+            _final_only_run(d, budget_cfg, "adam", seed, valid, steps)
+        budgets.append(d)
+    (row,) = report.step_speedup(main, budgets).to_dict("records")
+    # AdaHessian's median final validation: 0.855 in 30 steps (6 s). Adam reaches it after
+    # 45 + 15 x 0.015 / 0.03 = 52.5 steps (seed 0) and 45 + 15 x 0.005 / 0.03 = 47.5 (seed 1).
+    assert row["step speedup"] == "1.67x [1.58, 1.75]"
+    assert row["time speedup"] == "0.83x [0.79, 0.88]"  # x 0.1 s / 6 s
+    assert row["budgets"] == "1, 1.5, 2" and row["baseline"] == "adam"
+    # Through summary --budgets: the two columns beside the others.
+    assert cli.main(["summary", str(main), "--budgets", *map(str, budgets)]) == 0
+    assert "1.67x [1.58, 1.75]" in capsys.readouterr().out
+
+
+def test_steps_needed_is_nan_beyond_the_largest_budget_and_the_first_where_it_is_reached() -> None:
+    points = [(30, 0.80), (45, 0.84), (60, 0.87)]
+    assert math.isnan(report.steps_needed(points, 0.9, higher=True))
+    assert report.steps_needed(points, 0.7, higher=True) == 30
+    assert report.steps_needed(points, 0.82, higher=True) == pytest.approx(37.5)
+    assert report.steps_needed([(30, 3.0), (60, 2.0)], 2.5, higher=False) == pytest.approx(45)
