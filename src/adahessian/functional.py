@@ -16,7 +16,22 @@ from torch import Tensor
 
 from .averaging import spatial_average as _spatial_average
 
-__all__ = ["Hyperparameters", "adahessian", "state_dtype"]
+__all__ = ["Hyperparameters", "adahessian", "hessian_due", "hessian_steps", "state_dtype"]
+
+
+def hessian_due(step: int, update_interval: int = 1, hessian_warmup: int = 0) -> bool:
+    """Whether step ``step`` (0-based: the steps taken before it) estimates the Hessian: each of
+    the first ``hessian_warmup`` steps, then every ``update_interval``-th."""
+    if step < hessian_warmup:
+        return True
+    return (step - hessian_warmup) % update_interval == 0
+
+
+def hessian_steps(steps: int, update_interval: int = 1, hessian_warmup: int = 0) -> int:
+    """How many of the first ``steps`` steps estimate the Hessian (:func:`hessian_due`)."""
+    if steps <= hessian_warmup:
+        return max(0, steps)
+    return hessian_warmup + -(-(steps - hessian_warmup) // update_interval)
 
 
 def state_dtype(t: Tensor) -> torch.dtype:

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from . import _checks, curvature, distributed
+from . import _checks, curvature, distributed, functional
 from . import finite_difference as fd
 from .functional import adahessian
 from .functional import state_dtype as _state_dtype
@@ -356,9 +356,7 @@ class AdaHessian(Optimizer):
     def hessian_due(self) -> bool:
         """True when the next :meth:`step` estimates the Hessian diagonal, so the backward pass
         before it must keep the graph: ``loss.backward(create_graph=opt.hessian_due)``."""
-        if self._steps < self._hessian_warmup:
-            return True
-        return (self._steps - self._hessian_warmup) % self._update_interval == 0
+        return functional.hessian_due(self._steps, self._update_interval, self._hessian_warmup)
 
     @property
     def probe_scale(self) -> float:

@@ -34,7 +34,6 @@ itself before it starts.
 from __future__ import annotations
 
 import copy
-import math
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -42,6 +41,8 @@ from typing import Any
 import numpy as np
 import torch
 from tqdm import tqdm
+
+from adahessian import functional
 
 from . import optimizers
 from .base import RunContext
@@ -125,11 +126,9 @@ def hessian_steps(steps: int, hp: dict[str, Any]) -> int:
     """How many of the first ``steps`` steps of AdaHessian with hyperparameters ``hp`` take the
     Hessian: all of the first ``hessian_warmup``, then every ``update_interval``-th (the
     optimizer's ``hessian_due``)."""
-    interval = int(hp.get("update_interval", 1))
-    warmup = int(hp.get("hessian_warmup", 0))
-    if steps <= warmup:
-        return steps
-    return warmup + math.ceil((steps - warmup) / interval)
+    return functional.hessian_steps(
+        steps, int(hp.get("update_interval", 1)), int(hp.get("hessian_warmup", 0))
+    )
 
 
 def cost_time(name: str, steps: int, hp: dict[str, Any], cost: dict[str, float]) -> float:
