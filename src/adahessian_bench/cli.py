@@ -25,7 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn
 
-from . import config, data, fetchers, optimizers
+from . import config, data, fetchers, hints, optimizers
 from .tasks import TASKS
 
 # ----------------------------------------------------------------------------- option values
@@ -67,7 +67,7 @@ def optimizer_list(text: str) -> list[str]:
         raise argparse.ArgumentTypeError(f"no optimizer named in {text!r}; known: {known}")
     for name in names:
         if not optimizers.is_known(name):
-            hint = config.did_you_mean(name, optimizers.OPTIMIZERS)
+            hint = hints.did_you_mean(name, optimizers.OPTIMIZERS)
             raise argparse.ArgumentTypeError(
                 f"unknown optimizer {name!r}{hint}; known: {known}, or a variant KIND-LABEL "
                 "of one that the profile has a table for"

@@ -10,7 +10,6 @@ the optimizers are checked by building them (``train.check``).
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import json
 import math
@@ -20,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import tomllib
+
+from .hints import did_you_mean
 
 PROFILES = ("quick", "paper")
 SCHEDULES = ("multistep", "inverse_sqrt", "cosine", "constant")  # see train.make_scheduler
@@ -67,12 +68,6 @@ TRAIN_KEYS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "bptt": _integer(1),
 }
 TASK_TRAIN_KEYS = ("valid_subset", "bptt")  # the keys above that a task must name to take
-
-
-def did_you_mean(word: str, known: Iterable[str]) -> str:
-    """`` (did you mean X?)`` for the closest of ``known``, or nothing."""
-    close = difflib.get_close_matches(word, list(known), n=1)
-    return f" (did you mean {close[0]}?)" if close else ""
 
 
 def unknown_keys(table: str, given: Iterable[str], known: Iterable[str]) -> None:

@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from .config import did_you_mean
+from .hints import did_you_mean
 
 OPTIMIZERS = ("sgd", "adam", "adamw", "adagrad", "adahessian")
 SET_BY_BUILD = ("params", "seed", "process_group")  # not hyperparameters of a profile

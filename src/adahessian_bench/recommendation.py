@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import config, widedeep
+from . import hints, widedeep
 from .base import Metric, RunContext, Setup, Task, init_keys
 
 # Rows of the embedding tables: the distinct values of each sparse feature in the whole of
@@ -209,7 +209,7 @@ class RecommendationTask(Task):
         dc = cfg.get("data", {})
         split, seed = dc.get("split", "random"), dc.get("split_seed", 0)
         if split not in widedeep.MOVIELENS_SPLITS:
-            hint = config.did_you_mean(str(split), widedeep.MOVIELENS_SPLITS)
+            hint = hints.did_you_mean(str(split), widedeep.MOVIELENS_SPLITS)
             raise ValueError(
                 f"[data] split {split!r} is not one of {', '.join(widedeep.MOVIELENS_SPLITS)}{hint}"
             )
