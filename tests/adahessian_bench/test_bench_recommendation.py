@@ -211,9 +211,13 @@ def test_run_writes_the_task_metric_and_the_report(movielens_dir: Path, tmp_path
 @pytest.mark.parametrize("profile", ["quick", "paper"])
 def test_profiles_load_and_resolve(profile: str) -> None:
     p = config.load("movielens-dlrm", profile)
-    # The quick profile adds AdaHessian's recommended setup beside the paper's.
+    # The quick profile adds AdamW (the tuned first-order reference of every task) and
+    # AdaHessian's recommended setups beside the paper's.
     quick = ["adahessian-lazy", "adahessian-fd", "adahessian-fd-lazy"]
-    assert list(p["optimizers"]) == OPTS + (quick if profile == "quick" else [])
+    if profile == "quick":
+        assert list(p["optimizers"]) == ["adagrad", "adam", "adamw", "adahessian", *quick]
+    else:
+        assert list(p["optimizers"]) == OPTS
     assert p["data"]["split"] == "random"
     cfg = train.resolve("movielens-dlrm", p, profile, list(p["optimizers"]), 3)
     assert cfg["seeds"] == [0, 1, 2] and cfg["train"]["schedule"] in train.SCHEDULES
