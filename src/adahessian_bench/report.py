@@ -937,17 +937,15 @@ def overview(folders: list[Path], budgets: list[Path] | None = None) -> str:
         by_task: dict[str, list[Path]] = {}
         for d in budget_runs(budgets):
             by_task.setdefault(read_config(d)["task"], []).append(d)
-        speedups = pd.concat(
-            [step_speedup(Path(out), by_task[read_config(Path(out))["task"]])
-             for out in folders if read_config(Path(out))["task"] in by_task] or [pd.DataFrame()]
-        )  # fmt: skip
+        speedups: dict[tuple[str, str], tuple[str, str]] = {}
+        for out in map(Path, folders):
+            task = read_config(out)["task"]
+            for r in step_speedup(out, by_task[task]).to_dict("records") if task in by_task else []:
+                speedups[(task, r["AdaHessian"])] = (r["step speedup"], r["time speedup"])
         for row in rows:
-            hit = (
-                speedups[(speedups["task"] == row["task"]) & (speedups["AdaHessian"] ==
-                         row["AdaHessian"])] if len(speedups) else speedups
-            )  # fmt: skip
-            row["step speedup"] = hit["step speedup"].iloc[0] if len(hit) else "-"
-            row["time speedup"] = hit["time speedup"].iloc[0] if len(hit) else "-"
+            row["step speedup"], row["time speedup"] = speedups.get(
+                (row["task"], row["AdaHessian"]), ("-", "-")
+            )
     return tabulate(pd.DataFrame(rows), headers="keys", tablefmt="github", showindex=False,
                     disable_numparse=True)  # fmt: skip
 
@@ -955,16 +953,21 @@ def overview(folders: list[Path], budgets: list[Path] | None = None) -> str:
 # ----------------------------------------------------------------------------- step speedup
 
 
-def _finals(out: Path, opt: str) -> dict[int, tuple[float, float, int, float]]:
-    """Per seed, the final judged (validation) metric of optimizer ``opt`` in the run folder
-    ``out``, its final test metric, its steps and its time (on the folder's time axis)."""
+Finals = dict[str, dict[int, tuple[float, float, int, float]]]
+
+
+def _finals(out: Path) -> tuple[dict[str, Any], Finals]:
+    """The config.json of the run folder ``out``, and per optimizer and seed its final judged
+    (validation) metric, final test metric, steps and time (on the folder's time axis)."""
     cfg = read_config(out)
     df, _, _ = read_runs(out, cfg)
     df = with_time(df, cfg, time_basis(df, out)[0])
-    runs = per_run(df, cfg.get("metric", ACCURACY))
-    r = runs[runs["optimizer"] == opt]
-    return {int(row["seed"]): (float(row["judged_final"]), float(row["final"]), int(row["steps"]),
-                               float(row["time"])) for _, row in r.iterrows()}  # fmt: skip
+    finals: Finals = {}
+    for _, row in per_run(df, cfg.get("metric", ACCURACY)).iterrows():
+        finals.setdefault(str(row["optimizer"]), {})[int(row["seed"])] = (
+            float(row["judged_final"]), float(row["final"]), int(row["steps"]), float(row["time"])
+        )  # fmt: skip
+    return cfg, finals
 
 
 def steps_needed(budgets: list[tuple[int, float]], target: float, higher: bool) -> float:
@@ -1003,27 +1006,25 @@ def step_speedup(run_dir: Path, budget_dirs: list[Path], base: str | None = None
     the AdaHessian's steps (and, on the step costs of ``run_dir``, the baseline's time for them
     over the AdaHessian's time). Median and range over seeds; "not reached" beyond the largest
     budget."""
-    cfg = read_config(run_dir)
+    cfg, main = _finals(run_dir)
     metric = cfg.get("metric", ACCURACY)
     higher = metric["higher_is_better"]
     present = list(cfg["optimizers"])
     base = base or baseline_of(cfg["task"], present, None)
     if base is None or base not in present:
         raise ValueError(f"{run_dir} holds no run of the task's baseline ({base or 'none'})")
-    per_budget: dict[float, dict[int, tuple[float, float, int, float]]] = {
-        1.0: _finals(run_dir, base)
-    }
+    per_budget = {1.0: main.get(base, {})}
     for d in budget_dirs:
-        bcfg = read_config(d)
+        bcfg, finals = _finals(d)
         if bcfg["task"] != cfg["task"]:
             raise ValueError(f"{d} is a run of {bcfg['task']}, not of {cfg['task']}")
-        per_budget[float(bcfg["train"].get("budget", 1))] = _finals(d, base)
+        per_budget[float(bcfg["train"].get("budget", 1))] = finals.get(base, {})
     cost, _ = time_basis(pd.DataFrame({"optimizer": present}), run_dir)
     base_step_s = cost[base]["hessian_step_s"] if base in cost else math.nan
     largest = max(per_budget)
     rows = []
     for opt in [o for o in present if not optimizers.first_order(o)]:
-        ours = _finals(run_dir, opt)
+        ours = main.get(opt, {})
         if not ours:
             continue
         target = float(np.median([v[0] for v in ours.values()]))

@@ -659,6 +659,7 @@ def eval_record(run: Run, state: RunState, stats: EpochStats, steps_done: int) -
     """Evaluate within the epoch, after ``steps_done`` of its steps: the metrics line of kind
     "eval" (see METRIC_FIELDS). Its time is not training time (``stats.eval_time``)."""
     t0 = time.perf_counter()
+    trained = state.train_time + (t0 - stats.started - stats.eval_time)  # up to this evaluation
     evaluation = evaluate(run)
     run.model.train()
     now = time.perf_counter()
@@ -671,7 +672,7 @@ def eval_record(run: Run, state: RunState, stats: EpochStats, steps_done: int) -
         "step": state.step,
         "lr": stats.last_lr,
         **evaluation,
-        "train_time_s": state.train_time + (t0 - stats.started) - (stats.eval_time - (now - t0)),
+        "train_time_s": trained,
         "wall_time_s": state.wall_time + (now - stats.started),
         "config_hash": run.cfg_hash,
     }
