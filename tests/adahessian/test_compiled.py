@@ -70,6 +70,19 @@ def _batches(n: int, size: int = 6, seed: int = 1) -> list[tuple[Tensor, Tensor]
     ]
 
 
+def _step_both(
+    eager_model: nn.Module, eager_opt: AdaHessian, curv: CompiledCurvature, opt: AdaHessian,
+    x: Tensor, y: Tensor,
+) -> None:  # fmt: skip
+    """One eager Hessian step (double backward) and one step through the compiled path."""
+    eager_opt.zero_grad()
+    F.cross_entropy(eager_model(x), y).backward(create_graph=True)
+    eager_opt.step()
+    opt.zero_grad()
+    curv.backward(opt, x, y)
+    opt.step()
+
+
 def _assert_same_state(a: nn.Module, b: nn.Module) -> None:
     for (name, x), y in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
         torch.testing.assert_close(x, y, rtol=1e-9, atol=1e-11, msg=name)
@@ -184,12 +197,7 @@ def test_no_recompilation_for_a_small_last_batch_a_new_lr_or_eval() -> None:
 
     def steps(data: list[tuple[Tensor, Tensor]]) -> None:
         for x, y in data:
-            opt.zero_grad()
-            curv.backward(opt, x, y)
-            opt.step()
-            eager_opt.zero_grad()
-            F.cross_entropy(eager_model(x), y).backward(create_graph=True)
-            eager_opt.step()
+            _step_both(eager_model, eager_opt, curv, opt, x, y)
 
     steps(batches)  # the first call compiles
     assert curv.compiles == 1
@@ -261,12 +269,7 @@ def test_estimate_follows_the_optimizer_s_group_order() -> None:
     eager_opt, opt = AdaHessian(groups(eager_model), seed=2), AdaHessian(groups(model), seed=2)
     curv = CompiledCurvature(model, F.cross_entropy, backend=FAST)
     for x, y in _batches(3):
-        eager_opt.zero_grad()
-        F.cross_entropy(eager_model(x), y).backward(create_graph=True)
-        eager_opt.step()
-        opt.zero_grad()
-        curv.backward(opt, x, y)
-        opt.step()
+        _step_both(eager_model, eager_opt, curv, opt, x, y)
     _assert_same_state(eager_model, model)
 
 
@@ -468,10 +471,5 @@ def test_a_model_already_under_torch_compile_is_unwrapped_and_steps_as_eager() -
     curv = CompiledCurvature(torch.compile(model, backend=FAST), F.cross_entropy, backend=FAST)
     assert curv.model is model
     for x, y in _batches(2):
-        eager_opt.zero_grad()
-        F.cross_entropy(eager_model(x), y).backward(create_graph=True)
-        eager_opt.step()
-        opt.zero_grad()
-        curv.backward(opt, x, y)
-        opt.step()
+        _step_both(eager_model, eager_opt, curv, opt, x, y)
         _assert_same_state(eager_model, model)
