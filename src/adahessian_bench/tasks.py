@@ -32,8 +32,41 @@ def subset(images: torch.Tensor, labels: np.ndarray, n: int) -> tuple[torch.Tens
     return images, torch.from_numpy(labels)
 
 
-def evaluate_classifier(model: nn.Module, batches: Iterable[Any]) -> dict[str, float]:
-    """Mean cross-entropy and accuracy over a whole (test) set."""
+def train_valid_indices(labels: np.ndarray, n_train: int, n_valid: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices of the training (sub)set and of a validation set held out of the training images.
+
+    The training subset is the one ``subset`` picks (so a profile's training images do not change
+    when it adds a validation set); the validation set is a class-balanced choice among the
+    training images that subset left out. With ``n_train`` 0 (or at least all), the validation
+    set is chosen first and the training set is every other training image."""
+    every = np.arange(len(labels))
+    if n_valid == 0:
+        train = data.balanced_subset(labels, n_train, seed=0) if 0 < n_train < len(labels) else every
+        return train, every[:0]
+    if 0 < n_train < len(labels):
+        train = data.balanced_subset(labels, n_train, seed=0)
+        rest = np.setdiff1d(every, train)
+        counts = np.bincount(labels[rest])
+        if n_valid // len(counts) > counts.min():
+            raise ValueError(
+                f"valid_subset {n_valid} needs {n_valid // len(counts)} images of each class "
+                f"besides train_subset {n_train}, and some class has only {counts.min()} left: "
+                "make valid_subset or train_subset smaller"
+            )
+        return train, rest[data.balanced_subset(labels[rest], n_valid, seed=1)]
+    counts = np.bincount(labels)
+    if n_valid // len(counts) >= counts.min():
+        raise ValueError(
+            f"valid_subset {n_valid} would leave no training images of some class: make it smaller"
+        )
+    valid = data.balanced_subset(labels, n_valid, seed=1)
+    return np.setdiff1d(every, valid), valid
+
+
+def evaluate_classifier(
+    model: nn.Module, batches: Iterable[Any], prefix: str = "test"
+) -> dict[str, float]:
+    """Mean cross-entropy and accuracy over a whole set: ``{prefix}_loss``, ``{prefix}_acc``."""
     model.eval()
     loss_sum, correct, n = 0.0, 0, 0
     with torch.no_grad():
@@ -42,18 +75,21 @@ def evaluate_classifier(model: nn.Module, batches: Iterable[Any]) -> dict[str, f
             loss_sum += F.cross_entropy(out, y, reduction="sum").item()
             correct += int((out.argmax(1) == y).sum().item())
             n += len(y)
-    return {"test_loss": loss_sum / n, "test_acc": correct / n}
+    return {f"{prefix}_loss": loss_sum / n, f"{prefix}_acc": correct / n}
 
 
 @dataclass(frozen=True)
 class Images:
     """The images of a configuration, uint8 (N, C, 32, 32), and their int64 labels: the training
-    and the test (sub)set it asks for."""
+    and the test (sub)set it asks for, and the validation set held out of the training images
+    (empty without ``valid_subset``)."""
 
     x_train: torch.Tensor
     y_train: torch.Tensor
     x_test: torch.Tensor
     y_test: torch.Tensor
+    x_valid: torch.Tensor
+    y_valid: torch.Tensor
 
 
 @dataclass(frozen=True)
@@ -68,13 +104,14 @@ class ImageTask(Task):
     std: tuple[float, ...]
     description: str  # the metric: Task's default, test accuracy
     model_keys = ("depth",)
+    train_keys = ("valid_subset",)
     classes = 10
 
     def model(self, **kwargs: Any) -> nn.Module:
         return CifarResNet(kwargs.get("depth", self.depth), self.in_channels, self.classes)
 
     def check(self, cfg: dict[str, Any]) -> None:
-        for key in ("train_subset", "test_subset"):
+        for key in ("train_subset", "test_subset", "valid_subset"):
             n = cfg["train"].get(key, 0)
             if n % self.classes:
                 raise ValueError(
@@ -88,11 +125,12 @@ class ImageTask(Task):
         else:
             arrays = data.load_cifar10()
         tc = cfg["train"]
-        x_train, y_train = subset(data.to_nchw32(arrays.x_train), arrays.y_train,
-                                  tc.get("train_subset", 0))  # fmt: skip
+        x, y = data.to_nchw32(arrays.x_train), arrays.y_train
+        train, valid = train_valid_indices(y, tc.get("train_subset", 0), tc.get("valid_subset", 0))
         x_test, y_test = subset(data.to_nchw32(arrays.x_test), arrays.y_test,
                                 tc.get("test_subset", 0))  # fmt: skip
-        return Images(x_train, y_train, x_test, y_test)
+        return Images(x[torch.from_numpy(train)], torch.from_numpy(y[train]), x_test, y_test,
+                      x[torch.from_numpy(valid)], torch.from_numpy(y[valid]))  # fmt: skip
 
     def setup(self, images: Images, ctx: RunContext) -> Setup:
         eval_batch_size = ctx.cfg["train"].get("eval_batch_size", 1000)
@@ -102,9 +140,16 @@ class ImageTask(Task):
                                      generator=ctx.generator)  # fmt: skip
         test_batches = data.Batches(images.x_test, images.y_test, self.mean, self.std,
                                     eval_batch_size, ctx.device)  # fmt: skip
-        return Setup(
-            train_batches, classification_loss, lambda m: evaluate_classifier(m, test_batches)
-        )
+        valid_batches = data.Batches(images.x_valid, images.y_valid, self.mean, self.std,
+                                     eval_batch_size, ctx.device)  # fmt: skip
+
+        def evaluate(model: nn.Module) -> dict[str, float]:
+            metrics = evaluate_classifier(model, test_batches)
+            if len(images.y_valid):
+                metrics |= evaluate_classifier(model, valid_batches, "valid")
+            return metrics
+
+        return Setup(train_batches, classification_loss, evaluate)
 
 
 # Per-channel mean and std of the training images in [0, 1].
