@@ -37,7 +37,7 @@ import pandas as pd
 import torch
 from tabulate import tabulate
 
-from adahessian_bench import config, stepcost, train
+from adahessian_bench import config, environment, stepcost, train
 from adahessian_bench.tasks import TASKS
 
 CONTENDERS = ("sgd", "adam", "adahessian", "adahessian-lazy", "adahessian-fd", "adahessian-fd-lazy")
@@ -159,7 +159,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     text = tabulate(df, headers="keys", tablefmt="github", showindex=False, floatfmt=".3f")
     meta = {
         "task": args.task,
-        "cpu": train.cpu_model(),
+        "cpu": environment.cpu_model(),
         "torch": torch.__version__,
         "threads": 1,
         "workers": args.workers,

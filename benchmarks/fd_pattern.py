@@ -30,8 +30,8 @@ from torch.nn import functional as F
 from adahessian import finite_difference_diagonal, rademacher
 from adahessian.finite_difference import default_eps
 from adahessian_bench.data import load_fashion_mnist, to_nchw32
+from adahessian_bench.environment import cpu_model
 from adahessian_bench.models import resnet20
-from adahessian_bench.train import cpu_model
 
 FORWARD = (1e-3, 1e-4, 1e-5)
 CENTRAL = (1e-2, 1e-3, 1e-4)

@@ -59,7 +59,7 @@ class Setup:
     task's metric key, ...), with the model in eval mode and no gradients.
 
     ``loss`` may be called more than once on one batch (AdaHessian with
-    ``hvp="finite-difference"`` calls it again at perturbed parameters: ``stepcost.closure_step``),
+    ``hvp="finite-difference"`` calls it again at perturbed parameters: ``step.closure_step``),
     so it must have no side effect but one: a loss that carries state from batch to batch (the
     LSTM's hidden state) holds it in an attribute ``state``, which the training step sets back to
     what the batch began with before each call and to the first call's result after.

@@ -320,8 +320,8 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("dir")
     s.add_argument("--target", type=finite_number, default=None,
                    help="target value of the task's metric, e.g. a test accuracy in [0, 1] "
-                        "(default: the best first-order optimizer's median final validation "
-                        "metric)")  # fmt: skip
+                        "(default: the median final validation metric of the paper's baseline "
+                        "for the task, else of the best first-order optimizer)")  # fmt: skip
     s.add_argument("--publish", metavar="DEST", default=None,
                    help="also copy the report, plots and every run's metrics, config, "
                         "environment and step costs (no checkpoints) to DEST, e.g. "

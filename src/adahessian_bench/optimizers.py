@@ -7,7 +7,7 @@ as the paper sets it, and in the recommended setup).
 
 AdaHessian's ``hvp`` picks how a Hessian step takes its Hessian-vector products: ``"autograd"``
 (the default: double backward) or ``"finite-difference"`` (two ordinary gradients, the step taken
-as ``opt.step(closure)``: ``stepcost.training_step``), with ``fd_eps`` (the step ε, in (0, 1];
+as ``opt.step(closure)``: ``step.training_step``), with ``fd_eps`` (the step ε, in (0, 1];
 left out: the default of the dtype), ``fd_scheme`` (``"forward"`` or ``"central"``) and
 ``fd_keep_pattern`` (true by default: the perturbed passes keep the first pass's ReLU and
 max-pooling pattern). The constructor checks their values; ``check`` also refuses them without
@@ -68,7 +68,7 @@ def build(
 
     With a ``process_group`` (data-parallel runs under torchrun), AdaHessian averages gradients
     and Hessian estimates across ranks itself; the first-order optimizers get their gradients
-    averaged by the training loop (``train.average_gradients``)."""
+    averaged by the training loop (``distributed.average_gradients``)."""
     kw: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in hp.items()}
     if kind(name) == "adahessian":
         # The probe (Rademacher) generator is seeded from the run's seed, so runs are repeatable.

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
@@ -51,6 +52,59 @@ class NotWritten(OSError):
         self.text = text
 
 
+PUBLISHED = "metrics"  # report --publish copies the metrics and configuration to DEST/metrics
+
+
+@dataclass(frozen=True)
+class Folder:
+    """Where the results of one run folder lie.
+
+    As the harness writes them: ``path/config.json`` (and ``env.json``, ``step_cost.json``) and
+    ``path/OPT-seedS/metrics.jsonl`` (``prefix`` None). As ``report --publish`` copies them
+    (``docs/results/NAME``): ``path/metrics/config.json`` and ``path/metrics/OPT-seedS.jsonl``
+    (``prefix`` ""); a point of a published sweep: ``path/metrics/POINT_OPT-seedS.jsonl``
+    (``prefix`` "POINT_"), whose configuration is the sweep's first point's with the point's
+    ``budget`` (the only swept setting read this way)."""
+
+    path: Path
+    files: Path  # config.json, env.json, step_cost.json
+    prefix: str | None = None
+    budget: float | None = None
+
+    def __str__(self) -> str:
+        point = self.prefix.rstrip("_") if self.prefix else ""
+        return f"{self.path} (point {point})" if point else str(self.path)
+
+    def metrics(self, run: str) -> Path:
+        """The metrics file of the run ``OPT-seedS``."""
+        if self.prefix is None:
+            return self.path / run / "metrics.jsonl"
+        return self.files / f"{self.prefix}{run}.jsonl"
+
+    def runs(self) -> list[str]:
+        """The runs that have results here (``OPT-seedS``; a checkpoint counts in the harness's
+        own folders)."""
+        if self.prefix is None:
+            return run_dirs(self.path)
+        if not self.files.is_dir():
+            return []
+        stems = [f.name.removesuffix(".jsonl") for f in self.files.glob("*.jsonl")]
+        if self.prefix:
+            return sorted(s.removeprefix(self.prefix) for s in stems if s.startswith(self.prefix))
+        return sorted(s for s in stems if "_" not in s)  # a sweep's metrics are POINT_RUN
+
+
+def folder(out: Path | Folder) -> Folder:
+    """``out`` as a :class:`Folder`: a published copy if it has ``metrics/config.json`` and no
+    ``config.json`` of its own, else a folder the harness writes."""
+    if isinstance(out, Folder):
+        return out
+    out = Path(out)
+    if not (out / "config.json").exists() and (out / PUBLISHED / "config.json").is_file():
+        return Folder(out, out / PUBLISHED, "")
+    return Folder(out, out)
+
+
 def read_json(path: Path) -> Any:
     """A JSON file of a run or sweep folder; FileNotFoundError or ValueError naming the file."""
     try:
@@ -61,11 +115,14 @@ def read_json(path: Path) -> Any:
         raise ValueError(f"{path} is damaged (not JSON): make it again (rerun)") from None
 
 
-def read_config(out: Path) -> dict[str, Any]:
+def read_config(out: Path | Folder) -> dict[str, Any]:
     """The config.json of a run folder, checked (``config.check_resolved``); FileNotFoundError or
     ValueError naming the file and what is wrong with it."""
-    path = out / "config.json"
+    f = folder(out)
+    path = f.files / "config.json"
     cfg = read_json(path)
+    if f.budget is not None and isinstance(cfg, dict) and isinstance(cfg.get("train"), dict):
+        cfg["train"]["budget"] = f.budget
     try:
         check_resolved(cfg)
     except ValueError as e:
@@ -85,15 +142,15 @@ def read_json_or_none(path: Path) -> dict[str, Any]:
     return content if isinstance(content, dict) else {}
 
 
-def read_env(out: Path) -> dict[str, Any]:
+def read_env(out: Path | Folder) -> dict[str, Any]:
     """The env.json of a run folder; empty if missing or damaged (it only describes the machine)."""
-    return read_json_or_none(out / "env.json")
+    return read_json_or_none(folder(out).files / "env.json")
 
 
 PROGRESS = "no run has finished, so the figures are of the epochs so far"
 
 
-def read_runs(out: Path, cfg: dict[str, Any]) -> tuple[pd.DataFrame, list[str], list[str]]:
+def read_runs(out: Path | Folder, cfg: dict[str, Any]) -> tuple[pd.DataFrame, list[str], list[str]]:
     """The metrics lines of the finished runs under ``out`` of the configuration ``cfg``
     (config.json's), in one frame (null, a non-finite value, read as NaN); the runs that are
     incomplete; and those left out, each with the reason. An incomplete run (interrupted, or still
@@ -115,18 +172,19 @@ def read_runs(out: Path, cfg: dict[str, Any]) -> tuple[pd.DataFrame, list[str], 
     partial: list[dict[str, Any]] = []  # the epochs of the incomplete runs
     incomplete, left_out = [], []
     key = cfg.get("metric", ACCURACY)["key"]
-    for name in sorted(set(run_dirs(out)) | set(ours)):
-        path = out / name / "metrics.jsonl"
+    f = folder(out)
+    for name in sorted(set(f.runs()) | set(ours)):
+        path = f.metrics(name)
         try:
             text = path.read_text() if path.is_file() else ""
             lines = _metrics_lines(text, key, name)
         except ValueError as e:
-            left_out.append(f"{name} (its metrics.jsonl is damaged: {e})")
+            left_out.append(f"{name} (its {path.name} is damaged: {e})")
             continue
         if (ours and name not in ours) or not all(of_cfg(m) for m in lines):
             left_out.append(f"{name} (another configuration than config.json's)")
         elif not lines:
-            started = path.parent.is_dir()
+            started = path.exists() or (f.prefix is None and path.parent.is_dir())
             incomplete.append(f"{name} ({'no finished epoch' if started else 'not started'})")
         else:
             last = lines[-1]
@@ -274,12 +332,12 @@ def baseline_of(task: str, trained: Any, fallback: str | None) -> str | None:
     return claim[0] if claim and claim[0] in set(trained) else fallback
 
 
-def read_cost(out: Path) -> tuple[dict[str, dict[str, float]], str | None]:
+def read_cost(out: Path | Folder) -> tuple[dict[str, dict[str, float]], str | None]:
     """The step costs measured side by side before training (``step_cost.json``, per optimizer)
     and what is wrong with them: None, ``"missing"`` (runs of older versions, ``cost_rounds =
     0``) or why the file is damaged (not JSON, a cost that is not a finite number > 0); the costs
     are empty unless it is None."""
-    path = out / stepcost.COST_FILE
+    path = folder(out).files / stepcost.COST_FILE
     try:
         cost = json.loads(path.read_text())["optimizers"]
     except FileNotFoundError:
@@ -296,7 +354,9 @@ def read_cost(out: Path) -> tuple[dict[str, dict[str, float]], str | None]:
     return dict(cost), None
 
 
-def time_basis(df: pd.DataFrame, out: Path) -> tuple[dict[str, dict[str, float]], str | None]:
+def time_basis(
+    df: pd.DataFrame, out: Path | Folder
+) -> tuple[dict[str, dict[str, float]], str | None]:
     """The step costs that put every optimizer of ``df`` on one time axis, or none (and why):
     an optimizer without a measured cost would otherwise be set against the others' costs with
     its own wall clock."""
@@ -370,9 +430,12 @@ def first_order_names(names: Any) -> list[str]:
     return [o for o in names if optimizers.is_known(o) and optimizers.first_order(o)]
 
 
-def baseline_target(runs: pd.DataFrame, higher: bool) -> tuple[float, str] | None:
-    """The target: the best first-order optimizer's median (over seeds) final validation metric,
-    and that optimizer; None without first-order runs."""
+def baseline_target(
+    runs: pd.DataFrame, higher: bool, task: str | None = None
+) -> tuple[float, str] | None:
+    """The target: the paper's baseline's median (over seeds) final validation metric where the
+    runs hold the baseline of ``task`` (``paper_claim``), else the best first-order optimizer's;
+    and that optimizer. None without first-order runs."""
     medians = {
         o: runs.loc[runs["optimizer"] == o, "judged_final"].median()
         for o in first_order_names(runs["optimizer"].unique())
@@ -380,6 +443,9 @@ def baseline_target(runs: pd.DataFrame, higher: bool) -> tuple[float, str] | Non
     medians = {o: v for o, v in medians.items() if np.isfinite(v)}
     if not medians:
         return None
+    claim = paper_claim(task) if task else None
+    if claim and claim[0] in medians:
+        return float(medians[claim[0]]), claim[0]
     best = (max if higher else min)(medians, key=lambda o: medians[o])
     return float(medians[best]), best
 
@@ -423,20 +489,22 @@ def summary(
     order: list[str],
     reference: str = "adam",
     metric: dict[str, Any] | None = None,
+    task: str | None = None,
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
     """One row per optimizer: the metric (best and final epoch, mean ± std over seeds), the other
     metrics the task names, the cost of a step (measured side by side) absolute and relative to
     ``reference``, steps and time to the target with the test metric there, the metric within the
     fastest first-order optimizer's time, wall-clock training time and peak memory. ``df`` has
-    ``time_s`` (``with_time``). ``target`` None: the best first-order optimizer's median final
-    validation metric (``baseline_target``). Also returns what the table was judged by: target,
-    its source, the time budget and the per-run frame."""
+    ``time_s`` (``with_time``). ``target`` None: the median final validation metric of the
+    paper's baseline for ``task``, else of the best first-order optimizer (``baseline_target``).
+    Also returns what the table was judged by: target, its source, the time budget and the
+    per-run frame."""
     m = metric or ACCURACY
     key, higher = m["key"], m["higher_is_better"]
     runs = per_run(df, m)
     source = "given"
     if target is None:
-        found = baseline_target(runs, higher)
+        found = baseline_target(runs, higher, task)
         target, source = found if found else (np.nan, "none")
     fo = first_order_names(o for o in order if o in set(runs["optimizer"]))
     budgets = {o: runs.loc[runs["optimizer"] == o, "time"].median() for o in fo}
@@ -625,11 +693,12 @@ def comparison(
 
 def make_report(out: Path, target: float | None = None) -> str:
     """Write ``out/report.md`` and the plots; return the Markdown. NotWritten (holding the
-    Markdown) if they cannot be written. ``target`` None: the best first-order optimizer's median
-    final validation metric, or the profile's ``target`` in a run without first-order optimizers.
+    Markdown) if they cannot be written. ``target`` None: the median final validation metric of
+    the paper's baseline for the task (else of the best first-order optimizer), or the profile's
+    ``target`` in a run without first-order optimizers.
     """
     out = Path(out)
-    if not (out / "config.json").exists() and not run_dirs(out):
+    if not (folder(out).files / "config.json").exists() and not folder(out).runs():
         raise FileNotFoundError(f"no */metrics.jsonl under {out}: run `adahessian-bench run` first")
     cfg = read_config(out)
     df, incomplete, left_out = read_runs(out, cfg)
@@ -643,7 +712,7 @@ def make_report(out: Path, target: float | None = None) -> str:
     if from_profile:
         target = tc.get("target", tc.get("target_accuracy", math.nan))
     reference = "adam" if "adam" in set(df["optimizer"]) else order[0]
-    table, judged = summary(df, target, order, reference, metric)
+    table, judged = summary(df, target, order, reference, metric, cfg["task"])
     target = judged["target"]
     seeds = sorted(df["seed"].unique())
     title = f"{cfg['task']} ({cfg.get('profile', 'no')} profile), {len(seeds)} seed(s)"
@@ -669,9 +738,14 @@ def make_report(out: Path, target: float | None = None) -> str:
     elif judged["source"] in ("given", "none"):
         target_line = f"the target {shown_target} ({judged['source']})"
     else:
+        claim = paper_claim(cfg["task"])
+        whose = (
+            "the paper's baseline's"
+            if claim and claim[0] == judged["source"]
+            else "the best first-order optimizer's"
+        )
         target_line = (
-            f"the target {shown_target}: the best first-order optimizer's ({judged['source']}) "
-            f"median final {judged_on}"
+            f"the target {shown_target}: {whose} ({judged['source']}) median final {judged_on}"
         )
     if measured:
         cost_clock = {
@@ -818,7 +892,7 @@ def _verdict(p: dict[str, float], higher: bool) -> str:
     return "tie (the interval holds 0)"
 
 
-def overview_rows(out: Path) -> list[dict[str, str]]:
+def overview_rows(out: Path | Folder) -> list[dict[str, str]]:
     """The rows of the cross-task summary for one run folder: one per AdaHessian of the run, set
     against the paper's baseline for the task (``paper_claim``; else the best first-order
     optimizer), per epoch (final metric, paired by seed) and per unit of time (time to the
@@ -831,7 +905,7 @@ def overview_rows(out: Path) -> list[dict[str, str]]:
     present = set(df["optimizer"])  # in config.json's order, then any it does not name
     order = [o for o in cfg["optimizers"] if o in present]
     order += sorted(present - set(order))
-    _, judged = summary(df, None, order, order[0], metric)
+    _, judged = summary(df, None, order, order[0], metric, cfg["task"])
     runs, target = judged["runs"], judged["target"]
     claim = paper_claim(cfg["task"])
     base = baseline_of(cfg["task"], order, judged["source"])
@@ -899,20 +973,25 @@ def overview_rows(out: Path) -> list[dict[str, str]]:
     return rows
 
 
-def budget_runs(paths: list[Path]) -> list[Path]:
+def budget_runs(paths: list[Path]) -> list[Folder]:
     """The run folders of ``[train] budget`` runs that ``paths`` name: a run folder itself, or
-    every point of a budget sweep's folder."""
-    out = []
+    every point of a budget sweep's folder (as the harness writes it, or published)."""
+    out: list[Folder] = []
     for path in map(Path, paths):
-        if (path / "sweep.json").is_file():  # sweep.SWEEP_FILE
-            sweep_cfg = read_json(path / "sweep.json")
-            if not isinstance(sweep_cfg, dict) or sweep_cfg.get("param") != "budget":
-                raise ValueError(f"{path} is not a sweep of the step budget (--param budget)")
-            out += [
-                path / p["dir"] for p in sweep_cfg.get("points", []) if (path / p["dir"]).is_dir()
-            ]
-        else:
-            out.append(path)
+        if not (path / "sweep.json").is_file():  # sweep.SWEEP_FILE
+            out.append(folder(path))
+            continue
+        sweep_cfg = read_json(path / "sweep.json")
+        if not isinstance(sweep_cfg, dict) or sweep_cfg.get("param") != "budget":
+            raise ValueError(f"{path} is not a sweep of the step budget (--param budget)")
+        for p in sweep_cfg.get("points", []):
+            if not isinstance(p, dict) or not isinstance(p.get("dir"), str):
+                raise ValueError(f"{path / 'sweep.json'} is damaged: make it again (rerun)")
+            if (path / p["dir"]).is_dir():
+                out.append(folder(path / p["dir"]))
+            elif (path / PUBLISHED / "config.json").is_file() and _number(p.get("value")):
+                prefix = p["dir"].replace("=", "-") + "_"  # as sweep.publish names the files
+                out.append(Folder(path, path / PUBLISHED, prefix, p["value"]))  # int stays int
     return out
 
 
@@ -934,7 +1013,7 @@ def overview(folders: list[Path], budgets: list[Path] | None = None) -> str:
     if not rows:
         raise ValueError("no folder holds an AdaHessian run beside a first-order baseline")
     if budgets:
-        by_task: dict[str, list[Path]] = {}
+        by_task: dict[str, list[Folder]] = {}
         for d in budget_runs(budgets):
             by_task.setdefault(read_config(d)["task"], []).append(d)
         speedups: dict[tuple[str, str], tuple[str, str]] = {}
@@ -956,7 +1035,7 @@ def overview(folders: list[Path], budgets: list[Path] | None = None) -> str:
 Finals = dict[str, dict[int, tuple[float, float, int, float]]]
 
 
-def _finals(out: Path) -> tuple[dict[str, Any], Finals]:
+def _finals(out: Path | Folder) -> tuple[dict[str, Any], Finals]:
     """The config.json of the run folder ``out``, and per optimizer and seed its final judged
     (validation) metric, final test metric, steps and time (on the folder's time axis)."""
     cfg = read_config(out)
@@ -996,7 +1075,9 @@ def _speedup_cell(values: list[float], at_once: int, largest: float) -> str:
     return f"{prefix}{med:.2f}x{spread}"
 
 
-def step_speedup(run_dir: Path, budget_dirs: list[Path], base: str | None = None) -> pd.DataFrame:
+def step_speedup(
+    run_dir: Path | Folder, budget_dirs: list[Folder] | list[Path], base: str | None = None
+) -> pd.DataFrame:
     """How many steps (and seconds) the first-order baseline needs to reach each AdaHessian's
     final validation metric, against the AdaHessian's own: per AdaHessian of ``run_dir``, the
     baseline of the task (``base``, default the paper's) trained at budget 1 there and at larger

@@ -37,7 +37,7 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -45,6 +45,10 @@ from tabulate import tabulate
 
 from . import config, data, report  # (report also selects matplotlib's file-only backend)
 from .report import _mean_std
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
 
 SWEEP_FILE = "sweep.json"
 REFERENCE_DIR = "reference"
@@ -225,8 +229,8 @@ def expand(base: dict[str, Any], name: str, values: list[float | int]) -> Grid:
 def check_out(
     description: dict[str, Any], jobs: list[tuple[str, dict[str, Any]]], out: Path
 ) -> None:
-    """Raise ValueError unless ``out`` is new or holds this sweep alone (see train.check_out)."""
-    from . import train
+    """Raise ValueError unless ``out`` is new or holds this sweep alone (see folders.check_out)."""
+    from . import folders
 
     config.check_ours(out)
     if not out.exists():
@@ -238,23 +242,24 @@ def check_out(
         try:
             previous = json.loads(sweep_path.read_text())
         except ValueError:
-            raise ValueError(f"{sweep_path} is damaged (not JSON): {train.START_OVER}") from None
+            raise ValueError(f"{sweep_path} is damaged (not JSON): {folders.START_OVER}") from None
         ours = json.loads(json.dumps(description))
         if {k: v for k, v in previous.items() if k != "command"} != {
             k: v for k, v in ours.items() if k != "command"
         }:
             raise ValueError(
-                f"{sweep_path} describes another sweep than this command's: {train.START_OVER}"
+                f"{sweep_path} describes another sweep than this command's: {folders.START_OVER}"
             )
     for folder, cfg in jobs:
-        train.check_out(cfg, out / folder)
+        folders.check_out(cfg, out / folder)
 
 
 def run(
     grid: Grid, out: Path, resume: bool = False, progress: bool = True, command: str = ""
 ) -> None:
     """Train every grid point (and the reference run) under ``out``; write ``out/sweep.json``."""
-    from . import train  # torch's training stack: only when something is trained
+    from . import folders, train  # torch's training stack: only when something is trained
+    from .distributed import world
 
     out = Path(out)
     description = grid.describe(command)
@@ -267,11 +272,11 @@ def run(
     # Before anything is written (a damaged data file: nothing written).
     datasets = load_data([cfg for _, cfg in jobs])
     jobs = [(folder, train.process_config(cfg)) for folder, cfg in jobs]  # as train.run's
-    if train.world()[0] > 0:  # rank 0 alone checks, locks and writes the folder
+    if world()[0] > 0:  # rank 0 alone checks, locks and writes the folder
         _run(jobs, out, resume, progress, command, grid.param.name, datasets)
         return
     check_out(description, jobs, out)  # before the lock: a refused call creates nothing
-    with train.hold(out):
+    with folders.hold(out):
         check_out(description, jobs, out)
         config.mark(out, "sweep")
         data.atomic_write_text(out / SWEEP_FILE, json.dumps(description, indent=2) + "\n")
@@ -464,95 +469,156 @@ def read_point(
     return point_cfg, df, inc, lo
 
 
-def make_report(out: str | Path) -> str:
-    """Write ``out/report.md`` and ``out/PARAM.png`` for the sweep folder ``out``; return the
-    Markdown."""
-    import matplotlib.pyplot as plt  # after report's import chose the file-only backend
+@dataclass(frozen=True)
+class Notes:
+    """A sweep report's notes on its folders: the points not run yet, those with no finished run,
+    the incomplete runs and the runs left out."""
 
-    out = Path(out)
-    sweep = load(out)
-    p = param(sweep["param"])
-    name = p.name
-    runs, cfg, env = [], None, {}
-    missing: list[str] = []
-    unfinished: list[str] = []
-    incomplete: list[str] = []
-    left_out: list[str] = []
+    missing: tuple[str, ...] = ()
+    unfinished: tuple[str, ...] = ()
+    incomplete: tuple[str, ...] = ()
+    left_out: tuple[str, ...] = ()
 
-    def point_runs(folder: str) -> pd.DataFrame | None:
-        """The metrics of a point's finished runs of its config.json's configuration; None if none
-        has finished. Notes on its incomplete runs and those left out go to the lists above."""
-        nonlocal cfg, env
-        try:
-            point_cfg, df, inc, lo = read_point(out / folder)
-        except FileNotFoundError:
-            missing.append(folder)
-            return None
-        except ValueError:
-            left_out.append(f"{folder} (its config.json is damaged)")
-            return None
-        incomplete.extend(f"{folder}/{r}" for r in inc)
-        left_out.extend(f"{folder}/{r}" for r in lo)
-        if df is None:  # a point none of whose runs has finished: not in the table
-            unfinished.append(folder)
-            return None
-        if cfg is None:
-            cfg, env = point_cfg, report.read_env(out / folder)
-        return df
+    def __add__(self, other: Notes) -> Notes:
+        return Notes(
+            self.missing + other.missing,
+            self.unfinished + other.unfinished,
+            self.incomplete + other.incomplete,
+            self.left_out + other.left_out,
+        )
 
+    def lines(self) -> list[str]:
+        """The report's lines on them."""
+        lines = []
+        if self.missing:
+            lines.append(f"- Not run yet: {', '.join(self.missing)}.")
+        if self.unfinished:
+            lines.append(f"- No run finished yet (left out): {', '.join(self.unfinished)}.")
+        return lines + report.notes(list(self.incomplete), list(self.left_out))
+
+
+@dataclass(frozen=True)
+class SweepRuns:
+    """What a sweep folder holds, each run summarised by ``_per_run``."""
+
+    # (value, runs) of each point with a finished run
+    points: tuple[tuple[float, pd.DataFrame], ...]
+    reference: pd.DataFrame | None  # the references' runs; None if none has finished
+    cfg: dict[str, Any]  # config.json of the first point with a finished run
+    env: dict[str, Any]  # and its env.json
+    metric: dict[str, Any]  # cfg's metric
+    swept: list[str]  # sweep.json's optimizers swept
+    references: list[str]  # and those run once, at their profile settings
+    notes: Notes
+
+
+def _read_folder(
+    out: Path, folder: str
+) -> tuple[tuple[dict[str, Any], pd.DataFrame] | None, Notes]:
+    """The configuration and metrics of the finished runs of a point (or of the references),
+    None if none has finished; and the notes on the folder."""
+    try:
+        point_cfg, df, inc, lo = read_point(out / folder)
+    except FileNotFoundError:
+        return None, Notes(missing=(folder,))
+    except ValueError:
+        return None, Notes(left_out=(f"{folder} (its config.json is damaged)",))
+    notes = Notes(
+        incomplete=tuple(f"{folder}/{r}" for r in inc),
+        left_out=tuple(f"{folder}/{r}" for r in lo),
+    )
+    if df is None:  # a point none of whose runs has finished: not in the table
+        return None, notes + Notes(unfinished=(folder,))
+    return (point_cfg, df), notes
+
+
+def read_sweep(out: Path, sweep: dict[str, Any]) -> SweepRuns:
+    """Every grid point of the sweep folder ``out`` (``sweep``: its sweep.json) and its
+    references; FileNotFoundError if no point has a finished run."""
+    points: list[tuple[float, pd.DataFrame]] = []
+    notes = Notes()
+    first: tuple[dict[str, Any], dict[str, Any]] | None = None  # the first such point's cfg, env
     for point in sweep["points"]:
-        df = point_runs(point["dir"])
-        if df is not None:
-            runs.append((point["value"], df))
-    if cfg is None:
+        read, more = _read_folder(out, point["dir"])
+        notes += more
+        if read is not None:
+            points.append((point["value"], read[1]))
+            if first is None:
+                first = (read[0], report.read_env(out / point["dir"]))
+    if first is None:
         raise FileNotFoundError(
             f"no grid point of {out} has a finished run: run the sweep first (or let it finish)"
         )
+    cfg, env = first
     metric = cfg.get("metric", report.ACCURACY)
-    key, label, scale, fmt = metric["key"], metric["label"], metric["scale"], metric["fmt"]
-    higher = metric["higher_is_better"]
-    swept, refs = sweep["swept"], sweep["reference"]
-
-    per_point = [(v, _per_run(df, key, higher)) for v, df in runs]
-    ref_runs = None
+    swept, references = sweep["swept"], sweep["reference"]
+    key, higher = metric["key"], metric["higher_is_better"]
+    per_point = tuple((v, _per_run(df, key, higher)) for v, df in points)
+    reference = None
     if sweep.get("reference_dir") and (out / sweep["reference_dir"]).is_dir():
-        ref_df = point_runs(sweep["reference_dir"])
-        if ref_df is not None:
-            ref_runs = _per_run(ref_df, key, higher)
+        read, more = _read_folder(out, sweep["reference_dir"])
+        notes += more
+        if read is not None:
+            reference = _per_run(read[1], key, higher)
+    return SweepRuns(per_point, reference, cfg, env, metric, swept, references, notes)
 
-    # The table: one row per value; per optimizer the final and the best epoch's metric.
-    header = "lr multiplier" if p.multiplier else name
+
+def _value_header(p: Param) -> str:
+    return "lr multiplier" if p.multiplier else p.name
+
+
+def grid_table(sweep: dict[str, Any], p: Param, runs: SweepRuns) -> pd.DataFrame:
+    """One row per value: per optimizer swept its final and best epoch's metric (and its lr, in
+    an lr sweep)."""
+    fmt, scale = runs.metric["fmt"], runs.metric["scale"]
     hp_by_value = {pt["value"]: pt["hyperparameters"] for pt in sweep["points"]}
     rows = []
-    for v, r in per_point:
-        row: dict[str, str] = {header: f"{v:g}"}
-        for opt in swept:
+    for v, r in runs.points:
+        row: dict[str, str] = {_value_header(p): f"{v:g}"}
+        for opt in runs.swept:
             ro = r[r["optimizer"] == opt]
             if p.multiplier:
                 row[f"{opt} lr"] = f"{hp_by_value[v][opt]['lr']:.4g}"
             row[f"{opt} final"] = _cell(ro, "final", fmt, scale) if len(ro) else "n/a"
             row[f"{opt} best"] = _cell(ro, "best", fmt, scale) if len(ro) else "n/a"
         rows.append(row)
-    table = pd.DataFrame(rows)
-    ref_table = None
-    if ref_runs is not None:
-        ref_table = pd.DataFrame(
-            [
-                {
-                    "reference (profile settings)": opt,
-                    "final": _cell(ref_runs[ref_runs["optimizer"] == opt], "final", fmt, scale),
-                    "best": _cell(ref_runs[ref_runs["optimizer"] == opt], "best", fmt, scale),
-                }
-                for opt in refs
-                if (ref_runs["optimizer"] == opt).any()
-            ]
-        )
+    return pd.DataFrame(rows)
 
-    # The plot: the final metric against the swept value, mean ± std over seeds.
-    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=110)
-    for opt in swept:
+
+def reference_table(runs: SweepRuns) -> pd.DataFrame | None:
+    """The references' final and best metric; None if none has finished."""
+    ref = runs.reference
+    if ref is None:
+        return None
+    fmt, scale = runs.metric["fmt"], runs.metric["scale"]
+    return pd.DataFrame(
+        [
+            {
+                "reference (profile settings)": opt,
+                "final": _cell(ref[ref["optimizer"] == opt], "final", fmt, scale),
+                "best": _cell(ref[ref["optimizer"] == opt], "best", fmt, scale),
+            }
+            for opt in runs.references
+            if (ref["optimizer"] == opt).any()
+        ]
+    )
+
+
+XLABELS = {
+    "lr": "lr multiplier (x each optimizer's profile lr)",
+    "hessian_power": "Hessian power k",
+    "block_size": "block size (2-D weights)",
+    "update_interval": "Hessian update interval (steps)",
+    "budget": "step budget (x the profile's steps)",
+}
+
+
+def _draw_swept(ax: Axes, runs: SweepRuns) -> None:
+    """Each swept optimizer's final metric against the value, mean ± std over seeds."""
+    scale = runs.metric["scale"]
+    for opt in runs.swept:
         xs, means, stds = [], [], []
-        for v, r in sorted(per_point, key=lambda t: t[0]):
+        for v, r in sorted(runs.points, key=lambda t: t[0]):
             f = r.loc[r["optimizer"] == opt, "final"].dropna().to_numpy(dtype=float) * scale
             if len(f):
                 xs.append(v)
@@ -560,59 +626,81 @@ def make_report(out: str | Path) -> str:
                 stds.append(f.std(ddof=1) if len(f) > 1 else 0.0)
         if xs:
             ax.errorbar(xs, means, yerr=stds, marker="o", markersize=4, capsize=3, label=opt)
-    if ref_runs is not None:
-        colors = iter(["0.35", "tab:gray", "tab:olive", "tab:cyan", "tab:pink"])
-        for opt in refs:
-            f = ref_runs.loc[ref_runs["optimizer"] == opt, "final"].dropna()
-            if len(f):
-                m = scale * float(f.mean())
-                s = scale * float(f.std(ddof=1)) if len(f) > 1 else 0.0
-                c = next(colors, "0.5")
-                ax.axhline(m, linestyle="--", color=c, label=f"{opt} (profile settings)")
-                if s:
-                    ax.axhspan(m - s, m + s, color=c, alpha=0.12)
-    values = sorted(v for v, _ in per_point)
+
+
+def _draw_references(ax: Axes, runs: SweepRuns) -> None:
+    """Each reference's final metric: a dashed line, its std over seeds a band."""
+    ref, scale = runs.reference, runs.metric["scale"]
+    if ref is None:
+        return
+    colors = iter(["0.35", "tab:gray", "tab:olive", "tab:cyan", "tab:pink"])
+    for opt in runs.references:
+        f = ref.loc[ref["optimizer"] == opt, "final"].dropna()
+        if len(f):
+            m = scale * float(f.mean())
+            s = scale * float(f.std(ddof=1)) if len(f) > 1 else 0.0
+            c = next(colors, "0.5")
+            ax.axhline(m, linestyle="--", color=c, label=f"{opt} (profile settings)")
+            if s:
+                ax.axhspan(m - s, m + s, color=c, alpha=0.12)
+
+
+def plot(sweep: dict[str, Any], p: Param, runs: SweepRuns) -> Figure:
+    """The final metric against the swept value, mean ± std over seeds, and the references."""
+    import matplotlib.pyplot as plt  # after report's import chose the file-only backend
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=110)
+    _draw_swept(ax, runs)
+    _draw_references(ax, runs)
+    values = sorted(v for v, _ in runs.points)
     if p.log_x:
         ax.set_xscale("log", base=2 if p.integer else 10)
     ax.set_xticks(values)
     ax.set_xticklabels([f"{v:g}" for v in values])
     ax.minorticks_off()
-    xlabel = {
-        "lr": "lr multiplier (x each optimizer's profile lr)",
-        "hessian_power": "Hessian power k",
-        "block_size": "block size (2-D weights)",
-        "update_interval": "Hessian update interval (steps)",
-        "budget": "step budget (x the profile's steps)",
-    }[name]
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(f"final {label}")
+    ax.set_xlabel(XLABELS[p.name])
+    ax.set_ylabel(f"final {runs.metric['label']}")
     seeds = sweep["seeds"]
     ax.set_title(
-        f"{sweep['task']} ({sweep['profile']} profile): {name} sweep, {len(seeds)} seed(s)",
+        f"{sweep['task']} ({sweep['profile']} profile): {p.name} sweep, {len(seeds)} seed(s)",
         fontsize=10,
     )
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
+    return fig
 
-    tc = cfg["train"]
-    all_runs = [r for _, r in per_point] + ([ref_runs] if ref_runs is not None else [])
-    total_s = float(sum(r["wall_time_s"].sum() for r in all_runs))
+
+def _grid_line(sweep: dict[str, Any], p: Param, refs: list[str]) -> str:
+    """The report's line on the grid: the values, what they set, the references."""
     what = {
         "lr": "each optimizer's profile lr times the multiplier (other hyperparameters unchanged)",
         "train": "every optimizer trained for the value times the profile's steps, its lr "
         "schedule stretched to them",
-        "adahessian": f"AdaHessian's {name} set to the value (its other hyperparameters as in "
+        "adahessian": f"AdaHessian's {p.name} set to the value (its other hyperparameters as in "
         "the profile)",
     }[p.sets]
-    lines = [
-        f"# {sweep['task']}, {sweep['profile']} profile: {name} sweep",
+    return f"- Grid: {p.name} = {', '.join(f'{v:g}' for v in sweep['values'])}: {what}." + (
+        f" References at their profile settings: {', '.join(refs)}." if refs else ""
+    )
+
+
+def _intro(sweep: dict[str, Any], p: Param, runs: SweepRuns) -> list[str]:
+    """The report's title and its lines on the command, machine, training, grid, seeds and
+    notes."""
+    label, higher, seeds = runs.metric["label"], runs.metric["higher_is_better"], sweep["seeds"]
+    tc = runs.cfg["train"]
+    all_runs = [r for _, r in runs.points] + (
+        [runs.reference] if runs.reference is not None else []
+    )
+    total_s = float(sum(r["wall_time_s"].sum() for r in all_runs))
+    return [
+        f"# {sweep['task']}, {sweep['profile']} profile: {p.name} sweep",
         "",
-        f"- Command: `{sweep.get('command') or env.get('command', '?')}`",
-        f"- Machine: {report.machine(env)}",
+        f"- Command: `{sweep.get('command') or runs.env.get('command', '?')}`",
+        f"- Machine: {report.machine(runs.env)}",
         report.training_line(tc),
-        f"- Grid: {name} = {', '.join(f'{v:g}' for v in sweep['values'])}: {what}."
-        + (f" References at their profile settings: {', '.join(refs)}." if refs else ""),
+        _grid_line(sweep, p, runs.references),
         (
             f"- Mean ± std over seeds {', '.join(map(str, seeds))}"
             if len(seeds) > 1
@@ -621,46 +709,61 @@ def make_report(out: str | Path) -> str:
         + f". Final: the last epoch's {label}; best: the best epoch's ("
         + ("higher" if higher else "lower")
         + f" is better). Training + evaluation time of all runs: {total_s / 60:.1f} min.",
+        *runs.notes.lines(),
     ]
-    if missing:
-        lines.append(f"- Not run yet: {', '.join(missing)}.")
-    if unfinished:
-        lines.append(f"- No run finished yet (left out): {', '.join(unfinished)}.")
-    lines += report.notes(incomplete, left_out)
-    lines += [
+
+
+def _github(table: pd.DataFrame) -> str:
+    return tabulate(
+        table, headers="keys", tablefmt="github", showindex=False, disable_numparse=True
+    )
+
+
+def _sensitivity_lines(p: Param, runs: SweepRuns) -> list[str]:
+    """The sensitivity table (``sensitivity``) and the sentence above it."""
+    m = runs.metric
+    sens = sensitivity(list(runs.points), runs.swept, m["higher_is_better"], m["fmt"], m["scale"])
+    return [
+        f"Sensitivity: per optimizer, the {_value_header(p)} with the best mean final "
+        f"{m['label']}, the worst mean over the grid, and the values whose mean is within "
+        f"{TOLERANCE * 100:g} % (relative) of the best with no seed diverged; and the value a "
+        "tuning chooses: the best mean final validation metric (the test metric never chooses).",
         "",
-        tabulate(table, headers="keys", tablefmt="github", showindex=False, disable_numparse=True),
+        _github(sens),
         "",
     ]
-    if len(per_point) > 1:
-        sens = sensitivity(per_point, swept, higher, fmt, scale)
-        lines += [
-            f"Sensitivity: per optimizer, the {header} with the best mean final {label}, the worst "
-            f"mean over the grid, and the values whose mean is within {TOLERANCE * 100:g} % "
-            "(relative) of the best with no seed diverged; and the value a tuning chooses: the "
-            "best mean final validation metric (the test metric never chooses).",
-            "",
-            tabulate(
-                sens, headers="keys", tablefmt="github", showindex=False, disable_numparse=True
-            ),
-            "",
-        ]
-    if ref_table is not None and len(ref_table):
-        lines += [
-            tabulate(
-                ref_table, headers="keys", tablefmt="github", showindex=False, disable_numparse=True
-            ),
-            "",
-        ]
-    lines += [f"![final {label} vs {name}]({plot_name(name)})", ""]
-    text = "\n".join(lines)
+
+
+def _write(out: Path, fig: Figure, plot_file: str, text: str) -> None:
+    """Save the plot and the report into ``out``; ``report.NotWritten`` if it cannot."""
+    import matplotlib.pyplot as plt
+
     try:
-        fig.savefig(out / plot_name(name))
+        fig.savefig(out / plot_file)
         data.atomic_write_text(out / "report.md", text)
     except OSError as e:
         raise report.NotWritten(out, e, text) from None
     finally:
         plt.close(fig)
+
+
+def make_report(out: str | Path) -> str:
+    """Write ``out/report.md`` and ``out/PARAM.png`` for the sweep folder ``out``; return the
+    Markdown."""
+    out = Path(out)
+    sweep = load(out)
+    p = param(sweep["param"])
+    runs = read_sweep(out, sweep)
+    table, ref_table = grid_table(sweep, p, runs), reference_table(runs)
+    fig = plot(sweep, p, runs)
+    lines = [*_intro(sweep, p, runs), "", _github(table), ""]
+    if len(runs.points) > 1:
+        lines += _sensitivity_lines(p, runs)
+    if ref_table is not None and len(ref_table):
+        lines += [_github(ref_table), ""]
+    lines += [f"![final {runs.metric['label']} vs {p.name}]({plot_name(p.name)})", ""]
+    text = "\n".join(lines)
+    _write(out, fig, plot_name(p.name), text)
     return text
 
 

@@ -32,7 +32,9 @@ def subset(images: torch.Tensor, labels: np.ndarray, n: int) -> tuple[torch.Tens
     return images, torch.from_numpy(labels)
 
 
-def train_valid_indices(labels: np.ndarray, n_train: int, n_valid: int) -> tuple[np.ndarray, np.ndarray]:
+def train_valid_indices(
+    labels: np.ndarray, n_train: int, n_valid: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Indices of the training (sub)set and of a validation set held out of the training images.
 
     The training subset is the one ``subset`` picks (so a profile's training images do not change
@@ -41,7 +43,9 @@ def train_valid_indices(labels: np.ndarray, n_train: int, n_valid: int) -> tuple
     set is chosen first and the training set is every other training image."""
     every = np.arange(len(labels))
     if n_valid == 0:
-        train = data.balanced_subset(labels, n_train, seed=0) if 0 < n_train < len(labels) else every
+        train = (
+            data.balanced_subset(labels, n_train, seed=0) if 0 < n_train < len(labels) else every
+        )
         return train, every[:0]
     if 0 < n_train < len(labels):
         train = data.balanced_subset(labels, n_train, seed=0)

@@ -1,45 +1,24 @@
 """Training: every (seed, optimizer) pair of a benchmark, one after the other, in one process.
 
-Output folder layout::
-
-    OUT/config.json               the fully resolved configuration
-    OUT/env.json                  torch version, device, CPU, threads, platform, command
-    OUT/step_cost.json            each optimizer's step cost, timed side by side (stepcost.py)
-    OUT/.lock                     locked (flock) while a run writes the folder
-    OUT/.adahessian-bench         the mark of a folder this harness wrote (config.MARK_FILE)
-    OUT/OPT-seedS/metrics.jsonl   one JSON object per epoch, and per evaluation within an epoch
-                                  (``[train] eval_every``; see METRIC_FIELDS)
-    OUT/OPT-seedS/checkpoint.pt   the state after the last finished epoch (for --resume)
-
-A folder holds the runs of one configuration: a run into a folder of another configuration, into
-a folder another run is writing, or into a non-empty folder this harness did not write, is refused
-before anything is written. Each metrics line carries the hash of its run's configuration
-(``config_hash``: see config.run_config), which the report checks against config.json.
+It reads top to bottom: the configuration (``resolve``), one optimizer with one seed built and
+ready to train (``build_run``), one epoch of training steps and its evaluation (``run_epoch``), one
+run (``train_one``), all runs of the configuration into one output folder (``run``). The rest has
+rooms of its own: the training step (step.py), checkpoints (checkpoints.py), the output folder and
+its metrics files (folders.py), the machine and env.json (environment.py), data-parallel set-up
+(distributed.py), and the optimizers' step cost timed side by side before training (stepcost.py).
 
 A run is deterministic for a given seed on CPU: python, numpy and torch are seeded, and the data
-order and augmentation come from their own torch.Generator. Checkpoints hold every state that the
-rest of the run depends on (model, optimizer, scheduler, all RNG states, metrics so far), so an
-interrupted run resumed with --resume ends with the same metrics as an uninterrupted one (the
-timing and memory fields excepted). Checkpoints hold tensors and plain containers only and are
-loaded with ``weights_only=True``: a planted checkpoint cannot run code.
+order and augmentation come from their own torch.Generator; a run resumed from its checkpoint ends
+with the same metrics as an uninterrupted one (see checkpoints.py).
 """
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import json
 import math
-import os
-import pickle
-import platform
 import random
-import resource
-import shutil
-import sys
 import time
 import warnings
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,10 +27,15 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from . import config, data, optimizers, stepcost
+from . import config, optimizers, stepcost
 from .base import RunContext, Setup
-from .config import config_hash, run_config, run_dirs
+from .checkpoints import RunState, load_checkpoint, restore, save
+from .config import config_hash, run_config
 from .data import atomic_write_text
+from .distributed import average_gradients, init_distributed, world
+from .environment import PeakMemory, default_device, environment
+from .folders import check_out, hold, say_what_starts_over
+from .step import training_step
 from .tasks import TASKS
 
 # Fields of each metrics.jsonl line. Those in MEASURED_FIELDS depend on the machine and its load.
@@ -78,183 +62,10 @@ MEASURED_FIELDS = (
 )  # fmt: skip
 
 
-def default_device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-# ----------------------------------------------------------------------------- data parallelism
-# Launched with torchrun (WORLD_SIZE > 1), every rank trains the unwrapped model on its own shard
-# of each batch: AdaHessian averages gradients and Hessian estimates itself (process_group), the
-# first-order optimizers get their gradients averaged here, BatchNorm statistics are averaged
-# before each evaluation, and rank 0 alone writes files.
-
-
-def world() -> tuple[int, int]:
-    """(rank, world size); (0, 1) outside a process group."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
-
-
-def init_distributed(device: str) -> str:
-    """Join the process group torchrun describes, if any; return the device of this rank."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or torch.distributed.is_initialized():
-        return device
-    backend = "nccl" if device.startswith("cuda") else "gloo"
-    torch.distributed.init_process_group(backend)
-    if device.startswith("cuda"):
-        device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
-        torch.cuda.set_device(device)
-    return device
-
-
-def average_gradients(model: torch.nn.Module) -> None:
-    """Average the gradients over the ranks, in one collective call."""
-    from adahessian.distributed import all_reduce_mean_
-
-    all_reduce_mean_([p.grad for p in model.parameters() if p.grad is not None])
-
-
-# ----------------------------------------------------------------------------- small helpers
-
-
-def atomic_torch_save(obj: Any, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def metrics_text(metrics: list[dict[str, Any]]) -> str:
-    """The text of a metrics.jsonl: a strict-JSON line per epoch (non-finite floats as null)."""
-
-    def finite(v: Any) -> Any:
-        return None if isinstance(v, float) and not math.isfinite(v) else v
-
-    return "".join(json.dumps({k: finite(v) for k, v in m.items()}) + "\n" for m in metrics)
-
-
-CHECKPOINT_KEYS = ("run_config", "epoch", "step", "model", "optimizer", "scheduler", "rng",
-                   "metrics", "train_time_s", "wall_time_s", "finished")  # fmt: skip
-
-
-def load_checkpoint(path: Path, device: torch.device, run_cfg: dict[str, Any]) -> dict[str, Any]:
-    """The checkpoint of the run ``run_cfg``, loaded with ``weights_only=True`` (tensors and plain
-    containers only: a file holding other objects is refused, not run). ValueError if the file is
-    not such a checkpoint."""
-    what_to_do = "delete it to train that run from the start, or run without --resume"
-    try:
-        ckpt = torch.load(path, map_location=device, weights_only=True)
-    except pickle.UnpicklingError:
-        raise ValueError(
-            f"{path} holds objects other than tensors and plain containers (written by another "
-            f"program or an older version, or tampered with); not loaded: {what_to_do}"
-        ) from None
-    except Exception as e:  # a truncated or damaged file: zip, EOF, pickle errors
-        raise ValueError(
-            f"{path} is damaged or truncated ({type(e).__name__}): {what_to_do}"
-        ) from None
-    if not isinstance(ckpt, dict) or not set(CHECKPOINT_KEYS) <= set(ckpt):
-        raise ValueError(f"{path} is not a checkpoint of adahessian-bench: {what_to_do}")
-    if ckpt["run_config"] != run_cfg:
-        raise ValueError(f"{path} was written with another configuration: {what_to_do}")
-    return ckpt
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def environment(device: torch.device, command: str) -> dict[str, Any]:
-    try:
-        from importlib.metadata import version
-
-        adahessian_version = version("adahessian")
-    except Exception:
-        adahessian_version = "unknown"
-    env = {
-        "torch": torch.__version__,
-        "adahessian": adahessian_version,
-        "numpy": np.__version__,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "device": str(device),
-        "cpu_model": cpu_model(),
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "cuda_device": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
-        "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "command": command,
-    }
-    if hasattr(os, "sched_getaffinity"):
-        env["cpus_usable"] = len(os.sched_getaffinity(0))
-    return env
-
-
-class PeakMemory:
-    """Peak memory since the last reset, in MiB: the peak RSS on CPU (Linux: VmHWM, which writing
-    5 to /proc/self/clear_refs resets; elsewhere the process's lifetime peak), and
-    torch.cuda.max_memory_allocated on GPU."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.device = device
-
-    def reset(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(self.device)
-            return
-        try:
-            with open("/proc/self/clear_refs", "w") as f:
-                f.write("5")
-        except OSError:
-            pass
-
-    def read(self) -> float:
-        if self.device.type == "cuda":
-            return torch.cuda.max_memory_allocated(self.device) / 2**20
-        try:
-            for line in Path("/proc/self/status").read_text().splitlines():
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-        except OSError:
-            pass
-        maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, B on macOS
-        return maxrss / (2**20 if sys.platform == "darwin" else 1024)
-
-
-def rng_states(gen: torch.Generator, device: torch.device) -> dict[str, Any]:
-    """Every RNG state, as tensors and plain containers (what ``weights_only`` loading takes)."""
-    name, key, pos, has_gauss, gauss = np.random.get_state(legacy=True)
-    states = {
-        "python": random.getstate(),  # (version, tuple of ints, float or None)
-        "numpy": (name, np.asarray(key).tolist(), pos, has_gauss, gauss),
-        "torch": torch.get_rng_state(),
-        "data": gen.get_state(),
-    }
-    if device.type == "cuda":
-        states["cuda"] = torch.cuda.get_rng_state(device)
-    return states
-
-
-def set_rng_states(states: dict[str, Any], gen: torch.Generator, device: torch.device) -> None:
-    random.setstate(states["python"])
-    name, key, pos, has_gauss, gauss = states["numpy"]
-    np.random.set_state((name, np.array(key, dtype=np.uint32), pos, has_gauss, gauss))
-    torch.set_rng_state(states["torch"])
-    gen.set_state(states["data"])
-    if device.type == "cuda" and "cuda" in states:
-        torch.cuda.set_rng_state(states["cuda"], device)
-
-
 # ----------------------------------------------------------------------------- configuration
+
+
+SCHEDULES = config.SCHEDULES
 
 
 def resolve(
@@ -343,124 +154,16 @@ def check(cfg: dict[str, Any]) -> None:
             raise ValueError(f"[optimizers.{name}] {e}") from None
 
 
-# ----------------------------------------------------------------------------- the output folder
-
-LOCK_FILE = ".lock"
-START_OVER = (
-    "use another --out, or delete the folder to start over (--resume continues only the same "
-    "configuration)"
-)
-
-
-class FolderInUse(ValueError):
-    """Another process is writing the output folder."""
+def process_config(cfg: dict[str, Any]) -> dict[str, Any]:
+    """``cfg`` as this process runs it and config.json holds it: the device of this rank, and the
+    world size under torchrun."""
+    cfg = {**cfg, "device": init_distributed(cfg["device"])}
+    if world()[1] > 1:
+        cfg["world_size"] = world()[1]
+    return cfg
 
 
-@contextlib.contextmanager
-def hold(out: Path) -> Iterator[None]:
-    """Lock ``out`` (flock on ``out/.lock``, created with the folder if need be) while the block
-    runs; raise FolderInUse at once if another process holds it. The operating system releases
-    the lock when the process ends, however it ends: a killed run leaves no stale lock. A folder
-    this call created is removed again if the block fails before writing anything into it."""
-    created = not out.exists()
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        lock = open(out / LOCK_FILE, "a")  # noqa: SIM115 (closed by the with below)
-    except OSError as e:
-        raise ValueError(
-            f"--out {out} cannot be {'created' if created else 'written'}: "
-            f"{data.os_error_text(e)}; use another --out"
-        ) from None
-    with lock as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise FolderInUse(
-                f"{out} is in use by another run or sweep: wait until it ends, or use another --out"
-            ) from None
-        try:
-            yield
-        except BaseException:
-            if created and [p.name for p in out.iterdir()] == [LOCK_FILE]:
-                (out / LOCK_FILE).unlink()
-                out.rmdir()
-            raise
-
-
-def check_out(cfg: dict[str, Any], out: Path) -> None:
-    """Raise ValueError unless ``out`` is new or holds runs of ``cfg`` alone (a run into it may
-    start over without --resume, or continue with it)."""
-    config.check_ours(out)
-    if not out.exists():
-        return
-    if (out / "sweep.json").is_file():  # sweep.SWEEP_FILE
-        raise ValueError(f"{out} is a sweep's folder: use another --out")
-    config_path = out / "config.json"
-    if config_path.is_file():
-        try:
-            previous = json.loads(config_path.read_text())
-        except ValueError:
-            raise ValueError(f"{config_path} is damaged (not JSON): {START_OVER}") from None
-        if previous != json.loads(json.dumps(cfg)):
-            raise ValueError(
-                f"{out} holds runs of another configuration (its config.json differs from this "
-                f"command's): {START_OVER}"
-            )
-    ours = {f"{o}-seed{s}" for s in cfg["seeds"] for o in cfg["optimizers"]}
-    others = [d for d in run_dirs(out) if d not in ours or not config_path.is_file()]
-    if others:
-        raise ValueError(
-            f"{out} holds runs of another configuration ({', '.join(others)}): {START_OVER}"
-        )
-
-
-# ----------------------------------------------------------------------------- training
-
-
-SCHEDULES = config.SCHEDULES
-
-
-def make_scheduler(
-    optimizer: torch.optim.Optimizer,
-    tc: dict[str, Any],
-    steps_per_epoch: int,
-    total_steps: int | None = None,
-) -> tuple[torch.optim.lr_scheduler.LRScheduler, bool]:
-    """The profile's learning-rate schedule; the flag says whether it steps per step (else per
-    epoch). ``total_steps``: the run's steps (default ``epochs`` x ``steps_per_epoch``); a
-    ``[train] budget`` B stretches the schedule to it: the milestones at B x theirs, the cosine
-    over all of it (``inverse_sqrt`` and ``constant`` have no horizon to stretch).
-
-    - ``multistep``: lr x ``gamma`` after each epoch in ``milestones`` (the paper's image recipe);
-    - ``inverse_sqrt``: linear warm-up over ``warmup_steps``, then lr * sqrt(warmup / step) (the
-      Transformer recipe of fairseq, which the paper's translation experiments use);
-    - ``cosine``: linear warm-up over ``warmup_steps`` (default 0), then cosine decay to 0 at the
-      last step;
-    - ``constant``: the optimizer's lr throughout.
-    """
-    schedule = tc.get("schedule", "multistep")
-    budget = tc.get("budget", 1)
-    if schedule == "multistep":
-        milestones = sorted({max(1, round(m * budget)) for m in tc["milestones"]})
-        sched = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, tc["gamma"])
-        return sched, False
-    warmup = int(tc.get("warmup_steps", 0))
-    total = max(1, total_steps or tc["epochs"] * steps_per_epoch)
-
-    def factor(step: int) -> float:  # step = number of optimizer steps taken so far
-        s = step + 1
-        if schedule == "constant":
-            return 1.0
-        if warmup and s <= warmup:
-            return s / warmup
-        if schedule == "inverse_sqrt":
-            return math.sqrt(warmup / s) if warmup else 1.0 / math.sqrt(s)
-        progress = min(1.0, (s - warmup) / max(1, total - warmup))
-        return 0.5 * (1.0 + math.cos(math.pi * progress))
-
-    if schedule not in SCHEDULES:
-        raise ValueError(f"unknown schedule {schedule!r}; known: {', '.join(SCHEDULES)}")
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor), True
+# ----------------------------------------------------------------------------- the run
 
 
 @dataclass
@@ -490,33 +193,6 @@ class Run:
     def writes(self) -> bool:
         """Rank 0 alone writes the run's files."""
         return self.ctx.rank == 0
-
-
-@dataclass
-class RunState:
-    """Where a run stands after its last finished epoch: what a checkpoint holds besides the
-    model, optimizer, scheduler and RNG states."""
-
-    metrics: list[dict[str, Any]] = field(default_factory=list)  # one record per epoch
-    epoch: int = 0  # epochs finished
-    step: int = 0  # optimizer steps taken
-    train_time: float = 0.0  # seconds of training steps, summed over the epochs
-    wall_time: float = 0.0  # seconds of training + evaluation
-    finished: bool = False  # the last epoch is done, or the loss diverged
-
-
-@dataclass
-class EpochStats:
-    """The training steps of one epoch: the loss summed over items, the task's statistics
-    summed (``n``: the items the losses average over), each step's time."""
-
-    loss_sum: float = 0.0
-    sums: dict[str, float] = field(default_factory=lambda: {"n": 0.0})
-    step_times: list[float] = field(default_factory=list)
-    diverged: bool = False  # a step's loss was not finite (the epoch stopped there)
-    last_lr: float | None = None  # the lr the epoch's last step took (None: no step)
-    started: float = field(default_factory=time.perf_counter)  # when the epoch began
-    eval_time: float = 0.0  # seconds of evaluations within the epoch (not training time)
 
 
 def build_run(cfg: dict[str, Any], opt_name: str, seed: int, dataset: Any) -> Run:
@@ -565,54 +241,64 @@ def total_steps_of(tc: dict[str, Any], steps_per_epoch: int) -> int:
     return max(1, round(tc.get("budget", 1) * tc["epochs"] * steps_per_epoch))
 
 
-# ----------------------------------------------------------------------------- checkpoints
+def make_scheduler(
+    optimizer: torch.optim.Optimizer,
+    tc: dict[str, Any],
+    steps_per_epoch: int,
+    total_steps: int | None = None,
+) -> tuple[torch.optim.lr_scheduler.LRScheduler, bool]:
+    """The profile's learning-rate schedule; the flag says whether it steps per step (else per
+    epoch). ``total_steps``: the run's steps (default ``epochs`` x ``steps_per_epoch``); a
+    ``[train] budget`` B stretches the schedule to it: the milestones at B x theirs, the cosine
+    over all of it (``inverse_sqrt`` and ``constant`` have no horizon to stretch).
 
+    - ``multistep``: lr x ``gamma`` after each epoch in ``milestones`` (the paper's image recipe);
+    - ``inverse_sqrt``: linear warm-up over ``warmup_steps``, then lr * sqrt(warmup / step) (the
+      Transformer recipe of fairseq, which the paper's translation experiments use);
+    - ``cosine``: linear warm-up over ``warmup_steps`` (default 0), then cosine decay to 0 at the
+      last step;
+    - ``constant``: the optimizer's lr throughout.
+    """
+    schedule = tc.get("schedule", "multistep")
+    budget = tc.get("budget", 1)
+    if schedule == "multistep":
+        milestones = sorted({max(1, round(m * budget)) for m in tc["milestones"]})
+        sched = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, tc["gamma"])
+        return sched, False
+    warmup = int(tc.get("warmup_steps", 0))
+    total = max(1, total_steps or tc["epochs"] * steps_per_epoch)
 
-def restore(run: Run, run_dir: Path, resume: bool) -> RunState:
-    """Where ``run`` starts: with ``resume``, from its checkpoint under ``run_dir`` if there is one
-    (restored into its model, optimizer, scheduler and RNG states); else from scratch, in an empty
-    ``run_dir``."""
-    if resume and run.ctx.world_size > 1:
-        raise ValueError("--resume is not supported for data-parallel (torchrun) runs")
-    ckpt_path = run_dir / "checkpoint.pt"
-    if resume and ckpt_path.is_file():
-        ckpt = load_checkpoint(ckpt_path, run.ctx.device, run.run_cfg)
-        run.model.load_state_dict(ckpt["model"])
-        run.optimizer.load_state_dict(ckpt["optimizer"])
-        run.scheduler.load_state_dict(ckpt["scheduler"])
-        set_rng_states(ckpt["rng"], run.ctx.generator, run.ctx.device)
-        state = RunState(ckpt["metrics"], ckpt["epoch"], ckpt["step"], ckpt["train_time_s"],
-                         ckpt["wall_time_s"], ckpt["finished"])  # fmt: skip
-        # metrics.jsonl may hold an epoch finished after this checkpoint: rewrite it.
-        atomic_write_text(run_dir / "metrics.jsonl", metrics_text(state.metrics))
-        return state
-    if run.writes:
-        if run_dir.exists():
-            shutil.rmtree(run_dir)
-        run_dir.mkdir(parents=True)
-    return RunState()
+    def factor(step: int) -> float:  # step = number of optimizer steps taken so far
+        s = step + 1
+        if schedule == "constant":
+            return 1.0
+        if warmup and s <= warmup:
+            return s / warmup
+        if schedule == "inverse_sqrt":
+            return math.sqrt(warmup / s) if warmup else 1.0 / math.sqrt(s)
+        progress = min(1.0, (s - warmup) / max(1, total - warmup))
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
 
-
-def save(run: Run, state: RunState, run_dir: Path) -> None:
-    """The metrics so far, then the checkpoint: a crash in between is repaired on resume."""
-    atomic_write_text(run_dir / "metrics.jsonl", metrics_text(state.metrics))
-    ckpt = {
-        "run_config": run.run_cfg,
-        "epoch": state.epoch,
-        "step": state.step,
-        "model": run.model.state_dict(),
-        "optimizer": run.optimizer.state_dict(),
-        "scheduler": run.scheduler.state_dict(),
-        "rng": rng_states(run.ctx.generator, run.ctx.device),
-        "metrics": state.metrics,
-        "train_time_s": state.train_time,
-        "wall_time_s": state.wall_time,
-        "finished": state.finished,
-    }
-    atomic_torch_save(ckpt, run_dir / "checkpoint.pt")
+    if schedule not in SCHEDULES:
+        raise ValueError(f"unknown schedule {schedule!r}; known: {', '.join(SCHEDULES)}")
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor), True
 
 
 # ----------------------------------------------------------------------------- one epoch
+
+
+@dataclass
+class EpochStats:
+    """The training steps of one epoch: the loss summed over items, the task's statistics
+    summed (``n``: the items the losses average over), each step's time."""
+
+    loss_sum: float = 0.0
+    sums: dict[str, float] = field(default_factory=lambda: {"n": 0.0})
+    step_times: list[float] = field(default_factory=list)
+    diverged: bool = False  # a step's loss was not finite (the epoch stopped there)
+    last_lr: float | None = None  # the lr the epoch's last step took (None: no step)
+    started: float = field(default_factory=time.perf_counter)  # when the epoch began
+    eval_time: float = 0.0  # seconds of evaluations within the epoch (not training time)
 
 
 def train_epoch(run: Run, state: RunState, bar: tqdm) -> EpochStats:
@@ -626,7 +312,7 @@ def train_epoch(run: Run, state: RunState, bar: tqdm) -> EpochStats:
         if i == run.steps_per_epoch or state.step == run.total_steps:
             break
         t0 = time.perf_counter()
-        loss, batch_stats = stepcost.training_step(
+        loss, batch_stats = training_step(
             run.setup, model, optimizer, batch, average_gradients if world_size > 1 else None
         )
         stats.last_lr = optimizer.param_groups[0]["lr"]
@@ -781,13 +467,7 @@ def train_one(
     return state.metrics
 
 
-def process_config(cfg: dict[str, Any]) -> dict[str, Any]:
-    """``cfg`` as this process runs it and config.json holds it: the device of this rank, and the
-    world size under torchrun."""
-    cfg = {**cfg, "device": init_distributed(cfg["device"])}
-    if world()[1] > 1:
-        cfg["world_size"] = world()[1]
-    return cfg
+# ----------------------------------------------------------------------------- all runs
 
 
 def run(
@@ -845,25 +525,6 @@ def _run(
             _run_all(cfg, dataset, out, resume, progress)
     finally:
         torch.use_deterministic_algorithms(deterministic)
-
-
-def say_what_starts_over(cfg: dict[str, Any], out: Path) -> None:
-    """A run without --resume into a folder of results: name, on stderr, what it replaces."""
-    runs = []
-    for name in run_dirs(out):
-        try:
-            lines = (out / name / "metrics.jsonl").read_text().splitlines()
-        except OSError:
-            lines = []
-        epochs = sum('"kind": "eval"' not in line for line in lines)
-        runs.append(f"{name} ({epochs} of {cfg['train']['epochs']} epochs)")
-    if runs:
-        cost = f"{stepcost.COST_FILE} and " if (out / stepcost.COST_FILE).is_file() else ""
-        print(
-            f"starting over in {out}: {cost}the results of {', '.join(runs)} are replaced, each "
-            "when its run starts (interrupt now to keep them; --resume continues them instead)",
-            file=sys.stderr,
-        )
 
 
 def measure_step_cost(

@@ -16,6 +16,7 @@ import torch
 from adahessian import AdaHessian
 from adahessian_bench import base, cli, config, stepcost, train
 from adahessian_bench import language_model as lm
+from adahessian_bench.step import training_step
 from adahessian_bench.tasks import TASKS
 
 FD = "finite-difference"
@@ -208,14 +209,14 @@ def test_the_closure_step_carries_a_recurrent_state_as_one_pass_would() -> None:
     loss_fn = Recorded()
     setup = base.Setup([], loss_fn, lambda m: {})
     opt = AdaHessian(model.parameters(), lr=0.01, hvp=FD)
-    stepcost.training_step(setup, model, opt, batches[0])
+    training_step(setup, model, opt, batches[0])
     incoming = loss_fn.state
     assert incoming is not None and loss_fn.seen == [None, None]  # two passes, from zeros
     # The pass at θ, recorded (CPU LSTM kernels differ in the last bit without it).
     logits, state = model(batches[1][0], incoming)
     want = torch.nn.functional.cross_entropy(logits.reshape(-1, 40), batches[1][1].reshape(-1))
     model.zero_grad()
-    got, stats = stepcost.training_step(setup, model, opt, batches[1])
+    got, stats = training_step(setup, model, opt, batches[1])
     assert len(loss_fn.seen) == 4 and all(s is incoming for s in loss_fn.seen[2:])
     assert torch.equal(got, want.detach()) and stats == {"n": 10}
     assert all(torch.equal(a, b) for a, b in zip(loss_fn.state, state, strict=True))

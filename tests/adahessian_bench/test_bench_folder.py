@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from adahessian_bench import cli, train
+from adahessian_bench import cli, folders
 from adahessian_bench.config import config_hash, run_config
 
 TINY = ["--epochs", "1", "--max-steps", "2", "--batch-size", "16", "--train-subset", "100",
@@ -45,8 +45,8 @@ def refused(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
 
 def hold_in_another_process(out: Path, env: dict[str, str]) -> subprocess.Popen[str]:
     """A process that holds the lock of ``out`` (as a run does) until it is killed."""
-    code = ("import sys, time; from pathlib import Path; from adahessian_bench import train\n"
-            "with train.hold(Path(sys.argv[1])):\n    print('locked', flush=True)\n"
+    code = ("import sys, time; from pathlib import Path; from adahessian_bench import folders\n"
+            "with folders.hold(Path(sys.argv[1])):\n    print('locked', flush=True)\n"
             "    time.sleep(600)\n")  # fmt: skip
     proc = subprocess.Popen([sys.executable, "-c", code, str(out)], env=env,
                             stdout=subprocess.PIPE, text=True)  # fmt: skip
@@ -90,10 +90,10 @@ def test_a_second_writer_is_refused_at_once_and_the_lock_dies_with_its_holder(
 
 def test_a_failed_first_call_leaves_no_folder_behind(tmp_path: Path) -> None:
     out = tmp_path / "new" / "out"
-    with pytest.raises(RuntimeError), train.hold(out):
+    with pytest.raises(RuntimeError), folders.hold(out):
         raise RuntimeError("no data")
     assert not out.exists() and (tmp_path / "new").is_dir()
-    with train.hold(out):  # once written into, the folder stays
+    with folders.hold(out):  # once written into, the folder stays
         (out / "config.json").write_text("{}")
     assert (out / "config.json").is_file() and (out / ".lock").is_file()
 

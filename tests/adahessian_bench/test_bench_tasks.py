@@ -32,14 +32,18 @@ def test_without_valid_the_training_set_is_the_old_subset() -> None:
 
 def test_all_training_images_but_the_valid_ones() -> None:
     train, valid = train_valid_indices(LABELS, 0, 50)
-    assert len(valid) == 50 and np.array_equal(np.sort(np.concatenate([train, valid])), np.arange(300))
+    assert len(valid) == 50 and np.array_equal(
+        np.sort(np.concatenate([train, valid])), np.arange(300)
+    )
 
 
 @pytest.mark.parametrize(("n_train", "n_valid", "words"), [
     (250, 60, "some class has only 5 left"),
     (0, 300, "would leave no training images"),
 ])  # fmt: skip
-def test_a_valid_subset_that_does_not_fit_is_refused(n_train: int, n_valid: int, words: str) -> None:
+def test_a_valid_subset_that_does_not_fit_is_refused(
+    n_train: int, n_valid: int, words: str
+) -> None:
     with pytest.raises(ValueError, match=words):
         train_valid_indices(LABELS, n_train, n_valid)
 
