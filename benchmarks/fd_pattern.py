@@ -29,7 +29,7 @@ from torch.nn import functional as F
 
 from adahessian import finite_difference_diagonal, rademacher
 from adahessian.finite_difference import default_eps
-from adahessian_bench.data import load_fashion_mnist, to_nchw32
+from adahessian_bench.data_images import load_fashion_mnist, to_nchw32
 from adahessian_bench.environment import cpu_model
 from adahessian_bench.models import resnet20
 

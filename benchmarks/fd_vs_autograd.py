@@ -19,16 +19,16 @@ from pathlib import Path
 
 import pandas as pd
 
-from adahessian_bench import report
+from adahessian_bench import compare, results
 
 PAIRS = (("adahessian-fd", "adahessian"), ("adahessian-fd-lazy", "adahessian-lazy"))
 
 
 def table(out: Path) -> str:
     cfg = json.loads((out / "config.json").read_text())
-    metric = cfg.get("metric", report.ACCURACY)
+    metric = cfg.get("metric", results.ACCURACY)
     key, higher, scale = metric["key"], metric["higher_is_better"], float(metric["scale"])
-    df, incomplete, _ = report.read_runs(out, cfg)
+    df, incomplete, _ = results.read_runs(out, cfg)
     lines = [
         f"# {cfg['task']}: finite-difference against autograd curvature, paired by seed",
         "",
@@ -51,7 +51,7 @@ def table(out: Path) -> str:
         for epoch, g in df.groupby("epoch"):
             per = g.assign(final=g[key] * scale)[["optimizer", "seed", "final"]]
             a, b = (per[per["optimizer"] == o]["final"] for o in (ad, fd))
-            p = report.paired(per, fd, ad)
+            p = compare.paired(per, fd, ad)
             lines.append(
                 f"| {epoch} | {a.mean():.2f} ± {a.std():.2f} | {b.mean():.2f} ± {b.std():.2f} "
                 f"| {p['n']} | {p['mean']:+.2f} | [{p['low']:+.2f}, {p['high']:+.2f}] |"

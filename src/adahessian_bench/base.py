@@ -6,8 +6,8 @@ nothing else about it: it asks the task for the data of the resolved configurati
 its model (from the profile's ``[model]`` table) and, for each run, a :class:`Setup` holding the
 training batches, the loss of a batch and the evaluation (``setup(data, ctx)``, given that data
 and the run's :class:`RunContext`). So a new task is a new ``Task`` subclass in a module of its
-own, registered in ``tasks.TASKS``, plus its ``configs/TASK-PROFILE.toml`` files; no change to the
-loop, the command line or the report.
+own (``task_NAME.py``), registered in ``tasks.TASKS``, plus its ``configs/TASK-PROFILE.toml``
+files; no change to the loop, the command line or the report.
 
 Every task names its headline metric (``Metric``): the key of the evaluation it is judged by
 (``test_acc``, ``test_ppl``, ``test_bleu`` ...), whether higher is better, and how to print it.

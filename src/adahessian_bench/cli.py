@@ -59,6 +59,17 @@ def finite_number(text: str) -> float:
     return value
 
 
+def name_list(text: str) -> list[str]:
+    """A comma-separated list of names, each once (``summary --optimizers``, ``--columns``)."""
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError(f"no name in {text!r}: give comma-separated names")
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise argparse.ArgumentTypeError(f"{', '.join(twice)} named twice in {text!r}")
+    return names
+
+
 def optimizer_list(text: str) -> list[str]:
     """``--optimizers``: comma-separated known names, each once."""
     names = [o.strip() for o in text.split(",") if o.strip()]
@@ -237,10 +248,11 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_summary(args: argparse.Namespace) -> int:
-    from . import report
+    from . import overview
 
     try:
-        print(report.overview([Path(d) for d in args.dirs], [Path(d) for d in args.budgets]))
+        print(overview.overview([Path(d) for d in args.dirs], [Path(d) for d in args.budgets],
+                                args.optimizers, args.columns))  # fmt: skip
     except (ValueError, OSError) as e:
         return fail(args, e, 1)
     return 0
@@ -343,6 +355,16 @@ def parser() -> argparse.ArgumentParser:
                         "baselines: adds the step and time speedup columns (the steps and time "
                         "the baseline needs to reach each AdaHessian's final validation metric, "
                         "over the AdaHessian's)")  # fmt: skip
+    s.add_argument(
+        "--optimizers",
+        type=name_list,
+        default=None,
+        metavar="NAMES",
+        help="comma-separated: only the rows of these AdaHessians (e.g. adahessian)",
+    )
+    s.add_argument("--columns", type=name_list, default=None, metavar="NAMES",
+                   help='comma-separated column headers: only these, in this order (e.g. '
+                        '"task,final,per epoch,time to target")')  # fmt: skip
     s.set_defaults(func=cmd_summary)
     return p
 

@@ -20,6 +20,7 @@ from typing import Any
 
 import tomllib
 
+from .data import atomic_write_text
 from .hints import did_you_mean
 
 PROFILES = ("quick", "paper")
@@ -294,8 +295,6 @@ def check_ours(out: Path) -> None:
 
 def mark(out: Path, kind: str) -> None:
     """Mark ``out`` as a folder of adahessian-bench (``kind``: run or sweep)."""
-    from .data import atomic_write_text  # here: data imports numpy and torch
-
     if not (out / MARK_FILE).is_file():
         text = json.dumps({"written_by": "adahessian-bench", "kind": kind}) + "\n"
         atomic_write_text(out / MARK_FILE, text)

@@ -30,7 +30,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from . import config, data, stepcost
+from . import config, data, steptime
 from .config import run_dirs
 
 LOCK_FILE = ".lock"
@@ -113,7 +113,7 @@ def say_what_starts_over(cfg: dict[str, Any], out: Path) -> None:
         epochs = sum('"kind": "eval"' not in line for line in lines)
         runs.append(f"{name} ({epochs} of {cfg['train']['epochs']} epochs)")
     if runs:
-        cost = f"{stepcost.COST_FILE} and " if (out / stepcost.COST_FILE).is_file() else ""
+        cost = f"{steptime.COST_FILE} and " if (out / steptime.COST_FILE).is_file() else ""
         print(
             f"starting over in {out}: {cost}the results of {', '.join(runs)} are replaced, each "
             "when its run starts (interrupt now to keep them; --resume continues them instead)",

@@ -6,7 +6,8 @@ optimizers it is about to train *interleaved*: in each round every contender tak
 step (forward, backward, optimizer step: ``step.training_step``, the loop's own) on the same batch,
 the order rotating from round to round, and the median over rounds is its cost. The load of the
 moment then falls on all contenders alike, and the report's time axis is the number of steps
-times that cost (``cost_time``); the raw wall clock stays in the metrics (``train_time_s``).
+times that cost (``steptime.cost_time``); the raw wall clock stays in the metrics
+(``train_time_s``).
 
 AdaHessian takes two kinds of step: a Hessian step (the Hutchinson product; with
 ``hvp="autograd"`` the gradient's graph kept and one more backward pass through it, about 4
@@ -16,7 +17,7 @@ Adam's cost. A finite-difference variant (``adahessian-fd``) is timed like any o
 closure step. Each is timed as a contender of its own (``NAME:hessian`` with the
 Hessian every step, ``NAME:plain`` with none after the first), and a run's time after ``s`` steps
 counts how many of them were Hessian steps under its ``update_interval`` and ``hessian_warmup``
-(``hessian_steps``). A first-order optimizer's two costs are the same number.
+(``steptime.hessian_steps``). A first-order optimizer's two costs are the same number.
 
 Interleaving holds under steady load, not under load that comes and goes: a burst that lands on
 one contender's steps inflates its wall-clock median alone. So on CPU each step is timed by the
@@ -42,33 +43,14 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from adahessian import functional
-
 from . import optimizers
 from .base import RunContext
 from .step import training_step
 from .tasks import TASKS
 
-COST_FILE = "step_cost.json"
 ROUNDS, WARMUP = 10, 2  # timed rounds, and untimed rounds first (allocations, caches, lazy init)
 RUN_SHARE = 25  # a short run gets fewer rounds: at most (its steps / RUN_SHARE), at least 1
 NEVER = 2**62  # an update_interval that no run reaches: every step after the first is plain
-
-
-def hessian_steps(steps: int, hp: dict[str, Any]) -> int:
-    """How many of the first ``steps`` steps of AdaHessian with hyperparameters ``hp`` take the
-    Hessian: all of the first ``hessian_warmup``, then every ``update_interval``-th (the
-    optimizer's ``hessian_due``)."""
-    return functional.hessian_steps(
-        steps, int(hp.get("update_interval", 1)), int(hp.get("hessian_warmup", 0))
-    )
-
-
-def cost_time(name: str, steps: int, hp: dict[str, Any], cost: dict[str, float]) -> float:
-    """Seconds that ``steps`` training steps of optimizer ``name`` cost at the measured ``cost``
-    (``{"hessian_step_s", "plain_step_s"}``)."""
-    n_h = hessian_steps(steps, hp) if not optimizers.first_order(name) else steps
-    return n_h * cost["hessian_step_s"] + (steps - n_h) * cost["plain_step_s"]
 
 
 def contenders(cfg: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:

@@ -43,7 +43,7 @@ import numpy as np
 import pandas as pd
 from tabulate import tabulate
 
-from . import config, data, report  # (report also selects matplotlib's file-only backend)
+from . import compare, config, data, report, results  # (report: matplotlib's file-only backend)
 from .report import _mean_std
 
 if TYPE_CHECKING:
@@ -349,7 +349,7 @@ def _per_run(df: pd.DataFrame, key: str, higher: bool) -> pd.DataFrame:
     for (opt, seed), g in df.groupby(["optimizer", "seed"]):
         g = g.sort_values("epoch")
         g = g.assign(**{key: g[key].where(np.isfinite(g[key]))})
-        outcome = report.run_outcome(g, key, higher)
+        outcome = compare.run_outcome(g, key, higher)
         valid = "valid_" + key.removeprefix("test_")  # the metric a value is chosen by, if any
         outcome["valid_final"] = g[valid].iloc[-1] if valid in g else np.nan
         if outcome["diverged"]:
@@ -459,13 +459,13 @@ def read_point(
     point: Path,
 ) -> tuple[dict[str, Any], pd.DataFrame | None, list[str], list[str]]:
     """A grid point's configuration (its config.json), the metrics of its finished runs (None if
-    none has finished), its incomplete runs and those left out (``report.read_runs``); for the
+    none has finished), its incomplete runs and those left out (``results.read_runs``); for the
     sweep's report and its publish alike. FileNotFoundError and ValueError as ``read_runs`` and
     ``read_json`` raise them."""
-    point_cfg = report.read_config(point)
-    df, inc, lo = report.read_runs(point, point_cfg)
-    if report.PROGRESS in inc:  # read_runs' progress report: the epochs of unfinished runs
-        return point_cfg, None, [r for r in inc if r != report.PROGRESS], lo
+    point_cfg = results.read_config(point)
+    df, inc, lo = results.read_runs(point, point_cfg)
+    if results.PROGRESS in inc:  # read_runs' progress report: the epochs of unfinished runs
+        return point_cfg, None, [r for r in inc if r != results.PROGRESS], lo
     return point_cfg, df, inc, lo
 
 
@@ -494,7 +494,7 @@ class Notes:
             lines.append(f"- Not run yet: {', '.join(self.missing)}.")
         if self.unfinished:
             lines.append(f"- No run finished yet (left out): {', '.join(self.unfinished)}.")
-        return lines + report.notes(list(self.incomplete), list(self.left_out))
+        return lines + results.notes(list(self.incomplete), list(self.left_out))
 
 
 @dataclass(frozen=True)
@@ -544,13 +544,13 @@ def read_sweep(out: Path, sweep: dict[str, Any]) -> SweepRuns:
         if read is not None:
             points.append((point["value"], read[1]))
             if first is None:
-                first = (read[0], report.read_env(out / point["dir"]))
+                first = (read[0], results.read_env(out / point["dir"]))
     if first is None:
         raise FileNotFoundError(
             f"no grid point of {out} has a finished run: run the sweep first (or let it finish)"
         )
     cfg, env = first
-    metric = cfg.get("metric", report.ACCURACY)
+    metric = cfg.get("metric", results.ACCURACY)
     swept, references = sweep["swept"], sweep["reference"]
     key, higher = metric["key"], metric["higher_is_better"]
     per_point = tuple((v, _per_run(df, key, higher)) for v, df in points)
@@ -788,7 +788,7 @@ def publish(out: str | Path, dest: str | Path) -> list[Path]:
     if first is not None:
         for name in ("config.json", "env.json"):
             copies.append((out / first / name, dest / "metrics" / name))
-        profile = report.read_json(out / first / "config.json").get("profile", "")
+        profile = results.read_json(out / first / "config.json").get("profile", "")
         if str(profile).endswith(".toml") and Path(profile).is_file():
             copies.append((Path(profile), dest / "profile.toml"))
     for folder in folders:
@@ -798,7 +798,7 @@ def publish(out: str | Path, dest: str | Path) -> list[Path]:
             continue
         if df is None:
             continue
-        for run in report.reported_runs(df):
+        for run in results.reported_runs(df):
             name = f"{folder.replace('=', '-')}_{run}.jsonl"
             copies.append((out / folder / run / "metrics.jsonl", dest / "metrics" / name))
     return report.copy_files(copies)
@@ -806,5 +806,5 @@ def publish(out: str | Path, dest: str | Path) -> list[Path]:
 
 def load(folder: str | Path) -> dict[str, Any]:
     """The sweep.json of a sweep folder."""
-    sweep: dict[str, Any] = report.read_json(Path(folder) / SWEEP_FILE)
+    sweep: dict[str, Any] = results.read_json(Path(folder) / SWEEP_FILE)
     return sweep

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from . import config, optimizers, stepcost
+from . import config, optimizers, stepcost, steptime
 from .base import RunContext, Setup
 from .checkpoints import RunState, load_checkpoint, restore, save
 from .config import config_hash, run_config
@@ -533,7 +533,7 @@ def measure_step_cost(
     """Time the optimizers' steps side by side (``stepcost``) into ``out/step_cost.json``, unless
     ``[train] cost_rounds`` is 0, the run is data-parallel, or a resumed folder has it already."""
     rounds = cfg["train"].get("cost_rounds", stepcost.ROUNDS)
-    path = out / stepcost.COST_FILE
+    path = out / steptime.COST_FILE
     if not rounds or world()[1] > 1 or (resume and path.is_file()):
         return
     path.unlink(missing_ok=True)  # a run that starts over measures again

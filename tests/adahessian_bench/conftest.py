@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from adahessian_bench import data
+from adahessian_bench import data, data_images
 
 CACHE = data.cache_dir()  # before any fixture points $ADAHESSIAN_DATA at a temporary folder
 
@@ -25,7 +25,7 @@ def _fetch_fmnist(cache: Path) -> Path:
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("ADAHESSIAN_DATA", str(cache))
         try:
-            return data.fetch_fashion_mnist(verbose=False, verify=True)
+            return data_images.fetch_fashion_mnist(verbose=False, verify=True)
         except data.DataUnavailable as e:
             pytest.fail(f"Fashion-MNIST could not be fetched into {cache}:\n{e}", pytrace=False)
 
@@ -47,7 +47,7 @@ def data_cache(fmnist_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> It
     """A fresh cache folder ($ADAHESSIAN_DATA) holding links to the real Fashion-MNIST files."""
     cache = tmp_path_factory.mktemp("cache")
     (cache / "fashion-mnist").mkdir()
-    for name in data.FMNIST_FILES.values():
+    for name in data_images.FMNIST_FILES.values():
         (cache / "fashion-mnist" / name).symlink_to(fmnist_dir / name)
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("ADAHESSIAN_DATA", str(cache))

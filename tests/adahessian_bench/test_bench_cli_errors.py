@@ -15,12 +15,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from adahessian_bench import cli, config, data, train
+from adahessian_bench import cli, config, data_images, train
 from adahessian_bench.tasks import TASKS
 
 TASK = "fmnist-resnet20"
-TRAIN_IMAGES = data.FMNIST_FILES["train_images"]
-TEST_LABELS = data.FMNIST_FILES["test_labels"]
+TRAIN_IMAGES = data_images.FMNIST_FILES["train_images"]
+TEST_LABELS = data_images.FMNIST_FILES["test_labels"]
 
 # A small valid profile; each config case below changes one thing in it.
 GOOD_TOML = f"""task = "{TASK}"
@@ -390,10 +390,10 @@ def cache(fmnist_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
     source to fetch from (so a damaged file cannot be repaired behind the test's back)."""
     d = tmp_path / "cache"
     (d / "fashion-mnist").mkdir(parents=True)
-    for name in data.FMNIST_FILES.values():
+    for name in data_images.FMNIST_FILES.values():
         (d / "fashion-mnist" / name).symlink_to(fmnist_dir / name)
     monkeypatch.setenv("ADAHESSIAN_DATA", str(d))
-    monkeypatch.setattr(data, "SYSTEM_FMNIST_DIR", tmp_path / "absent")
+    monkeypatch.setattr(data_images, "SYSTEM_FMNIST_DIR", tmp_path / "absent")
     return d
 
 
@@ -500,13 +500,13 @@ def test_data_fetch_repairs_a_damaged_file_and_says_so(
     capsys: pytest.CaptureFixture[str],
 ) -> None:  # fmt: skip
     _damage(cache, "truncate")
-    monkeypatch.setattr(data, "SYSTEM_FMNIST_DIR", fmnist_dir)  # the source to repair from
+    monkeypatch.setattr(data_images, "SYSTEM_FMNIST_DIR", fmnist_dir)  # the source to repair from
     assert cli.main(["data", "fetch", "fashion-mnist"]) == 0
     out = capsys.readouterr().out
     assert f"repairing {cache / 'fashion-mnist' / TRAIN_IMAGES}: not a whole gzip file" in out
     repaired = cache / "fashion-mnist" / TRAIN_IMAGES
     assert repaired.read_bytes() == (fmnist_dir / TRAIN_IMAGES).read_bytes()
-    assert data.load_fashion_mnist(cache / "fashion-mnist").x_train.shape == (60000, 28, 28)
+    assert data_images.load_fashion_mnist(cache / "fashion-mnist").x_train.shape == (60000, 28, 28)
     # A second fetch finds nothing to repair and changes nothing.
     before = snapshot(tmp_path)
     assert cli.main(["data", "fetch", "fashion-mnist"]) == 0
@@ -518,12 +518,12 @@ def test_data_fetch_without_a_source_keeps_the_damaged_file_and_fails(
     tmp_path: Path, cache: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     _damage(cache, "alter")
-    monkeypatch.setattr(data.shutil, "which", lambda name: None)  # no apt-get
+    monkeypatch.setattr(data_images.shutil, "which", lambda name: None)  # no apt-get
 
     def no_network(url: str, dest: Path, timeout: float = 60.0) -> None:
         raise OSError("network disabled in this test")
 
-    monkeypatch.setattr(data, "_download", no_network)
+    monkeypatch.setattr(data_images, "_download", no_network)
     before = snapshot(tmp_path)
     assert cli.main(["data", "fetch", "fashion-mnist"]) == 1
     captured = capsys.readouterr()

@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from adahessian import AdaHessian
-from adahessian_bench import base, cli, config, stepcost, train
-from adahessian_bench import language_model as lm
+from adahessian_bench import base, cli, config, stepcost, steptime, train
+from adahessian_bench import task_language_model as lm
 from adahessian_bench.step import training_step
 from adahessian_bench.tasks import TASKS
 
@@ -180,7 +180,7 @@ def test_a_tiny_run_trains_through_the_closure_and_the_step_cost_lists_the_varia
         moved = [not torch.equal(ckpt["model"][k], v) for k, v in initial.state_dict().items()]
         assert all(moved[:3]) and sum(moved) > len(moved) // 2  # it trained
 
-    cost = json.loads((tmp_path / stepcost.COST_FILE).read_text())
+    cost = json.loads((tmp_path / steptime.COST_FILE).read_text())
     assert set(cost["optimizers"]) == set(tables)
     assert {"adahessian-fd:hessian", "adahessian-fd-lazy:hessian",
             "adahessian-fd-lazy:plain"} == set(cost["samples_s"])  # fmt: skip

@@ -7,7 +7,8 @@ import torch
 from torch import nn
 
 from adahessian_bench.models import CifarResNet, resnet20, resnet32
-from adahessian_bench.tasks import TASKS, ImageTask
+from adahessian_bench.task_images import ImageTask
+from adahessian_bench.tasks import TASKS
 
 
 @pytest.mark.parametrize(

@@ -13,7 +13,7 @@ import matplotlib.figure
 import matplotlib.image
 import pytest
 
-from adahessian_bench import cli, report
+from adahessian_bench import cli, compare, overview, report, results
 from adahessian_bench.config import config_hash, run_config
 from adahessian_bench.folders import metrics_text
 from adahessian_bench.report import PLOTS, make_report, plot_names
@@ -513,12 +513,12 @@ def test_time_to_target_is_read_at_the_resolution_of_the_evaluations_within_epoc
     for m in lines[1::2]:  # what only epoch lines hold
         m.update(mean_step_time_s=1.0, peak_memory_mb=10.0)
     (run / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in lines))
-    df, incomplete, left_out = report.read_runs(tmp_path, cfg)
+    df, incomplete, left_out = results.read_runs(tmp_path, cfg)
     assert not incomplete and not left_out
-    runs = report.per_run(report.with_time(df, cfg, {}), report.ACCURACY)
+    runs = compare.per_run(results.with_time(df, cfg, {}), results.ACCURACY)
     (r,) = [row for _, row in runs.iterrows()]
     assert r["final"] == 0.85 and r["epochs"] == 2 and r["steps"] == 20
-    assert report.reach(r, 0.75, True, "test_acc") == {"steps": 15.0, "time": 15.0, "test": 0.8}
+    assert compare.reach(r, 0.75, True, "test_acc") == {"steps": 15.0, "time": 15.0, "test": 0.8}
 
 
 def _final_only_run(out: Path, cfg: dict, opt: str, seed: int, valid: float, steps: int) -> None:
@@ -551,7 +551,7 @@ def test_step_speedup_interpolates_the_baselines_budgets_to_adahessians_final_me
         for seed, valid in enumerate(finals):
             _final_only_run(d, budget_cfg, "adam", seed, valid, steps)
         budgets.append(d)
-    (row,) = report.step_speedup(main, budgets).to_dict("records")
+    (row,) = overview.step_speedup(main, budgets).to_dict("records")
     # AdaHessian's median final validation: 0.855 in 30 steps (6 s). Adam reaches it after
     # 45 + 15 x 0.015 / 0.03 = 52.5 steps (seed 0) and 45 + 15 x 0.005 / 0.03 = 47.5 (seed 1).
     assert row["step speedup"] == "1.67x [1.58, 1.75]"
@@ -564,10 +564,10 @@ def test_step_speedup_interpolates_the_baselines_budgets_to_adahessians_final_me
 
 def test_steps_needed_is_nan_beyond_the_largest_budget_and_the_first_where_it_is_reached() -> None:
     points = [(30, 0.80), (45, 0.84), (60, 0.87)]
-    assert math.isnan(report.steps_needed(points, 0.9, higher=True))
-    assert report.steps_needed(points, 0.7, higher=True) == 30
-    assert report.steps_needed(points, 0.82, higher=True) == pytest.approx(37.5)
-    assert report.steps_needed([(30, 3.0), (60, 2.0)], 2.5, higher=False) == pytest.approx(45)
+    assert math.isnan(compare.steps_needed(points, 0.9, higher=True))
+    assert compare.steps_needed(points, 0.7, higher=True) == 30
+    assert compare.steps_needed(points, 0.82, higher=True) == pytest.approx(37.5)
+    assert compare.steps_needed([(30, 3.0), (60, 2.0)], 2.5, higher=False) == pytest.approx(45)
 
 
 def test_the_target_is_the_papers_baseline_even_where_another_first_order_is_better() -> None:
@@ -576,12 +576,12 @@ def test_the_target_is_the_papers_baseline_even_where_another_first_order_is_bet
     runs = pd.DataFrame({"optimizer": ["sgd", "sgd", "adam", "adam", "adahessian"],
                          "judged_final": [0.9, 0.92, 0.8, 0.84, 0.95]})  # fmt: skip
     # fmnist's paper baseline is adam (the paper's claim is against it), though sgd is better.
-    assert report.baseline_target(runs, True, "fmnist-resnet20") == (pytest.approx(0.82), "adam")
+    assert compare.baseline_target(runs, True, "fmnist-resnet20") == (pytest.approx(0.82), "adam")
     # Without a task, or where the baseline did not run: the best first-order optimizer.
-    assert report.baseline_target(runs, True) == (pytest.approx(0.91), "sgd")
+    assert compare.baseline_target(runs, True) == (pytest.approx(0.91), "sgd")
     no_adam = runs[runs["optimizer"] != "adam"]
-    assert report.baseline_target(no_adam, True, "fmnist-resnet20") == (pytest.approx(0.91), "sgd")
-    assert report.baseline_target(runs, False, "brown-lm") == (pytest.approx(0.82), "adam")
+    assert compare.baseline_target(no_adam, True, "fmnist-resnet20") == (pytest.approx(0.91), "sgd")
+    assert compare.baseline_target(runs, False, "brown-lm") == (pytest.approx(0.82), "adam")
 
 
 def test_published_folders_read_as_the_folders_they_were_published_from(
@@ -629,14 +629,54 @@ def test_published_folders_read_as_the_folders_they_were_published_from(
         str(main), str(pub_main)
     )
     # The budget runs of the published sweep: every point's runs, none left out by its hash.
-    folders = report.budget_runs([pub_sw])
+    folders = overview.budget_runs([pub_sw])
     assert [str(f) for f in folders] == [
         f"{pub_sw} (point budget-1.5)",
         f"{pub_sw} (point budget-2)",
     ]
     for f, budget in zip(folders, (1.5, 2), strict=True):
-        df, incomplete, left_out = report.read_runs(f, report.read_config(f))
+        df, incomplete, left_out = results.read_runs(f, results.read_config(f))
         assert len(df) == 2 and not incomplete and not left_out
-        assert report.read_config(f)["train"]["budget"] == budget
+        assert results.read_config(f)["train"]["budget"] == budget
     # The report of a published run folder regenerates from its metrics, as it was.
     assert make_report(pub_main) == (main / "report.md").read_text()
+
+
+RESULTS = Path(__file__).resolve().parents[2] / "docs" / "results"
+
+
+def test_summary_keeps_the_rows_and_columns_it_is_asked_for(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    folder = str(RESULTS / "brown-lm-tuned")
+    args = ["summary", folder, "--optimizers", "adahessian-fd,adahessian"]
+    assert cli.main([*args, "--columns", "AdaHessian,per epoch,final"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert [c.strip() for c in lines[0].strip("|").split("|")] == [
+        "AdaHessian",
+        "per epoch",
+        "final",
+    ]
+    # The rows in the summary's order (the folder's), not the option's.
+    assert [line.split("|")[1].strip() for line in lines[2:]] == ["adahessian", "adahessian-fd"]
+    assert cli.main(["summary", folder]) == 0
+    full = capsys.readouterr().out.strip().splitlines()
+    assert len(full) == 6 and "paper's claim" in full[0]  # four AdaHessians, every column
+
+
+@pytest.mark.parametrize(("option", "words"), [
+    (["--optimizers", "adahesian"], "--optimizers adahesian: no row of the summary is of it "
+                                    "(did you mean adahessian?)"),
+    (["--optimizers", "adamw"], "no row of the summary is of it"),  # a baseline has no row
+    (["--columns", "task,fnal"], "--columns 'fnal': the summary has no such column (did you mean "
+                                 "final?)"),
+    (["--columns", "step speedup"], "no such column"),  # only with --budgets
+    (["--columns", "task,task"], "task named twice"),
+    (["--optimizers", " , "], "no name in"),
+])  # fmt: skip
+def test_summary_refuses_rows_or_columns_it_does_not_have(
+    option: list[str], words: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli.main(["summary", str(RESULTS / "brown-lm-tuned"), *option]) in (1, 2)
+    err = capsys.readouterr().err
+    assert words in err and "Traceback" not in err and len(err.strip().splitlines()) <= 2

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from adahessian import AdaHessian
-from adahessian_bench import cli, optimizers, report, stepcost
+from adahessian_bench import cli, optimizers, report, stepcost, steptime
 from adahessian_bench.train import MEASURED_FIELDS
 
 
@@ -28,17 +28,17 @@ def test_hessian_steps_counts_what_the_optimizer_does(interval: int, warmup: int
         opt.step()
     hp = {"update_interval": interval, "hessian_warmup": warmup}
     for s in range(61):
-        assert stepcost.hessian_steps(s, hp) == sum(due[:s]), s
+        assert steptime.hessian_steps(s, hp) == sum(due[:s]), s
 
 
 def test_cost_time_counts_each_step_kind_at_its_cost() -> None:
     cost = {"hessian_step_s": 0.3, "plain_step_s": 0.1}
     hp = {"update_interval": 10, "hessian_warmup": 5}
     # Steps 0-4 (warm-up), 5 and 15: 7 Hessian steps, 13 plain.
-    assert stepcost.cost_time("adahessian-lazy", 20, hp, cost) == pytest.approx(7 * 0.3 + 13 * 0.1)
-    assert stepcost.cost_time("adahessian", 20, {}, cost) == pytest.approx(20 * 0.3)
+    assert steptime.cost_time("adahessian-lazy", 20, hp, cost) == pytest.approx(7 * 0.3 + 13 * 0.1)
+    assert steptime.cost_time("adahessian", 20, {}, cost) == pytest.approx(20 * 0.3)
     same = {"hessian_step_s": 0.1, "plain_step_s": 0.1}
-    assert stepcost.cost_time("adam", 20, hp, same) == pytest.approx(2.0)
+    assert steptime.cost_time("adam", 20, hp, same) == pytest.approx(2.0)
 
 
 def test_contenders_time_plain_steps_only_where_a_run_takes_them() -> None:
@@ -73,7 +73,7 @@ def test_the_measurement_is_written_and_changes_no_run(data_cache: Path, tmp_pat
     profile.write_text(text)
     opts = ["--optimizers", "adam,adahessian-lazy", "--config", str(profile)]
     assert cli.main([*ARGS, *opts, "--out", str(tmp_path / "a")]) == 0
-    cost = json.loads((tmp_path / "a" / stepcost.COST_FILE).read_text())
+    cost = json.loads((tmp_path / "a" / steptime.COST_FILE).read_text())
     # 2 epochs x 25 steps: 50 // 25 = 2 rounds timed, after 2 untimed.
     assert cost["rounds"] == 2 and cost["warmup_rounds"] == 2
     assert set(cost["optimizers"]) == {"adam", "adahessian-lazy"}
@@ -97,16 +97,16 @@ def test_the_measurement_is_written_and_changes_no_run(data_cache: Path, tmp_pat
     # The same runs without the measurement: the same metrics, bit for bit.
     profile.write_text(text.replace("[train]\n", "[train]\ncost_rounds = 0\n"))
     assert cli.main([*ARGS, *opts, "--out", str(tmp_path / "b")]) == 0
-    assert not (tmp_path / "b" / stepcost.COST_FILE).exists()
+    assert not (tmp_path / "b" / steptime.COST_FILE).exists()
     for run in ("adam-seed0", "adahessian-lazy-seed0"):
         a, b = behaviour(tmp_path / "a", run), behaviour(tmp_path / "b", run)
         assert a == [{**m, "config_hash": a[0]["config_hash"]} for m in b]
 
     # --resume keeps the measurement it has (the same configuration).
-    before = (tmp_path / "a" / stepcost.COST_FILE).read_bytes()
+    before = (tmp_path / "a" / steptime.COST_FILE).read_bytes()
     profile.write_text(text)
     assert cli.main([*ARGS, *opts, "--out", str(tmp_path / "a"), "--resume"]) == 0
-    assert (tmp_path / "a" / stepcost.COST_FILE).read_bytes() == before
+    assert (tmp_path / "a" / steptime.COST_FILE).read_bytes() == before
 
     # The report's time axis is steps x the measured cost.
     text_a = report.make_report(tmp_path / "a")

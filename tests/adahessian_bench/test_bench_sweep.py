@@ -14,8 +14,8 @@ import matplotlib.image
 import pandas as pd
 import pytest
 
-from adahessian_bench import cli, config, sweep, tasks, train
-from adahessian_bench.report import ACCURACY
+from adahessian_bench import cli, config, sweep, task_images, train
+from adahessian_bench.results import ACCURACY
 
 
 def base_cfg(optimizer_names: list[str], seeds: int = 1) -> dict:
@@ -97,7 +97,7 @@ def test_a_sweep_loads_its_data_once_per_distinct_data_configuration(
         loads.append(cfg)
         return len(loads)
 
-    monkeypatch.setattr(tasks.ImageTask, "load", load)
+    monkeypatch.setattr(task_images.ImageTask, "load", load)
     grid = sweep.expand(base_cfg(["adahessian", "adamw"]), "update_interval", [1, 2, 4])
     assert grid.reference is not None
     cfgs = [*grid.points, grid.reference]

@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-from adahessian_bench import base, report, tasks, train
+from adahessian_bench import base, results, tasks, train
 
 
 def lrs(schedule: dict[str, Any], steps: int, steps_per_epoch: int = 5) -> list[float]:
@@ -207,5 +207,5 @@ def test_a_budget_trains_that_many_steps_with_the_schedule_stretched_to_them(
     else:  # the cosine ends at 0 on the budget's last step, not on the profile's
         assert metrics[1]["lr"] > 0.01 and metrics[-1]["lr"] == pytest.approx(0.0, abs=1e-12)
     # The report counts the run as finished, whatever its number of epochs.
-    df, incomplete, _ = report.read_runs(tmp_path, cfg)
+    df, incomplete, _ = results.read_runs(tmp_path, cfg)
     assert not incomplete and len(df) == len(steps)

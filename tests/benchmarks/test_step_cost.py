@@ -231,10 +231,10 @@ def test_finite_difference_memory_is_measured_in_a_subprocess(step_cost: ModuleT
 def test_cost_under_load_quick_run_writes_both_clocks(tmp_path: Path) -> None:
     """The bursty-load calibration script, on a tiny setting: every contender is timed on the CPU
     clock and the wall clock under each condition, and the files are written."""
-    from adahessian_bench import data
+    from adahessian_bench import data, data_images
 
     try:  # the data it times on, fetched as `adahessian-bench data fetch fashion-mnist` does
-        data.fetch_fashion_mnist(verbose=False)
+        data_images.fetch_fashion_mnist(verbose=False)
     except data.DataUnavailable as e:
         pytest.fail(f"Fashion-MNIST could not be fetched:\n{e}", pytrace=False)
     spec = importlib.util.spec_from_file_location("cost_under_load", SCRIPT.with_name(

@@ -12,11 +12,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from adahessian_bench import cli, config, corpora, data, train
+from adahessian_bench import cli, config, data, data_corpora, train
 from adahessian_bench.base import RunContext
-from adahessian_bench.tasks import TASKS
-from adahessian_bench.transformer import Seq2SeqTransformer
-from adahessian_bench.translation import (
+from adahessian_bench.task_translation import (
     BIBLE_TRANSLATION,
     Pairs,
     TokenBatches,
@@ -28,6 +26,8 @@ from adahessian_bench.translation import (
     make_pairs,
     translate,
 )
+from adahessian_bench.tasks import TASKS
+from adahessian_bench.transformer import Seq2SeqTransformer
 
 CACHE = data.cache_dir()  # before any fixture points $ADAHESSIAN_DATA at a temporary folder
 CPU = torch.device("cpu")
@@ -41,12 +41,12 @@ def real_cache(monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 @pytest.fixture(scope="session")
-def bible() -> corpora.ParallelCorpus:
+def bible() -> data_corpora.ParallelCorpus:
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("ADAHESSIAN_DATA", str(CACHE))
         try:
-            return corpora.load_bible(corpora.fetch_bible(verbose=False))
-        except corpora.DataUnavailable as e:
+            return data_corpora.load_bible(data_corpora.fetch_bible(verbose=False))
+        except data_corpora.DataUnavailable as e:
             pytest.fail(f"could not fetch the Bible verses into {CACHE}:\n{e}", pytrace=False)
 
 
@@ -141,7 +141,7 @@ def test_a_model_trained_to_copy_translates_with_bleu_100() -> None:
 
 
 def test_setup_on_the_real_verses_respects_the_caps_and_covers_every_pair(
-    bible: corpora.ParallelCorpus,
+    bible: data_corpora.ParallelCorpus,
 ) -> None:
     cfg = train.resolve(TASK, config.load(TASK, "quick"), "quick", ["adamw"], 1)
     ctx = RunContext(cfg, CPU, torch.Generator().manual_seed(0))
@@ -163,7 +163,9 @@ def test_setup_on_the_real_verses_respects_the_caps_and_covers_every_pair(
     assert Counter(rows) == Counter(want)  # every pair within the caps once (some verses repeat)
 
 
-def test_load_gives_the_pairs_the_configuration_asks_for(bible: corpora.ParallelCorpus) -> None:
+def test_load_gives_the_pairs_the_configuration_asks_for(
+    bible: data_corpora.ParallelCorpus,
+) -> None:
     cfg = train.resolve(TASK, config.load(TASK, "quick"), "quick", ["adamw"], 1,
                         train_subset=50, test_subset=7)  # fmt: skip
     pairs = bible_pairs(bible, cfg)
@@ -177,7 +179,7 @@ def test_load_gives_the_pairs_the_configuration_asks_for(bible: corpora.Parallel
 
 
 def test_valid_bleu_is_reported_on_request_for_a_fixed_subset_of_valid_pairs(
-    bible: corpora.ParallelCorpus,
+    bible: data_corpora.ParallelCorpus,
 ) -> None:
     cfg = train.resolve(TASK, config.load(TASK, "quick"), "quick", ["adamw"], 1)
     cfg["model"].update(d_model=16, n_heads=2, n_layers=1, d_ff=32)
@@ -199,7 +201,7 @@ def test_valid_bleu_is_reported_on_request_for_a_fixed_subset_of_valid_pairs(
         bible_pairs(bible, cfg), RunContext(cfg, CPU, torch.Generator().manual_seed(0))
     )
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr("adahessian_bench.translation.translate", counting_translate)
+        mp.setattr("adahessian_bench.task_translation.translate", counting_translate)
         first = setup.evaluate(model)
         again = setup.evaluate(model)
     assert calls == [5, 5, 5, 5]  # test, then valid: 5 pairs each
@@ -225,7 +227,10 @@ def test_profiles_load_and_resolve() -> None:
 
 
 def test_a_few_real_steps_of_each_optimizer_through_the_cli(
-    real_cache: Path, tmp_path: Path, bible: corpora.ParallelCorpus, monkeypatch: pytest.MonkeyPatch
+    real_cache: Path,
+    tmp_path: Path,
+    bible: data_corpora.ParallelCorpus,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # The real verse pairs, already loaded by the fixture (load() would parse them again).
     monkeypatch.setattr(TranslationTask, "load", lambda self, cfg: bible_pairs(bible, cfg))

@@ -1,7 +1,7 @@
 """Word-level language modelling on the Brown corpus: the paper's PTB experiment, on open data.
 
 The paper trains Transformer language models on PTB (and Wikitext-103) and reports test perplexity
-against AdamW. PTB is not freely redistributable; the Brown corpus (``corpora.load_brown``: 10k
+against AdamW. PTB is not freely redistributable; the Brown corpus (``data_corpora.load_brown``: 10k
 words incl. ``<unk>``/``<eos>``, 976k / 121k / 121k tokens) takes its place, batched the way PTB
 language-model code batches it:
 
@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import corpora
+from . import data_corpora
 from .base import Metric, RunContext, Setup, Task, init_keys
 from .transformer import LSTMLM, TransformerLM
 
@@ -186,11 +186,11 @@ class Streams:
     test: torch.Tensor
 
 
-def streams(corpus: corpora.WordCorpus, cfg: dict[str, Any]) -> Streams:
+def streams(corpus: data_corpora.WordCorpus, cfg: dict[str, Any]) -> Streams:
     """The splits of ``corpus`` with ``[model] vocab`` words and the ``[train]`` token subsets
     (``train_subset``, ``valid_subset``, ``test_subset``) of ``cfg``."""
     tc, mc = cfg["train"], cfg.get("model", {})
-    vocab = mc.get("vocab", corpora.BROWN_VOCAB)
+    vocab = mc.get("vocab", data_corpora.BROWN_VOCAB)
     if not 2 <= vocab <= len(corpus.vocab):
         raise ValueError(f"vocab {vocab} is not in [2, {len(corpus.vocab)}]")
 
@@ -276,19 +276,19 @@ class BrownLM(Task):
 
     def check(self, cfg: dict[str, Any]) -> None:
         """``[model] vocab`` within the corpus's vocabulary, before the corpus is fetched."""
-        vocab = cfg.get("model", {}).get("vocab", corpora.BROWN_VOCAB)
+        vocab = cfg.get("model", {}).get("vocab", data_corpora.BROWN_VOCAB)
         if isinstance(vocab, bool) or not isinstance(vocab, int):
             raise ValueError(f"[model] vocab must be an integer, got {vocab!r}")
-        if not 2 <= vocab <= corpora.BROWN_VOCAB:
-            raise ValueError(f"[model] vocab {vocab} is not in [2, {corpora.BROWN_VOCAB}]")
+        if not 2 <= vocab <= data_corpora.BROWN_VOCAB:
+            raise ValueError(f"[model] vocab {vocab} is not in [2, {data_corpora.BROWN_VOCAB}]")
 
     def load(self, cfg: dict[str, Any]) -> Streams:
-        return streams(corpora.load_brown(), cfg)
+        return streams(data_corpora.load_brown(), cfg)
 
     def model(self, **kwargs: Any) -> nn.Module:
         kw = dict(kwargs)
         arch = kw.pop("arch", self.arch)
-        vocab = kw.pop("vocab", corpora.BROWN_VOCAB)
+        vocab = kw.pop("vocab", data_corpora.BROWN_VOCAB)
         if arch == "transformer":
             return TransformerLM(vocab, **kw)
         if arch == "lstm":

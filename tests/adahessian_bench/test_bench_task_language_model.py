@@ -1,8 +1,8 @@
 """The Brown-corpus language-model tasks (brown-lm: Transformer, brown-lm-lstm: LSTM).
 
 Batching and evaluation are checked on small hand-computed streams; the training runs use the real
-corpus (fetched once into the default cache folder, as in test_bench_corpora: a corpus that cannot
-be fetched FAILS these tests) at tiny sizes.
+corpus (fetched once into the default cache folder, as in test_bench_data_corpora: a corpus that
+cannot be fetched FAILS these tests) at tiny sizes.
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ import pytest
 import torch
 from torch import nn
 
-# tasks before language_model (the task modules import tasks, which registers them)
-from adahessian_bench import cli, config, corpora, data, tasks, train
-from adahessian_bench import language_model as lm
+# tasks before task_language_model (the task modules import tasks, which registers them)
+from adahessian_bench import cli, config, data, data_corpora, tasks, train
+from adahessian_bench import task_language_model as lm
 from adahessian_bench.base import RunContext
 from adahessian_bench.transformer import LSTMLM
 
@@ -26,12 +26,12 @@ CACHE = data.cache_dir()  # before any fixture points $ADAHESSIAN_DATA at a temp
 
 
 @pytest.fixture(scope="module")
-def brown() -> corpora.WordCorpus:
+def brown() -> data_corpora.WordCorpus:
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("ADAHESSIAN_DATA", str(CACHE))
         try:
-            return corpora.load_brown()
-        except corpora.DataUnavailable as e:
+            return data_corpora.load_brown()
+        except data_corpora.DataUnavailable as e:
             pytest.fail(f"could not fetch the Brown corpus into {CACHE}:\n{e}", pytrace=False)
 
 
@@ -182,7 +182,7 @@ def test_perplexity_of_a_huge_loss_is_inf_not_an_overflow() -> None:
 @pytest.mark.parametrize("task", ["brown-lm", "brown-lm-lstm"])
 @pytest.mark.parametrize("profile", ["quick", "paper"])
 def test_profiles_load_resolve_and_build(
-    task: str, profile: str, brown: corpora.WordCorpus
+    task: str, profile: str, brown: data_corpora.WordCorpus
 ) -> None:
     assert config.profile_names(task) == ["paper", "quick"]
     cfg_file = config.load(task, profile)
@@ -209,7 +209,7 @@ def test_profiles_load_resolve_and_build(
             train.optimizers.build(name, model.parameters(), cfg["optimizers"][name], 0)
 
 
-def test_load_gives_the_streams_the_configuration_asks_for(brown: corpora.WordCorpus) -> None:
+def test_load_gives_the_streams_the_configuration_asks_for(brown: data_corpora.WordCorpus) -> None:
     cfg = {"train": {"train_subset": 3000, "valid_subset": 800}, "model": {"vocab": 400}}
     s = lm.streams(brown, cfg)
     assert (len(s.train), len(s.valid), len(s.test)) == (3000, 800, len(brown.test))
@@ -221,7 +221,7 @@ def test_load_gives_the_streams_the_configuration_asks_for(brown: corpora.WordCo
         lm.streams(brown, cfg)
 
 
-def test_unknown_arch_and_too_long_context_are_refused(brown: corpora.WordCorpus) -> None:
+def test_unknown_arch_and_too_long_context_are_refused(brown: data_corpora.WordCorpus) -> None:
     t = tasks.TASKS["brown-lm"]
     with pytest.raises(ValueError, match="unknown arch"):
         t.model(arch="gru", vocab=10)
@@ -272,7 +272,7 @@ block_size = 8
      ("brown-lm-lstm", "n_layers = 2")],
 )  # fmt: skip
 def test_every_optimizer_trains_a_few_steps_on_the_real_corpus(
-    task: str, extra: str, brown: corpora.WordCorpus, tmp_path: Path,
+    task: str, extra: str, brown: data_corpora.WordCorpus, tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:  # fmt: skip
     monkeypatch.setenv("ADAHESSIAN_DATA", str(CACHE))

@@ -1,4 +1,4 @@
-"""The image tasks (tasks.py): the validation set held out of the training images."""
+"""The image tasks (task_images.py): the validation set held out of the training images."""
 
 from __future__ import annotations
 
@@ -8,16 +8,18 @@ import numpy as np
 import pytest
 import torch
 
-from adahessian_bench import data
+from adahessian_bench import data_images
 from adahessian_bench.base import RunContext
-from adahessian_bench.tasks import TASKS, train_valid_indices
+from adahessian_bench.task_images import train_valid_indices
+from adahessian_bench.tasks import TASKS
 
 LABELS = np.repeat(np.arange(10), 30)[np.random.default_rng(3).permutation(300)]
 
 
 def test_valid_is_held_out_of_the_training_images_and_balanced() -> None:
     train, valid = train_valid_indices(LABELS, 100, 50)
-    assert np.array_equal(train, data.balanced_subset(LABELS, 100, seed=0))  # unchanged by valid
+    # unchanged by valid
+    assert np.array_equal(train, data_images.balanced_subset(LABELS, 100, seed=0))
     assert len(valid) == 50 and not set(train) & set(valid)
     assert np.array_equal(np.bincount(LABELS[valid]), np.full(10, 5))
     assert np.array_equal(np.bincount(LABELS[train]), np.full(10, 10))
@@ -25,7 +27,9 @@ def test_valid_is_held_out_of_the_training_images_and_balanced() -> None:
 
 def test_without_valid_the_training_set_is_the_old_subset() -> None:
     train, valid = train_valid_indices(LABELS, 100, 0)
-    assert np.array_equal(train, data.balanced_subset(LABELS, 100, seed=0)) and len(valid) == 0
+    assert (
+        np.array_equal(train, data_images.balanced_subset(LABELS, 100, seed=0)) and len(valid) == 0
+    )
     train, valid = train_valid_indices(LABELS, 0, 0)
     assert np.array_equal(train, np.arange(300)) and len(valid) == 0
 
@@ -58,9 +62,11 @@ def test_fmnist_evaluates_the_validation_set(data_cache: Path) -> None:
     cfg = {"train": {"train_subset": 100, "test_subset": 50, "valid_subset": 30,
                      "batch_size": 10, "eval_batch_size": 20}}  # fmt: skip
     images = task.load(cfg)
-    arrays = data.load_fashion_mnist()
+    arrays = data_images.load_fashion_mnist()
     train, valid = train_valid_indices(arrays.y_train, 100, 30)
-    assert torch.equal(images.x_valid, data.to_nchw32(arrays.x_train)[torch.from_numpy(valid)])
+    assert torch.equal(
+        images.x_valid, data_images.to_nchw32(arrays.x_train)[torch.from_numpy(valid)]
+    )
     assert torch.equal(images.y_train, torch.from_numpy(arrays.y_train[train]))
     torch.manual_seed(0)
     model = task.model()

@@ -3,8 +3,8 @@
 The analogue of the paper's IWSLT14 German -> English experiment (fairseq's pre-norm Transformer,
 label-smoothed cross-entropy, inverse-sqrt lr schedule with warm-up, batches of about
 ``batch_size`` tokens, BLEU of the test set), on data that package registries ship:
-``corpora.load_bible`` gives the verse pairs (whole books held out for valid and test) and
-``corpora.bible_subwords`` a joint SentencePiece BPE vocabulary trained on the train pairs.
+``data_corpora.load_bible`` gives the verse pairs (whole books held out for valid and test) and
+``data_corpora.bible_subwords`` a joint SentencePiece BPE vocabulary trained on the train pairs.
 
 Profile options:
 
@@ -46,7 +46,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import corpora
+from . import data_corpora
 from .base import Metric, RunContext, Setup, Task, init_keys
 from .transformer import Attention, Block, Embedding, Seq2SeqTransformer, label_smoothed_nll
 
@@ -61,10 +61,12 @@ DECODE_LEN_A, DECODE_LEN_B = 1.5, 10
 Encoded = dict[str, list[tuple[list[int], list[int]]]]  # split -> (source ids, target ids)
 
 
-def encode(corpus: corpora.ParallelCorpus, vocab: int) -> tuple[corpora.Subwords, Encoded]:
+def encode(
+    corpus: data_corpora.ParallelCorpus, vocab: int
+) -> tuple[data_corpora.Subwords, Encoded]:
     """The BPE model of ``vocab`` pieces, and each split's (source ids, target ids) without bos
     and eos."""
-    sw = corpora.bible_subwords(corpus, vocab_size=vocab)
+    sw = data_corpora.bible_subwords(corpus, vocab_size=vocab)
     if sw.vocab_size != vocab:
         raise ValueError(f"the subword model has {sw.vocab_size} pieces, not {vocab}")
     encode = sw.processor.encode  # type: ignore[attr-defined]
@@ -140,7 +142,7 @@ class BiblePairs:
     """The verse pairs a configuration trains and evaluates on, as model inputs (what
     ``TranslationTask.load`` returns), and the subword model that encoded them."""
 
-    subwords: corpora.Subwords
+    subwords: data_corpora.Subwords
     train: Pairs  # within the length caps, cut to the training subset
     valid: Pairs
     test: Pairs
@@ -148,7 +150,7 @@ class BiblePairs:
     valid_bleu: Pairs | None = None  # as many valid pairs, with [data] valid_bleu
 
 
-def bible_pairs(corpus: corpora.ParallelCorpus, cfg: dict[str, Any]) -> BiblePairs:
+def bible_pairs(corpus: data_corpora.ParallelCorpus, cfg: dict[str, Any]) -> BiblePairs:
     """The pairs of ``corpus`` as ``cfg`` asks for them (see the module docstring): encoded with
     the ``[model] vocab`` BPE model, within the ``[data]`` length caps, cut to the subsets."""
     tc, dc, mc = cfg["train"], cfg.get("data", {}), cfg.get("model", {})
@@ -159,7 +161,7 @@ def bible_pairs(corpus: corpora.ParallelCorpus, cfg: dict[str, Any]) -> BiblePai
         raise ValueError(
             f"the length caps ({max_src}, {max_tgt}) exceed the model's max_len {positions}"
         )
-    sw, encoded = encode(corpus, int(mc.get("vocab", corpora.BIBLE_SUBWORDS)))
+    sw, encoded = encode(corpus, int(mc.get("vocab", data_corpora.BIBLE_SUBWORDS)))
 
     def pairs(split: str, drop: bool) -> Pairs:
         refs = [en for _, en in getattr(corpus, split)]
@@ -388,12 +390,12 @@ class TranslationTask(Task):
                  "valid_bleu", "label_smoothing")  # fmt: skip
 
     def load(self, cfg: dict[str, Any]) -> BiblePairs:
-        return bible_pairs(corpora.load_bible(), cfg)
+        return bible_pairs(data_corpora.load_bible(), cfg)
 
     def model(self, **kwargs: Any) -> nn.Module:
         kwargs = dict(kwargs)
-        vocab = kwargs.pop("vocab", corpora.BIBLE_SUBWORDS)
-        return Seq2SeqTransformer(vocab, pad_id=corpora.PAD_ID, **kwargs)
+        vocab = kwargs.pop("vocab", data_corpora.BIBLE_SUBWORDS)
+        return Seq2SeqTransformer(vocab, pad_id=data_corpora.PAD_ID, **kwargs)
 
     def setup(self, data: BiblePairs, ctx: RunContext) -> Setup:
         tc, device, sw = ctx.cfg["train"], ctx.device, data.subwords

