@@ -5,23 +5,48 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup main test lint
+LINTED := src bench/src tests examples benchmarks docs/hooks .ci
+WHEELS := build/wheels
+SCRATCH := build/scratch-venv
 
-$(VENV)/.installed: pyproject.toml
+.PHONY: setup main test lint docs wheels
+
+# Two distributions from this repository: the library (pyproject.toml: src/adahessian, torch
+# only) and the benchmark harness (bench/pyproject.toml: bench/src/adahessian_bench, the
+# adahessian-bench command). Both are installed editable here.
+$(VENV)/.installed: pyproject.toml bench/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	# The CPU build of torch; never let another requirement pull a CUDA build.
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[dev,bench,frameworks,references]'
+	$(PY) -m pip install -q -e '.[dev,frameworks,references]' -e ./bench
 	touch $@
 
 setup: $(VENV)/.installed
 
 lint: setup
-	$(VENV)/bin/ruff check src tests examples benchmarks
-	$(VENV)/bin/ruff format --check src tests examples benchmarks
+	$(VENV)/bin/ruff check $(LINTED)
+	$(VENV)/bin/ruff format --check $(LINTED)
 	$(VENV)/bin/mypy
 
-test: lint
+# The documentation site (mkdocs serve to read it while writing): its generated tables must be
+# what their commands make now, and the build must have no broken link or reference.
+docs: setup
+	$(PY) benchmarks/generated_tables.py --check
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet -d build/site
+
+# Both wheels built and checked; the library's installed with torch alone into a scratch
+# environment, where it imports, takes a step and installs no command.
+wheels: setup
+	rm -rf $(WHEELS) $(SCRATCH)
+	$(PY) -m build --no-isolation --wheel --outdir $(WHEELS) . >/dev/null
+	$(PY) -m build --no-isolation --wheel --outdir $(WHEELS) bench >/dev/null
+	$(VENV)/bin/twine check --strict $(WHEELS)/*.whl
+	$(PYTHON) -m venv $(SCRATCH)
+	$(SCRATCH)/bin/pip install -q torch==2.13.0
+	$(SCRATCH)/bin/pip install -q --no-index $(WHEELS)/adahessian-[0-9]*.whl
+	$(SCRATCH)/bin/python .ci/check_wheels.py $(WHEELS)
+
+test: lint docs wheels
 	# One intra-op thread: the tests use tiny tensors, where threads only add overhead.
 	OMP_NUM_THREADS=1 $(VENV)/bin/pytest -q
 

@@ -32,4 +32,4 @@ __all__ = [
     "spatial_average",
     "use_fast_batchnorm",
 ]
-__version__ = "0.1.0"
+__version__ = "0.2.0"  # the distribution's version (pyproject.toml reads it); see CHANGELOG.md

@@ -24,6 +24,21 @@ def spatial_average(d: Tensor, block_size: int = 1) -> Tensor:
 
     The result has the shape of ``d``; ``d`` itself is not modified (for rank 0 and 1, and rank 2
     with ``block_size=1``, ``d`` is returned as is).
+
+    Args:
+        d: a Hessian-diagonal estimate shaped like its parameter: rank 0 or 1 (biases, norm
+            weights), 2 (``Linear`` and ``Embedding`` weights ``[out, in]``) or 3 and more
+            (convolution kernels ``[out, in, *kernel]``).
+        block_size: the block length along the last dimension of a rank-2 ``d`` (a shorter last
+            block averages what it holds); 1 averages nothing. Ranks 0 and 1 are never
+            averaged, and rank 3 and more always over all dimensions after the first two.
+
+    Returns:
+        The averaged estimate, shaped like ``d`` (a view of an expanded mean for rank 3 and
+        more: copy it before writing into it).
+
+    Raises:
+        ValueError: ``block_size < 1``.
     """
     if block_size < 1:
         raise ValueError(f"block_size must be >= 1, got {block_size}")

@@ -203,7 +203,23 @@ def batch_norm_train(
 ) -> Tensor:
     """``F.batch_norm(x, running_mean, running_var, weight, bias, training=True, momentum, eps)``
     with the closed-form double backward. The running statistics, when given, are updated in
-    place exactly as by ``F.batch_norm``."""
+    place exactly as by ``F.batch_norm``.
+
+    Args:
+        x: the input, ``[batch, channels, *spatial]``.
+        weight: the per-channel scale, or None.
+        bias: the per-channel shift, or None.
+        running_mean: the running mean, updated in place, or None.
+        running_var: the running (unbiased) variance, updated in place, or None.
+        momentum: the running statistics' update factor.
+        eps: added to the batch variance.
+
+    Returns:
+        The normalised input, shaped like ``x``.
+
+    Raises:
+        ValueError: ``x`` has rank below 2.
+    """
     if x.dim() < 2:
         raise ValueError(f"batch norm needs an input of rank >= 2, got shape {tuple(x.shape)}")
     out: Tensor = _BatchNormTrain.apply(x, weight, bias, running_mean, running_var, momentum, eps)
@@ -264,6 +280,16 @@ def use_fast_batchnorm(model: nn.Module) -> nn.Module:
     before the switch still holds the right tensors. Only layers whose class is exactly one of
     the three stock classes are switched (not ``SyncBatchNorm``, ``LazyBatchNorm*d`` or other
     subclasses).
+
+    Use it with the reverse-over-reverse path (``loss.backward(create_graph=...)``); the fast
+    class has no ``torch.func`` rules, so :func:`adahessian.forward_hutchinson` cannot transform
+    it and :class:`adahessian.CompiledCurvature` refuses it.
+
+    Args:
+        model: the model; its batch-norm layers are switched in place.
+
+    Returns:
+        ``model`` itself.
     """
     for module in model.modules():
         fast = _FAST.get(type(module))  # type: ignore[arg-type]

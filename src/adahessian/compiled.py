@@ -375,8 +375,20 @@ class CompiledCurvature:
         their gradients and estimates, as :meth:`adahessian.AdaHessian.backward` does; after
         ``opt.zero_grad()`` a call starts afresh with new probes, as ``opt.backward`` does.
 
+        Args:
+            opt: the :class:`adahessian.AdaHessian` over this model's parameters.
+            inputs: the model's positional inputs, then the target (``loss_fn``'s second
+                argument) last.
+
         Returns:
             The loss, detached.
+
+        Raises:
+            TypeError: ``opt`` is not an :class:`adahessian.AdaHessian`, or no target is given.
+            ValueError: the optimizer's trainable parameters are not this model's (with nothing
+                changed).
+            CompiledCurvatureError: the model or loss cannot be transformed or compiled; the
+                message names the eager path.
         """
         if len(inputs) < 2:
             raise TypeError("backward(opt, *inputs, target) needs the inputs and the target")

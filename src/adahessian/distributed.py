@@ -102,7 +102,14 @@ def warn_if_unsynchronised(process_group: Any) -> None:
 def unwrap(model: nn.Module) -> nn.Module:
     """The module inside a ``DistributedDataParallel`` / ``DataParallel`` wrapper (or the model).
 
-    Train that module with ``AdaHessian(..., process_group=...)`` instead of the wrapper."""
+    Train that module with ``AdaHessian(..., process_group=...)`` instead of the wrapper.
+
+    Args:
+        model: a module, wrapped or not.
+
+    Returns:
+        ``model.module`` for a DDP or DataParallel wrapper, ``model`` itself otherwise.
+    """
     inner = getattr(model, "module", None)
     if isinstance(inner, nn.Module) and type(model).__name__ in (
         "DistributedDataParallel",
@@ -114,7 +121,14 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 @torch.no_grad()
 def broadcast_module(module: nn.Module, src: int = 0, group: Any = None) -> None:
-    """Copy rank ``src``'s parameters and buffers to every rank of ``group``, in one call."""
+    """Copy rank ``src``'s parameters and buffers to every rank of ``group``, in one call.
+
+    Args:
+        module: the (unwrapped) model; its parameters and buffers are overwritten in place on
+            every rank but ``src``.
+        src: the rank whose values every rank takes.
+        group: the process group; None is the default (world) group.
+    """
     tensors = [t for t in (*module.parameters(), *module.buffers()) if t.numel()]
     if not tensors:
         return
@@ -135,7 +149,13 @@ def all_reduce_mean_(
     """Replace each tensor by its mean over the ranks of ``group``, in one collective call.
 
     The tensors travel in one flat buffer of ``dtype`` (by default their promoted dtype, at
-    least float32, so float16/bfloat16 values are summed in float32)."""
+    least float32, so float16/bfloat16 values are summed in float32).
+
+    Args:
+        tensors: the tensors to average, in place.
+        group: the process group; None is the default (world) group.
+        dtype: the dtype of the flat buffer (None: as above).
+    """
     if not tensors:
         return
     if dtype is None:
@@ -153,6 +173,14 @@ def all_reduce_mean_(
 
 def average_buffers(module: nn.Module, group: Any = None) -> None:
     """Average the floating-point buffers (BatchNorm running mean and variance, ...) across the
-    ranks of ``group``; integer buffers (such as ``num_batches_tracked``) are left as they are."""
+    ranks of ``group``; integer buffers (such as ``num_batches_tracked``) are left as they are.
+
+    Call it before evaluating or saving a model trained data-parallel: each rank's running
+    statistics come from its own shard of the data.
+
+    Args:
+        module: the (unwrapped) model; its buffers are averaged in place.
+        group: the process group; None is the default (world) group.
+    """
     floats = [b for b in module.buffers() if b.is_floating_point() and b.numel()]
     all_reduce_mean_(floats, group, dtype=torch.float64)

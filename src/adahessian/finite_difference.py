@@ -92,7 +92,20 @@ _DEFAULT_EPS_PATTERN_FREE = {torch.float32: 1e-3}
 def default_eps(dtype: torch.dtype, scheme: str = "forward", keep_pattern: bool = True) -> float:
     """The default step ε for gradients computed in ``dtype``; the central difference's
     truncation error is :math:`O(\\varepsilon^2)`, so it takes a larger one in float64; without
-    the activation pattern kept (``keep_pattern=False``) float32 takes 1e-3."""
+    the activation pattern kept (``keep_pattern=False``) float32 takes 1e-3.
+
+    Args:
+        dtype: the dtype the gradient is computed in (under autocast: the compute dtype).
+        scheme: ``"forward"`` or ``"central"``.
+        keep_pattern: whether the perturbed passes keep the first pass's activation pattern.
+
+    Returns:
+        ε: float64 1e-5 (central 1e-4), float32 1e-4 (1e-3 with ``keep_pattern=False``),
+        float16 and bfloat16 1e-2.
+
+    Raises:
+        ValueError: an unknown ``scheme``, or a dtype with no default (pass ε explicitly).
+    """
     check_scheme(scheme)
     if dtype not in _DEFAULT_EPS:
         raise ValueError(f"no default finite-difference eps for {dtype}: pass eps= explicitly")
@@ -450,6 +463,33 @@ def finite_difference_diagonal(
     parameters' dtype's :func:`default_eps`. ``keep_pattern``: the perturbed passes keep the
     first pass's activation pattern (:mod:`adahessian.pattern`), so that the estimate converges
     to autodiff's on ReLU and max-pooling networks.
+
+    Args:
+        closure: ``torch.optim``'s closure: zeroes the gradients, computes the loss, calls
+            ``loss.backward()`` (no ``create_graph``) and returns the loss. Called once at
+            :math:`\\theta` and once per probe at :math:`\\theta + \\varepsilon v` (central: also
+            at :math:`\\theta - \\varepsilon v`).
+        params: the tensors perturbed; the Hessian is taken with respect to them.
+        n_samples: number of probes to average.
+        generator: source of the probes; None uses PyTorch's default generator.
+        eps: the step ε; None: :func:`default_eps` of the parameters' dtypes (the largest).
+        scheme: ``"forward"`` (error :math:`O(\\varepsilon)`) or ``"central"``
+            (:math:`O(\\varepsilon^2)`, twice the passes).
+        probes: the probes to use instead of drawing them, one list shaped like ``params``
+            per sample; ``n_samples`` and ``generator`` are then ignored.
+        keep_pattern: keep the first pass's activation pattern in the perturbed passes.
+
+    Returns:
+        ``(loss, estimate)``: the closure's loss at :math:`\\theta`, and one tensor per
+        parameter holding the signed estimate (float32 for float16/bfloat16 parameters).
+
+    Raises:
+        ValueError: a bad ``scheme``, ``eps``, ``keep_pattern`` or ``n_samples``.
+        FiniteDifferenceError: the closure returns no loss, computes no gradient, or changes
+            the parameters in place.
+        ActivationPatternError: a perturbed pass meets other kinks than the first pass did
+            (data-dependent control flow). On any error the parameters, ``p.grad``, the
+            buffers and the global random state are put back.
     """
     from .hutchinson import check_n_samples, rademacher
 

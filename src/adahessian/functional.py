@@ -21,14 +21,32 @@ __all__ = ["Hyperparameters", "adahessian", "hessian_due", "hessian_steps", "sta
 
 def hessian_due(step: int, update_interval: int = 1, hessian_warmup: int = 0) -> bool:
     """Whether step ``step`` (0-based: the steps taken before it) estimates the Hessian: each of
-    the first ``hessian_warmup`` steps, then every ``update_interval``-th."""
+    the first ``hessian_warmup`` steps, then every ``update_interval``-th.
+
+    Args:
+        step: the number of steps taken before this one.
+        update_interval: estimate the Hessian every this many steps after the warm-up.
+        hessian_warmup: the number of first steps that all estimate it.
+
+    Returns:
+        True when that step is a Hessian step.
+    """
     if step < hessian_warmup:
         return True
     return (step - hessian_warmup) % update_interval == 0
 
 
 def hessian_steps(steps: int, update_interval: int = 1, hessian_warmup: int = 0) -> int:
-    """How many of the first ``steps`` steps estimate the Hessian (:func:`hessian_due`)."""
+    """How many of the first ``steps`` steps estimate the Hessian (:func:`hessian_due`).
+
+    Args:
+        steps: the number of steps counted from the first.
+        update_interval: as for :func:`hessian_due`.
+        hessian_warmup: as for :func:`hessian_due`.
+
+    Returns:
+        The number of Hessian steps among them.
+    """
     if steps <= hessian_warmup:
         return max(0, steps)
     return hessian_warmup + -(-(steps - hessian_warmup) // update_interval)
@@ -36,7 +54,14 @@ def hessian_steps(steps: int, update_interval: int = 1, hessian_warmup: int = 0)
 
 def state_dtype(t: Tensor) -> torch.dtype:
     """The dtype of the moments of a parameter: float32 for float16/bfloat16 ones (their
-    squares overflow float16), the parameter's own otherwise."""
+    squares overflow float16), the parameter's own otherwise.
+
+    Args:
+        t: the parameter.
+
+    Returns:
+        The dtype of its moments and of its Hessian-diagonal estimate.
+    """
     return torch.float32 if t.dtype in (torch.float16, torch.bfloat16) else t.dtype
 
 
@@ -93,6 +118,27 @@ def adahessian(
     where the clip to :math:`[-c, c]` (``update_clip`` :math:`= c`) is applied only when
     ``update_clip`` is not None (None is the paper's update). Every parameter passed must have
     :math:`h \ge 1`.
+
+    Args:
+        params: the parameters, updated in place.
+        grads: their gradients :math:`g`.
+        hessians: the signed Hessian-diagonal estimates :math:`\hat D` (``v * Hv``), one per
+            parameter, or None on a step without a new estimate.
+        exp_avgs: the first moments :math:`m`, updated in place.
+        exp_hessian_diag_sqs: the Hessian moving averages :math:`s`, updated in place when
+            ``hessians`` is given.
+        steps: :math:`t` per parameter, counting this step.
+        hessian_steps: :math:`h` per parameter, counting this step's estimate if any.
+        foreach: use the multi-tensor ``torch._foreach_*`` path instead of a per-tensor loop.
+        lr: the learning rate.
+        beta1: :math:`\beta_1`, the gradient average's coefficient.
+        beta2: :math:`\beta_2`, the Hessian average's coefficient.
+        eps: :math:`\epsilon`, added to the denominator.
+        weight_decay: the decoupled decay ``wd``.
+        hessian_power: :math:`k`.
+        block_size: the block length of the spatial averaging of rank-2 parameters.
+        spatial_average: average the estimate (False: :math:`D = |\hat D|`).
+        update_clip: :math:`c`, or None for no clip.
     """
     n = len(params)
     for name, seq in (

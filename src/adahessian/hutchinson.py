@@ -42,6 +42,13 @@ def rademacher(
     A DTensor (FSDP2 ``fully_shard``, tensor parallelism) gets a probe for this rank's shard only
     (drawn like a tensor shaped as ``t.to_local()``), returned as a DTensor with ``t``'s mesh and
     placements: each rank draws the probe of its own shard, from its own generator.
+
+    Args:
+        tensors: the tensors to draw probes for (usually the parameters).
+        generator: the source of the draw; None uses PyTorch's default generator.
+
+    Returns:
+        One probe per tensor, with its shape, dtype and device (an empty list for no tensors).
     """
     if not tensors:
         return []

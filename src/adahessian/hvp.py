@@ -297,6 +297,18 @@ def batched_hutchinson_diagonal(
     Hessian-vector products are one ``torch.autograd.grad(..., is_grads_batched=True)`` call,
     which vmaps the double backward over the stacked probes instead of looping over them.
 
+    Args:
+        grads: gradients computed with ``create_graph=True``, one per parameter (None or no
+            graph: treated as constant), as for :func:`adahessian.hutchinson_diagonal`.
+        params: the tensors the Hessian is taken with respect to.
+        n_samples: number of probes, all in one batched double backward.
+        generator: source of the probes; None uses PyTorch's default generator.
+        retain_graph: keep the graph after the products (by default it is freed).
+
+    Returns:
+        One tensor per parameter: the signed estimate :math:`\\frac1n\\sum_i v_i \\odot H v_i`,
+        as :func:`adahessian.hutchinson_diagonal` returns it.
+
     Raises:
         ValueError: as :func:`adahessian.hutchinson_diagonal`.
         RuntimeError: an operator's double backward has no working batching rule (``GroupNorm``

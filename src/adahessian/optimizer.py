@@ -399,7 +399,12 @@ class AdaHessian(Optimizer):
 
     def state_dict(self) -> dict[str, Any]:
         """Like ``torch.optim.Optimizer.state_dict``, plus the step counters and the probe
-        generator's state under the key ``"adahessian"``."""
+        generator's state under the key ``"adahessian"``.
+
+        Returns:
+            A dict of tensors and plain data (it loads with ``torch.load(weights_only=True)``):
+            ``state`` (the moments), ``param_groups`` and ``adahessian``.
+        """
         state = super().state_dict()
         generator = None
         if self._generator is not None:
@@ -417,7 +422,15 @@ class AdaHessian(Optimizer):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Like ``torch.optim.Optimizer.load_state_dict``; a state_dict that this optimizer could
         not continue from (another model's, altered counters or moments) is refused, and nothing
-        is changed. Moments of float16/bfloat16 parameters stay float32."""
+        is changed. Moments of float16/bfloat16 parameters stay float32.
+
+        Args:
+            state_dict: what :meth:`state_dict` returned (a state_dict of an older version,
+                without a later key, loads with that key's default).
+
+        Raises:
+            ValueError: the state_dict cannot be continued from; the message says why.
+        """
         if not isinstance(state_dict, dict) or not {"state", "param_groups"} <= set(state_dict):
             raise ValueError(
                 "state_dict must be a dict with 'state' and 'param_groups', as returned by "
@@ -497,7 +510,11 @@ class AdaHessian(Optimizer):
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         """Like ``torch.optim.Optimizer.zero_grad``; also drops a Hessian estimate accumulated by
-        :meth:`backward` since the last step."""
+        :meth:`backward` since the last step.
+
+        Args:
+            set_to_none: set the gradients to None instead of zeroing them, as in ``torch.optim``.
+        """
         self._pending = None
         super().zero_grad(set_to_none=set_to_none)
 
@@ -510,6 +527,13 @@ class AdaHessian(Optimizer):
         the Hessian of the summed loss (pass ``loss / K`` for the mean over K micro-batches).
         Each micro-batch's graph is freed before the call returns. If it raises, the step's
         probes are put back (when no micro-batch has added an estimate yet).
+
+        Args:
+            loss: this micro-batch's scalar loss (under a GradScaler: the scaled loss).
+
+        Raises:
+            RuntimeError: with ``hvp="finite-difference"``, which accumulates inside the closure
+                instead.
         """
         if self.hvp != "autograd":
             raise RuntimeError(
@@ -548,12 +572,15 @@ class AdaHessian(Optimizer):
         """The parameters and the Rademacher probes of this Hessian step, for an estimator
         outside the optimizer (the compiled path, :meth:`backward`).
 
-        Returns ``(params, probes)``: every parameter that can have a gradient, in param-group
-        order, and ``n_samples`` lists of probes shaped like them. They are drawn from the
-        optimizer's own generator on the first call of a step (exactly as the step itself would
-        draw them) and the same ones are returned until the step is taken or ``zero_grad()``
-        is called. Estimates taken with them go to :meth:`add_hessian_estimate`; an estimator
-        that fails before adding one returns them with :meth:`discard_hessian_probes`.
+        They are drawn from the optimizer's own generator on the first call of a step (exactly
+        as the step itself would draw them) and the same ones are returned until the step is
+        taken or ``zero_grad()`` is called. Estimates taken with them go to
+        :meth:`add_hessian_estimate`; an estimator that fails before adding one returns them
+        with :meth:`discard_hessian_probes`.
+
+        Returns:
+            ``(params, probes)``: every parameter that can have a gradient, in param-group
+            order, and ``n_samples`` lists of probes shaped like them.
         """
         if not self.hessian_due:
             raise RuntimeError(
@@ -577,8 +604,12 @@ class AdaHessian(Optimizer):
     def discard_hessian_probes(self) -> bool:
         """Put back the probes that :meth:`hessian_probes` drew for this step, if no estimate has
         been added with them: the generator is rewound, so the next step draws exactly what it
-        would have drawn had the failed attempt never happened. Returns whether they were put
-        back (False when there were none, or an estimate already uses them)."""
+        would have drawn had the failed attempt never happened.
+
+        Returns:
+            Whether they were put back (False when there were none, or an estimate already uses
+            them).
+        """
         if self._pending is None or self._pending["estimate"] is not None:
             return False
         self._drop_pending()
@@ -588,7 +619,11 @@ class AdaHessian(Optimizer):
         """The estimate added to this step so far (by :meth:`add_hessian_estimate`,
         :meth:`backward` or the finite-difference passes), one tensor per parameter of
         :meth:`hessian_probes`; None when none was added. It is the optimizer's own: read it,
-        do not change it."""
+        do not change it.
+
+        Returns:
+            The tensors of the estimate so far, or None.
+        """
         return None if self._pending is None else self._pending["estimate"]
 
     def add_hessian_estimate(self, estimate: Sequence[Tensor]) -> None:
@@ -599,8 +634,13 @@ class AdaHessian(Optimizer):
         skips the step (backing off the probe scale) if it overflowed; without a GradScaler
         that step refuses an estimate holding inf or NaN, with nothing changed.
 
-        Raises ValueError, with nothing added, for an estimate that is not one floating-point
-        tensor per parameter, shaped like it and on its device."""
+        Args:
+            estimate: one tensor per parameter of :meth:`hessian_probes`, in its order.
+
+        Raises:
+            ValueError: with nothing added, for an estimate that is not one floating-point
+                tensor per parameter, shaped like it and on its device.
+        """
         if self._pending is None:
             raise RuntimeError("call hessian_probes() first: it draws this step's probes")
         params = self._pending["params"]

@@ -21,7 +21,16 @@ __all__ = ["ReferenceAdaHessian", "reference_block_average"]
 
 
 def reference_block_average(d: Tensor, block_size: int) -> Tensor:
-    """Replace each entry of ``d`` with the mean of its block, by explicit loops."""
+    """Replace each entry of ``d`` with the mean of its block, by explicit loops.
+
+    Args:
+        d: an estimate shaped like its parameter.
+        block_size: the block length along the last dimension of a rank-2 ``d``.
+
+    Returns:
+        A new tensor: the block means for rank 2, the mean over the dimensions after the first
+        two for rank 3 and more, a copy of ``d`` otherwise.
+    """
     out = d.clone()
     if d.dim() == 2 and block_size > 1:
         for r in range(d.shape[0]):
@@ -47,7 +56,16 @@ class _ParamState:
 class ReferenceAdaHessian:
     """Reference AdaHessian over ``groups``: a list of dicts, each with ``params`` (tensors that
     this object owns and updates in place) and any of ``lr``, ``betas``, ``eps``,
-    ``weight_decay``, ``hessian_power``, ``block_size``, ``spatial_average``, ``update_clip``."""
+    ``weight_decay``, ``hessian_power``, ``block_size``, ``spatial_average``, ``update_clip``.
+
+    Args:
+        groups: the parameter groups, as above; a missing setting takes the optimizer's default.
+        update_interval: estimate the Hessian every this many steps.
+        hessian_warmup: the first this many steps are all Hessian steps.
+        steps: the steps taken so far.
+        states: the per-parameter moments and counters, by parameter index (filled by
+            :meth:`step`).
+    """
 
     groups: list[dict[str, Any]]
     update_interval: int = 1
@@ -68,6 +86,7 @@ class ReferenceAdaHessian:
 
     @property
     def hessian_due(self) -> bool:
+        """True when the next :meth:`step` is a Hessian step (it needs ``diagonals``)."""
         if self.steps < self.hessian_warmup:
             return True
         return (self.steps - self.hessian_warmup) % self.update_interval == 0
@@ -77,7 +96,12 @@ class ReferenceAdaHessian:
     ) -> None:
         """One step. ``grads`` has one entry per parameter (all groups, in order; None = no
         gradient). ``diagonals`` (same layout) holds the signed Hessian-diagonal estimates on a
-        Hessian step and is None otherwise."""
+        Hessian step and is None otherwise.
+
+        Args:
+            grads: the gradients, one entry per parameter.
+            diagonals: the estimates on a Hessian step (:attr:`hessian_due`), None otherwise.
+        """
         is_hessian_step = diagonals is not None
         k = 0
         for group in self.groups:

@@ -4,4 +4,4 @@ A separate package: the library never imports it.
 Entry point: ``adahessian-bench`` (see ``cli.py``).
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"  # bench/pyproject.toml reads it; always the library's version
