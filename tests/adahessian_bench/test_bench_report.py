@@ -533,11 +533,12 @@ def _final_only_run(out: Path, cfg: dict, opt: str, seed: int, valid: float, ste
     (run / "metrics.jsonl").write_text(json.dumps(line) + "\n")
 
 
-def test_step_speedup_interpolates_the_baselines_budgets_to_adahessians_final_metric(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def _speedup_runs(main: Path, root: Path) -> list[Path]:
+    """Adam and AdaHessian at budget 1 under ``main`` (2 seeds, AdaHessian's final validation
+    0.85 / 0.86 in 30 steps, Adam's 0.80 / 0.81; step costs 0.1 s and 0.2 s), and Adam at budgets
+    1.5 and 2 under ``root/budget=B`` (0.84 / 0.85 in 45 steps, 0.87 / 0.88 in 60), each line
+    carrying its own point's config hash. Returns the budget folders."""
     cfg = {**CFG, "optimizers": {"adam": {}, "adahessian": {}}}
-    main = tmp_path / "main"
     for seed, (base, ours) in enumerate([(0.80, 0.85), (0.81, 0.86)]):
         _final_only_run(main, cfg, "adam", seed, base, 30)
         _final_only_run(main, cfg, "adahessian", seed, ours, 30)
@@ -545,12 +546,22 @@ def test_step_speedup_interpolates_the_baselines_budgets_to_adahessians_final_me
                        "adahessian": {"hessian_step_s": 0.2, "plain_step_s": 0.2}})  # fmt: skip
     budgets = []
     for budget, steps, finals in [(1.5, 45, (0.84, 0.85)), (2, 60, (0.87, 0.88))]:
-        d = tmp_path / f"budget={budget}"
+        d = root / f"budget={budget}"
         budget_cfg = {**cfg, "optimizers": {"adam": {}}, "train": {**CFG["train"],
                                                                    "budget": budget}}  # fmt: skip
         for seed, valid in enumerate(finals):
             _final_only_run(d, budget_cfg, "adam", seed, valid, steps)
+            h = config_hash(run_config(budget_cfg, "adam", seed))  # each point's own hash
+            set_hash(d, f"adam-seed{seed}", h)
         budgets.append(d)
+    return budgets
+
+
+def test_step_speedup_interpolates_the_baselines_budgets_to_adahessians_final_metric(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    main = tmp_path / "main"
+    budgets = _speedup_runs(main, tmp_path)
     (row,) = overview.step_speedup(main, budgets).to_dict("records")
     # AdaHessian's median final validation: 0.855 in 30 steps (6 s). Adam reaches it after
     # 45 + 15 x 0.015 / 0.03 = 52.5 steps (seed 0) and 45 + 15 x 0.005 / 0.03 = 47.5 (seed 1).
@@ -592,24 +603,11 @@ def test_published_folders_read_as_the_folders_they_were_published_from(
     with only the first point's config.json), with the same figures as the originals."""
     from adahessian_bench import sweep
 
-    cfg = {**CFG, "optimizers": {"adam": {}, "adahessian": {}}}
-    main = tmp_path / "main"
-    for seed, (base, ours) in enumerate([(0.80, 0.85), (0.81, 0.86)]):
-        _final_only_run(main, cfg, "adam", seed, base, 30)
-        _final_only_run(main, cfg, "adahessian", seed, ours, 30)
-    _write_cost(main, {"adam": {"hessian_step_s": 0.1, "plain_step_s": 0.1},
-                       "adahessian": {"hessian_step_s": 0.2, "plain_step_s": 0.2}})  # fmt: skip
-    sw = tmp_path / "budget"
-    points = []
-    for budget, steps, finals in [(1.5, 45, (0.84, 0.85)), (2, 60, (0.87, 0.88))]:
-        d = sw / f"budget={budget}"
-        budget_cfg = {**cfg, "optimizers": {"adam": {}}, "train": {**CFG["train"],
-                                                                   "budget": budget}}  # fmt: skip
-        for seed, valid in enumerate(finals):
-            _final_only_run(d, budget_cfg, "adam", seed, valid, steps)
-            h = config_hash(run_config(budget_cfg, "adam", seed))  # each point's own hash
-            set_hash(d, f"adam-seed{seed}", h)
-        points.append({"value": budget, "dir": d.name, "hyperparameters": {"adam": {}}})
+    main, sw = tmp_path / "main", tmp_path / "budget"
+    points = [
+        {"value": budget, "dir": d.name, "hyperparameters": {"adam": {}}}
+        for budget, d in zip((1.5, 2), _speedup_runs(main, sw), strict=True)
+    ]
     (sw / "sweep.json").write_text(json.dumps({"task": CFG["task"], "param": "budget",
                                                "points": points}))  # fmt: skip
     make_report(main)

@@ -40,31 +40,28 @@ def train_valid_indices(
     training images that subset left out. With ``n_train`` 0 (or at least all), the validation
     set is chosen first and the training set is every other training image."""
     every = np.arange(len(labels))
-    if n_valid == 0:
-        train = (
-            data_images.balanced_subset(labels, n_train, seed=0)
-            if 0 < n_train < len(labels)
-            else every
-        )
-        return train, every[:0]
-    if 0 < n_train < len(labels):
-        train = data_images.balanced_subset(labels, n_train, seed=0)
-        rest = np.setdiff1d(every, train)
-        counts = np.bincount(labels[rest])
-        if n_valid // len(counts) > counts.min():
+    whole = not 0 < n_train < len(labels)
+    if whole and n_valid:
+        counts = np.bincount(labels)
+        if n_valid // len(counts) >= counts.min():
             raise ValueError(
-                f"valid_subset {n_valid} needs {n_valid // len(counts)} images of each class "
-                f"besides train_subset {n_train}, and some class has only {counts.min()} left: "
-                "make valid_subset or train_subset smaller"
+                f"valid_subset {n_valid} would leave no training images of some class: "
+                "make it smaller"
             )
-        return train, rest[data_images.balanced_subset(labels[rest], n_valid, seed=1)]
-    counts = np.bincount(labels)
-    if n_valid // len(counts) >= counts.min():
+        valid = data_images.balanced_subset(labels, n_valid, seed=1)
+        return np.setdiff1d(every, valid), valid
+    train = every if whole else data_images.balanced_subset(labels, n_train, seed=0)
+    if not n_valid:
+        return train, every[:0]
+    rest = np.setdiff1d(every, train)
+    counts = np.bincount(labels[rest])
+    if n_valid // len(counts) > counts.min():
         raise ValueError(
-            f"valid_subset {n_valid} would leave no training images of some class: make it smaller"
+            f"valid_subset {n_valid} needs {n_valid // len(counts)} images of each class "
+            f"besides train_subset {n_train}, and some class has only {counts.min()} left: "
+            "make valid_subset or train_subset smaller"
         )
-    valid = data_images.balanced_subset(labels, n_valid, seed=1)
-    return np.setdiff1d(every, valid), valid
+    return train, rest[data_images.balanced_subset(labels[rest], n_valid, seed=1)]
 
 
 def evaluate_classifier(
