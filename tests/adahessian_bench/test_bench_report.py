@@ -678,3 +678,25 @@ def test_summary_refuses_rows_or_columns_it_does_not_have(
     assert cli.main(["summary", str(RESULTS / "brown-lm-tuned"), *option]) in (1, 2)
     err = capsys.readouterr().err
     assert words in err and "Traceback" not in err and len(err.strip().splitlines()) <= 2
+
+
+@pytest.mark.parametrize(("sweep_json", "words"), [
+    ({"param": "lr", "points": []}, "is not a sweep of the step budget (--param budget)"),
+    ({"param": "budget", "points": [{"value": 1.5}]}, "sweep.json is damaged"),
+    ({"param": "budget", "points": ["budget=1.5"]}, "sweep.json is damaged"),
+])  # fmt: skip
+def test_summary_refuses_budgets_that_are_not_a_budget_sweep(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    folder_state: Callable[[Path], dict[str, bytes]],
+    sweep_json: dict,
+    words: str,
+) -> None:
+    main, sw = tmp_path / "main", tmp_path / "budget"
+    _speedup_runs(main, sw)
+    (sw / "sweep.json").write_text(json.dumps(sweep_json))
+    before = folder_state(tmp_path)
+    assert cli.main(["summary", str(main), "--budgets", str(sw)]) == 1
+    err = capsys.readouterr().err
+    assert words in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert folder_state(tmp_path) == before
