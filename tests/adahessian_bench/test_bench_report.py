@@ -573,6 +573,53 @@ def test_step_speedup_interpolates_the_baselines_budgets_to_adahessians_final_me
     assert "1.67x [1.58, 1.75]" in capsys.readouterr().out
 
 
+def _curve_run(out: Path, cfg: dict, opt: str, seed: int, valids: list[float]) -> None:
+    """A finished run of ``cfg`` evaluated every 10 steps, with these validation accuracies (the
+    test accuracy 0.01 below), the last at the end of its last epoch; its config hash its own."""
+    run = out / f"{opt}-seed{seed}"
+    run.mkdir(parents=True)
+    (out / "config.json").write_text(json.dumps(cfg))
+    lines = [{"optimizer": opt, "seed": seed, "kind": "eval", "epoch": i + 1, "step": 10 * (i + 1),
+              "valid_acc": v, "test_acc": v - 0.01, "train_time_s": 1.0, "wall_time_s": 1.0,
+              "config_hash": config_hash(run_config(cfg, opt, seed))}
+             for i, v in enumerate(valids)]  # fmt: skip
+    lines[-1].update(kind="epoch", mean_step_time_s=0.1, peak_memory_mb=1.0)
+    (run / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in lines))
+
+
+def test_step_speedup_reads_every_evaluation_of_a_schedule_without_horizon(
+    tmp_path: Path,
+) -> None:
+    """With an inverse-sqrt schedule a budget-2 run passes through every shorter budget
+    (test_bench_train checks it), so the steps the baseline needs are read at its evaluations,
+    not interpolated between the budgets' final metrics."""
+    train_cfg = {"epochs": 3, "batch_size": 64, "schedule": "inverse_sqrt", "warmup_steps": 5,
+                 "max_steps": None, "target_accuracy": 0.8}  # fmt: skip
+    cfg = {**CFG, "train": train_cfg}
+    main, budget = tmp_path / "main", tmp_path / "budget=2"
+    base = ([0.70, 0.78, 0.80, 0.83, 0.85, 0.86], [0.71, 0.79, 0.81, 0.84, 0.87, 0.88])
+    for seed, (ours, theirs) in enumerate(zip((0.85, 0.86), base, strict=True)):
+        _curve_run(main, cfg, "adahessian", seed, [0.80, 0.83, ours])
+        _curve_run(main, cfg, "adam", seed, theirs[:3])  # the budget-2 run's first 30 steps
+        budget_cfg = {**cfg, "optimizers": {"adam": {}}, "train": {**train_cfg, "budget": 2}}
+        _curve_run(budget, budget_cfg, "adam", seed, theirs)
+    _write_cost(main, {"adam": {"hessian_step_s": 0.1, "plain_step_s": 0.1},
+                       "adahessian": {"hessian_step_s": 0.2, "plain_step_s": 0.2}})  # fmt: skip
+    (row,) = overview.step_speedup(main, [budget]).to_dict("records")
+    # Target 0.855 (the median), AdaHessian's 30 steps (6 s). Adam: seed 0 between (50, 0.85)
+    # and (60, 0.86): 55 steps; seed 1 between (40, 0.84) and (50, 0.87): 45 steps. (The two
+    # budgets' finals alone, (30, 0.80) and (60, 0.86), would give 57.5 for seed 0.)
+    assert row["step speedup"] == "1.67x [1.50, 1.83]"
+    assert row["time speedup"] == "0.83x [0.75, 0.92]"
+    assert row["budgets"] == "1, 2 (every evaluation)"
+    # A budget run of another schedule is no budget of these runs.
+    other = tmp_path / "cosine"
+    _curve_run(other, {**budget_cfg, "train": {**budget_cfg["train"], "schedule": "cosine"}},
+               "adam", 0, base[0])  # fmt: skip
+    with pytest.raises(ValueError, match="another lr schedule"):
+        overview.step_speedup(main, [other])
+
+
 def test_steps_needed_is_nan_beyond_the_largest_budget_and_the_first_where_it_is_reached() -> None:
     points = [(30, 0.80), (45, 0.84), (60, 0.87)]
     assert math.isnan(compare.steps_needed(points, 0.9, higher=True))

@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-from adahessian_bench import base, results, tasks, train
+from adahessian_bench import base, config, results, tasks, train
 
 
 def lrs(schedule: dict[str, Any], steps: int, steps_per_epoch: int = 5) -> list[float]:
@@ -209,3 +209,29 @@ def test_a_budget_trains_that_many_steps_with_the_schedule_stretched_to_them(
     # The report counts the run as finished, whatever its number of epochs.
     df, incomplete, _ = results.read_runs(tmp_path, cfg)
     assert not incomplete and len(df) == len(steps)
+
+
+@pytest.mark.parametrize("schedule", config.HORIZONLESS)
+def test_a_budget_of_a_schedule_without_horizon_passes_through_the_shorter_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, schedule: str
+) -> None:
+    """What the step speedup reads for such schedules (overview.step_speedup): a run of budget 2
+    takes the budget-1 run's steps, lrs and evaluations first, so each evaluation of it is the
+    final metric of a shorter budget. (A cosine's budget changes every lr: see the test above.)"""
+    monkeypatch.setitem(tasks.TASKS, "toy-regression", Regression())
+    monkeypatch.setitem(train.TASKS, "toy-regression", tasks.TASKS["toy-regression"])
+    skip = {*train.MEASURED_FIELDS, "config_hash", "epochs"}
+
+    def lines(budget: float, out: Path) -> list[dict[str, Any]]:
+        tc = {"epochs": 2, "batch_size": 16, "schedule": schedule, "warmup_steps": 3,
+              "eval_every": 3, "budget": budget}  # fmt: skip
+        profile = {"train": tc, "optimizers": {"adam": {"lr": 0.3}}}
+        cfg = train.resolve("toy-regression", profile, "quick", ["adam"], 1)
+        train.run(cfg, out, progress=False)
+        return [{k: v for k, v in json.loads(x).items() if k not in skip}
+                for x in (out / "adam-seed0" / "metrics.jsonl").open()]  # fmt: skip
+
+    short, long = lines(1, tmp_path / "x1"), lines(2, tmp_path / "x2")
+    assert [m["step"] for m in long] == [3, 4, 6, 8, 9, 12, 15, 16]
+    assert long[: len(short)] == short  # bitwise: the same run so far
+    assert long[-1]["test_mse"] != short[-1]["test_mse"]

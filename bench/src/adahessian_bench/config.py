@@ -25,6 +25,10 @@ from .hints import did_you_mean
 
 PROFILES = ("quick", "paper")
 SCHEDULES = ("multistep", "inverse_sqrt", "cosine", "constant")  # see train.make_scheduler
+# Schedules whose lr at a step does not depend on the run's length: a run of a larger [train]
+# budget passes through every shorter one (same steps, same data, same evaluations), so each of
+# its evaluations is the final metric of a shorter budget.
+HORIZONLESS = ("inverse_sqrt", "constant")
 TABLES = ("train", "model", "data", "optimizers")
 
 

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 from tabulate import tabulate
 
-from . import optimizers
+from . import config, optimizers
 from .compare import baseline_of, paired, paper_claim, per_run, reach, steps_needed, within
 from .hints import did_you_mean
 from .report import _mean_std, summary
@@ -214,20 +214,28 @@ def _select(
 
 
 Finals = dict[str, dict[int, tuple[float, float, int, float]]]
+Curves = dict[str, dict[int, list[tuple[int, float]]]]
 
 
-def _finals(out: Path | Folder) -> tuple[dict[str, Any], Finals]:
-    """The config.json of the run folder ``out``, and per optimizer and seed its final judged
-    (validation) metric, final test metric, steps and time (on the folder's time axis)."""
+def _finals(out: Path | Folder) -> tuple[dict[str, Any], Finals, Curves]:
+    """The config.json of the run folder ``out``; per optimizer and seed its final judged
+    (validation) metric, final test metric, steps and time (on the folder's time axis); and per
+    optimizer and seed its judged metric at every evaluation, as (steps, metric) by steps."""
     cfg = read_config(out)
     df, _, _ = read_runs(out, cfg)
     df = with_time(df, cfg, time_basis(df, out)[0])
     finals: Finals = {}
+    curves: Curves = {}
     for _, row in per_run(df, cfg.get("metric", ACCURACY)).iterrows():
-        finals.setdefault(str(row["optimizer"]), {})[int(row["seed"])] = (
+        opt, seed = str(row["optimizer"]), int(row["seed"])
+        finals.setdefault(opt, {})[seed] = (
             float(row["judged_final"]), float(row["final"]), int(row["steps"]), float(row["time"])
         )  # fmt: skip
-    return cfg, finals
+        curve = row["curve"].dropna(subset=[row["judged"]]).sort_values("step")
+        curves.setdefault(opt, {})[seed] = [
+            (int(s), float(m)) for s, m in zip(curve["step"], curve[row["judged"]], strict=True)
+        ]
+    return cfg, finals, curves
 
 
 def _speedup_cell(values: list[float], at_once: int, largest: float) -> str:
@@ -253,23 +261,43 @@ def step_speedup(
     linearly to the AdaHessian's median final validation metric; the speedup is those steps over
     the AdaHessian's steps (and, on the step costs of ``run_dir``, the baseline's time for them
     over the AdaHessian's time). Median and range over seeds; "not reached" beyond the largest
-    budget."""
-    cfg, main = _finals(run_dir)
+    budget.
+
+    Where the schedule has no horizon (``config.HORIZONLESS``: the lr at a step does not depend
+    on the run's length), a longer run passes through every shorter budget, so each of the
+    baseline's evaluations counts as the final metric of a budget that ends there: the steps are
+    read at the evaluations' resolution (the budgets column says "every evaluation")."""
+    cfg, main, main_curves = _finals(run_dir)
     metric = cfg.get("metric", ACCURACY)
     higher = metric["higher_is_better"]
     present = list(cfg["optimizers"])
     base = base or baseline_of(cfg["task"], present, None)
     if base is None or base not in present:
         raise ValueError(f"{run_dir} holds no run of the task's baseline ({base or 'none'})")
+    horizonless = cfg["train"].get("schedule", "multistep") in config.HORIZONLESS
     per_budget = {1.0: main.get(base, {})}
+    curves = [main_curves.get(base, {})]
     for d in budget_dirs:
-        bcfg, finals = _finals(d)
+        bcfg, finals, budget_curves = _finals(d)
         if bcfg["task"] != cfg["task"]:
             raise ValueError(f"{d} is a run of {bcfg['task']}, not of {cfg['task']}")
+        if bcfg["train"].get("schedule", "multistep") != cfg["train"].get("schedule", "multistep"):
+            raise ValueError(f"{d} has another lr schedule than {run_dir}: not a budget of it")
         per_budget[float(bcfg["train"].get("budget", 1))] = finals.get(base, {})
+        curves.append(budget_curves.get(base, {}))
     cost, _ = time_basis(pd.DataFrame({"optimizer": present}), run_dir)
     base_step_s = cost[base]["hessian_step_s"] if base in cost else math.nan
     largest = max(per_budget)
+
+    def points(seed: int) -> list[tuple[int, float]]:
+        """The baseline's (steps, final validation metric) of each budget ending there."""
+        if not horizonless:
+            return sorted((v[seed][2], v[seed][0]) for v in per_budget.values() if seed in v)
+        at: dict[int, float] = {}
+        for c in curves:  # the same step in two runs: the same run so far (the last one read)
+            at.update(c.get(seed, []))
+        return sorted(at.items())
+
     rows = []
     for opt in [o for o in present if not optimizers.first_order(o)]:
         ours = main.get(opt, {})
@@ -280,17 +308,18 @@ def step_speedup(
         our_time = float(np.median([v[3] for v in ours.values()]))
         speed, time_speed, at_once = [], [], 0
         for seed in sorted(per_budget[1.0]):
-            points = sorted((v[seed][2], v[seed][0]) for v in per_budget.values() if seed in v)
-            needed = steps_needed(points, target, higher)
-            at_once += needed == points[0][0]  # reached within the baseline's own budget
+            seed_points = points(seed)
+            needed = steps_needed(seed_points, target, higher)
+            at_once += needed == seed_points[0][0]  # reached at the first point: maybe before
             needed = needed if np.isfinite(needed) else math.inf  # not within the largest budget
             speed.append(needed / our_steps)
             time_speed.append(needed * base_step_s / our_time)
 
+        budgets = ", ".join(f"{b:g}" for b in sorted(per_budget))
         rows.append({
             "task": cfg["task"], "AdaHessian": opt, "baseline": base,
             f"AdaHessian's final {metric['label']} (validation)": _fmt(target, metric),
-            "budgets": ", ".join(f"{b:g}" for b in sorted(per_budget)),
+            "budgets": f"{budgets} (every evaluation)" if horizonless else budgets,
             "step speedup": _speedup_cell(speed, at_once, largest),
             "time speedup": (
                 _speedup_cell(time_speed, at_once, largest) if np.isfinite(base_step_s) else "n/a"
