@@ -81,11 +81,12 @@ def test_run_writes_the_resolved_config_and_environment(smoke_run: Path) -> None
     assert list(cfg["optimizers"]) == list(OPTIMIZERS)
     assert cfg["train"]["epochs"] == 2 and cfg["train"]["max_steps"] == 3
     assert cfg["train"]["batch_size"] == 32 and cfg["train"]["train_subset"] == 500
-    # The reference's decoupled weight decay: 5e-4 at the initial lr.
+    # The reference's decoupled weight decay coefficients (5e-4 at the reference's initial lr:
+    # 0.15 and 0.01), kept when the lr sweep moved the lrs (only the lr was tuned).
     ah = cfg["optimizers"]["adahessian"]
-    assert ah["lr"] * ah["weight_decay"] == pytest.approx(5e-4)
+    assert ah["weight_decay"] == pytest.approx(5e-4 / 0.15) and ah["lr"] == 0.075
     aw = cfg["optimizers"]["adamw"]
-    assert aw["lr"] * aw["weight_decay"] == pytest.approx(5e-4)
+    assert aw["weight_decay"] == pytest.approx(5e-4 / 0.01) and aw["lr"] == 0.005
     env = json.loads((smoke_run / "env.json").read_text())
     for key in ["torch", "device", "cpu_count", "torch_threads", "platform", "command"]:
         assert key in env
