@@ -29,7 +29,13 @@ SCHEDULES = ("multistep", "inverse_sqrt", "cosine", "constant")  # see train.mak
 # budget passes through every shorter one (same steps, same data, same evaluations), so each of
 # its evaluations is the final metric of a shorter budget.
 HORIZONLESS = ("inverse_sqrt", "constant")
+DEFAULT_SCHEDULE = "multistep"  # a [train] table without a schedule
 TABLES = ("train", "model", "data", "optimizers")
+
+
+def schedule_of(train: dict[str, Any]) -> str:
+    """The lr schedule of a [train] table (the default where it names none)."""
+    return train.get("schedule", DEFAULT_SCHEDULE)  # as given: a bad value is named as it is
 
 
 def _integer(low: int) -> tuple[Callable[[Any], bool], str]:
@@ -112,7 +118,7 @@ def check(cfg: dict[str, Any], task: str) -> None:
         if not isinstance(cfg["optimizers"][name], dict):
             raise ValueError(f"optimizers.{name} must be a table ([optimizers.{name}])")
     required = ["epochs", "batch_size", *(k for k in ("bptt",) if k in t.train_keys)]
-    if train.get("schedule", "multistep") == "multistep":
+    if schedule_of(train) == "multistep":
         required += ["milestones", "gamma"]
     for key in required:
         if key not in train:
@@ -226,7 +232,7 @@ def check_resolved(cfg: Any) -> None:
     for key in ("epochs", "batch_size"):
         if key not in train:
             raise ValueError(f"train has no {key}")
-    schedule = train.get("schedule", "multistep")
+    schedule = schedule_of(train)
     if schedule not in SCHEDULES:
         raise ValueError(f"train.schedule is {schedule!r}, not one of {', '.join(SCHEDULES)}")
     for key in ("milestones", "gamma") if schedule == "multistep" else ():

@@ -274,14 +274,15 @@ def step_speedup(
     base = base or baseline_of(cfg["task"], present, None)
     if base is None or base not in present:
         raise ValueError(f"{run_dir} holds no run of the task's baseline ({base or 'none'})")
-    horizonless = cfg["train"].get("schedule", "multistep") in config.HORIZONLESS
+    schedule = config.schedule_of(cfg["train"])
+    horizonless = schedule in config.HORIZONLESS
     per_budget = {1.0: main.get(base, {})}
     curves = [main_curves.get(base, {})]
     for d in budget_dirs:
         bcfg, finals, budget_curves = _finals(d)
         if bcfg["task"] != cfg["task"]:
             raise ValueError(f"{d} is a run of {bcfg['task']}, not of {cfg['task']}")
-        if bcfg["train"].get("schedule", "multistep") != cfg["train"].get("schedule", "multistep"):
+        if config.schedule_of(bcfg["train"]) != schedule:
             raise ValueError(f"{d} has another lr schedule than {run_dir}: not a budget of it")
         per_budget[float(bcfg["train"].get("budget", 1))] = finals.get(base, {})
         curves.append(budget_curves.get(base, {}))
@@ -289,14 +290,20 @@ def step_speedup(
     base_step_s = cost[base]["hessian_step_s"] if base in cost else math.nan
     largest = max(per_budget)
 
-    def points(seed: int) -> list[tuple[int, float]]:
-        """The baseline's (steps, final validation metric) of each budget ending there."""
-        if not horizonless:
-            return sorted((v[seed][2], v[seed][0]) for v in per_budget.values() if seed in v)
-        at: dict[int, float] = {}
-        for c in curves:  # the same step in two runs: the same run so far (the last one read)
-            at.update(c.get(seed, []))
-        return sorted(at.items())
+    # Per seed, the baseline's (steps, final validation metric) of each budget ending there.
+    points: dict[int, list[tuple[int, float]]] = {}
+    for seed in sorted(per_budget[1.0]):
+        if horizonless:  # every evaluation; the same step in two runs: the same run so far
+            at: dict[int, float] = {}
+            for c in curves:
+                at.update(c.get(seed, []))
+            points[seed] = sorted(at.items())
+        else:
+            ends = [v[seed] for v in per_budget.values() if seed in v]
+            points[seed] = sorted((steps, valid) for valid, _, steps, _ in ends)
+    budgets = ", ".join(f"{b:g}" for b in sorted(per_budget))
+    if horizonless:
+        budgets += " (every evaluation)"
 
     rows = []
     for opt in [o for o in present if not optimizers.first_order(o)]:
@@ -307,19 +314,17 @@ def step_speedup(
         our_steps = float(np.median([v[2] for v in ours.values()]))
         our_time = float(np.median([v[3] for v in ours.values()]))
         speed, time_speed, at_once = [], [], 0
-        for seed in sorted(per_budget[1.0]):
-            seed_points = points(seed)
+        for seed_points in points.values():
             needed = steps_needed(seed_points, target, higher)
             at_once += needed == seed_points[0][0]  # reached at the first point: maybe before
             needed = needed if np.isfinite(needed) else math.inf  # not within the largest budget
             speed.append(needed / our_steps)
             time_speed.append(needed * base_step_s / our_time)
 
-        budgets = ", ".join(f"{b:g}" for b in sorted(per_budget))
         rows.append({
             "task": cfg["task"], "AdaHessian": opt, "baseline": base,
             f"AdaHessian's final {metric['label']} (validation)": _fmt(target, metric),
-            "budgets": f"{budgets} (every evaluation)" if horizonless else budgets,
+            "budgets": budgets,
             "step speedup": _speedup_cell(speed, at_once, largest),
             "time speedup": (
                 _speedup_cell(time_speed, at_once, largest) if np.isfinite(base_step_s) else "n/a"

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 from tabulate import tabulate
 
-from . import optimizers, steptime
+from . import config, optimizers, steptime
 from .compare import (
     baseline_of,
     baseline_target,
@@ -202,7 +202,7 @@ def plot(
 
 
 def _schedule(tc: dict[str, Any]) -> str:
-    schedule = tc.get("schedule", "multistep")
+    schedule = config.schedule_of(tc)
     if schedule == "multistep":
         return f"lr x{tc['gamma']} at epochs {tc['milestones']}"
     warmup = tc.get("warmup_steps", 0)

@@ -116,7 +116,7 @@ def resolve(
             f"{source} has no [optimizers.{(missing or ['NAME'])[0]}] table; choose --optimizers "
             f"among those it has: {', '.join(profile_cfg['optimizers']) or 'none'}"
         )
-    schedule = train.setdefault("schedule", "multistep")
+    schedule = train.setdefault("schedule", config.DEFAULT_SCHEDULE)
     if schedule not in SCHEDULES:
         raise ValueError(f"unknown schedule {schedule!r}; known: {', '.join(SCHEDULES)}")
     cfg = {
@@ -259,7 +259,7 @@ def make_scheduler(
       last step;
     - ``constant``: the optimizer's lr throughout.
     """
-    schedule = tc.get("schedule", "multistep")
+    schedule = config.schedule_of(tc)
     budget = tc.get("budget", 1)
     if schedule == "multistep":
         milestones = sorted({max(1, round(m * budget)) for m in tc["milestones"]})
